@@ -1,0 +1,140 @@
+"""Attention for the StD engine, plugged into transformers through its public AttentionInterface.
+
+The model's own forward runs unchanged; only the attention of its language model is ours while the engine
+drives it (`engine_attention`). Each forward gets a `StepContext` (passed as a model kwarg, which transformers
+forwards down to the attention function) saying which keys the new tokens may see:
+
+- prefill: plain causal attention over the prompt, plus the top-K selection scores of every layer;
+- dense / sparse steps: the new tokens of sequence b sit right after `base_len[b]` cached keys (of the dense
+  or of the sparse cache) and see those keys plus the new tokens before them (causal, bottom-right aligned).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+ATTENTION_NAME = "stdcli"
+
+# Keys per chunk when scoring visual tokens: bounds the score matrix to heads x text x chunk floats.
+SCORE_CHUNK = 8192
+
+
+@dataclass
+class StepContext:
+    """What one forward pass of the engine needs from attention."""
+
+    mode: str  # "prefill", "dense" or "sparse"
+    mask: torch.Tensor | None = None  # [B, 1, L, N] keys each new token may see (dense/sparse modes)
+    # prefill only: positions of the text queries that rank visual keys, and of the visual keys
+    score_queries: torch.Tensor | None = None
+    visual_keys: torch.Tensor | None = None
+    visual_scores: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [Hkv, V]
+
+
+def ragged_causal_mask(base_len: torch.Tensor, length: int, num_keys: int) -> torch.Tensor:
+    """[B, 1, L, N] for L new tokens stored at base_len[b] .. base_len[b]+L-1 among N keys.
+
+    Query i of sequence b sees keys 0 .. base_len[b]+i: causal, aligned to the bottom right.
+    """
+    key_pos = torch.arange(num_keys, device=base_len.device)
+    query_pos = base_len[:, None] + torch.arange(length, device=base_len.device)
+    return (key_pos[None, None, :] <= query_pos[:, :, None])[:, None]
+
+
+def masked_attention(query, key, value, mask: torch.Tensor, scaling: float) -> torch.Tensor:
+    """query [B,Hq,L,D]; key/value [B,Hkv,N,D] -> [B, L, Hq, D] (the layout the model expects)."""
+    out = F.scaled_dot_product_attention(
+        query, key, value, attn_mask=mask, scale=scaling, enable_gqa=query.shape[1] != key.shape[1]
+    )
+    return out.transpose(1, 2)
+
+
+def score_visual_keys(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    score_queries: torch.Tensor,
+    visual_keys: torch.Tensor,
+    scaling: float,
+    chunk: int = SCORE_CHUNK,
+) -> torch.Tensor:
+    """Mean attention probability that the text queries pay to each visual key, per KV head.
+
+    query [Hq,L,D], key [Hkv,L,D] of one prompt (after RoPE); score_queries [T] and visual_keys [V] are positions.
+    Probabilities are the causal softmax over all keys, computed chunk by chunk (log-sum-exp first, then the
+    visual columns), so the full text x keys matrix of a long video never exists at once. Scores of the query
+    heads of a GQA group are summed. Returns [Hkv, V] float32.
+    """
+    num_kv = key.shape[0]
+    group = query.shape[0] // num_kv
+    q = query[:, score_queries].float() * scaling  # [Hq, T, D]
+    keys = key.float()
+    lse = torch.full(q.shape[:2], float("-inf"), device=q.device)
+    for start in range(0, keys.shape[1], chunk):
+        block = _causal_logits(q, keys, score_queries, start, min(start + chunk, keys.shape[1]), group)
+        lse = torch.logaddexp(lse, torch.logsumexp(block, dim=-1))
+    scores = torch.empty(num_kv, visual_keys.numel(), device=q.device)
+    for start in range(0, visual_keys.numel(), chunk):
+        cols = visual_keys[start : start + chunk]
+        kv = keys[:, cols].repeat_interleave(group, dim=0)  # [Hq, C, D]
+        logits = torch.einsum("htd,hcd->htc", q, kv)
+        logits = logits.masked_fill(cols[None, None, :] > score_queries[None, :, None], float("-inf"))
+        probs = torch.exp(logits - lse[..., None])  # [Hq, T, C]
+        scores[:, start : start + chunk] = probs.sum(1).view(num_kv, group, -1).sum(1) / score_queries.numel()
+    return scores
+
+
+def _causal_logits(
+    q: torch.Tensor, keys: torch.Tensor, query_pos: torch.Tensor, start: int, end: int, group: int
+) -> torch.Tensor:
+    kv = keys[:, start:end].repeat_interleave(group, dim=0)
+    logits = torch.einsum("htd,hcd->htc", q, kv)
+    key_pos = torch.arange(start, end, device=q.device)
+    return logits.masked_fill(key_pos[None, None, :] > query_pos[None, :, None], float("-inf"))
+
+
+def engine_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """The function registered as `stdcli` in transformers' AttentionInterface."""
+    ctx: StepContext | None = kwargs.get("std_step")
+    if ctx is None:  # a forward that the engine does not drive: behave exactly like sdpa
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+    scaling = module.scaling if scaling is None else scaling
+    if ctx.mode == "prefill":
+        group = query.shape[1] != key.shape[1]
+        out = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scaling, enable_gqa=group)
+        if ctx.visual_keys is not None and ctx.visual_keys.numel() and ctx.score_queries.numel():
+            ctx.visual_scores[module.layer_idx] = score_visual_keys(
+                query[0], key[0], ctx.score_queries, ctx.visual_keys, scaling
+            )
+        return out.transpose(1, 2), None
+    return masked_attention(query, key, value, ctx.mask, scaling), None
+
+
+AttentionInterface.register(ATTENTION_NAME, engine_attention_forward)
+
+
+def _text_attention(model) -> str:
+    return model.config.get_text_config()._attn_implementation
+
+
+@contextmanager
+def engine_attention(model):
+    """Route the language model's attention through the engine for the duration of the block.
+
+    Only the text sub-model is switched: the vision tower keeps its own attention, and outside the block the
+    model (and `model.generate`) is exactly as loaded.
+    """
+    previous = _text_attention(model)
+    if previous == ATTENTION_NAME:
+        yield
+        return
+    model.set_attn_implementation({"text_config": ATTENTION_NAME})
+    try:
+        yield
+    finally:
+        model.set_attn_implementation({"text_config": previous})

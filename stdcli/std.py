@@ -1,0 +1,393 @@
+"""Sparse-to-Dense (StD) decoding: the same model drafts with top-K sparse attention, then verifies densely.
+
+The steps are small functions over explicit state (gpt-fast style):
+
+- `prefill`: run the prompt (vision tower included) with full attention into one slot of the engine cache, rank
+  the visual tokens per layer and KV head by the attention the prompt's text pays them, and build that slot's
+  sparse view (top-K visual + all text entries);
+- `draft`: gamma single-token forwards that read only the sparse view;
+- `verify`: ONE dense forward over the last committed token plus the drafts;
+- `commit`: keep the accepted prefix plus the dense model's own next token, and append the verified dense KV of
+  the committed tokens to the sparse view. Rejected drafts leave nothing behind: lengths simply do not advance.
+
+With gamma = 0 a cycle is one plain dense decoding step: that is the `--dense` baseline, on the same code path.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .attention import StepContext, engine_attention, ragged_causal_mask
+from .kvcache import EngineCache
+from .sampling import accept_greedy, accept_sampled, sample, token_probs
+
+DEFAULT_K = 512
+DEFAULT_GAMMA = 4
+# StD sequences start with this many plain dense steps: their measured cost is the baseline of `speedup_est`.
+CALIBRATION_STEPS = 2
+
+
+@dataclass
+class DecodeOptions:
+    max_new_tokens: int = 256
+    k: int = DEFAULT_K  # visual entries kept per layer and KV head
+    gamma: int = DEFAULT_GAMMA  # drafts per cycle; 0 = dense decoding
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
+
+@dataclass
+class DecodeStats:
+    prompt_tokens: int = 0
+    visual_tokens: int = 0
+    kept_tokens: int = 0  # sparse view after prefill: kept visual + text entries
+    new_tokens: int = 0
+    cycles: int = 0  # StD cycles (draft + verify)
+    dense_steps: int = 0  # plain dense steps
+    drafted: int = 0
+    accepted: int = 0
+    prefill_s: float = 0.0
+    draft_s: float = 0.0
+    verify_s: float = 0.0
+    dense_s: float = 0.0
+    dense_step_s: float | None = None  # fastest measured dense step: the baseline of speedup_est
+
+    @property
+    def decode_s(self) -> float:
+        return self.draft_s + self.verify_s + self.dense_s
+
+    @property
+    def decoded_tokens(self) -> int:  # the first new token comes out of prefill
+        return max(self.new_tokens - 1, 0)
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        return self.accepted / self.drafted if self.drafted else None
+
+    @property
+    def mean_accepted_length(self) -> float | None:
+        """Tokens committed per StD cycle (accepted drafts plus the dense model's token)."""
+        committed = self.decoded_tokens - self.dense_steps
+        return committed / self.cycles if self.cycles else None
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        return self.decoded_tokens / self.decode_s if self.decode_s > 0 else None
+
+    @property
+    def speedup_est(self) -> float | None:
+        """Decode time dense decoding would have taken (tokens x measured dense step) over the time taken."""
+        if self.dense_step_s is None or self.decode_s <= 0 or not self.cycles:
+            return None
+        return self.decoded_tokens * self.dense_step_s / self.decode_s
+
+
+@dataclass
+class Slot:
+    """Host-side state of one sequence in the batch."""
+
+    dense_len: int  # tokens whose dense KV is cached
+    sparse_len: int  # entries of its sparse view
+    rope_delta: int  # position offset of generated tokens (Qwen M-RoPE); 0 for 1-D RoPE models
+    last_token: int  # committed, its KV not yet cached
+    max_new_tokens: int
+    tokens: list[int] = field(default_factory=list)
+    done: bool = False
+    stats: DecodeStats = field(default_factory=DecodeStats)
+
+
+@dataclass
+class Generation:
+    tokens: list[int]
+    stats: DecodeStats
+
+
+def visual_token_ids(model) -> tuple[int, ...]:
+    """Placeholder ids of image and video tokens, from the model config (Qwen2-VL, Qwen2.5-VL, LLaVA-OneVision)."""
+    config = model.config
+    names = ("image_token_id", "video_token_id", "image_token_index", "video_token_index")
+    return tuple(sorted({getattr(config, n) for n in names if isinstance(getattr(config, n, None), int)}))
+
+
+def eos_token_ids(model) -> tuple[int, ...]:
+    eos = model.generation_config.eos_token_id
+    if eos is None:
+        return ()
+    return tuple(eos) if isinstance(eos, (list, tuple)) else (eos,)
+
+
+def uses_mrope(model) -> bool:
+    """Qwen-VL models rotate with 3-D (temporal, height, width) positions and keep a per-prompt offset."""
+    return hasattr(model.model, "rope_deltas")
+
+
+def cache_dims(model) -> tuple[int, int, int, torch.dtype]:
+    text = model.config.get_text_config()
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    dtype = model.get_input_embeddings().weight.dtype
+    return text.num_hidden_layers, text.num_key_value_heads, head_dim, dtype
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Decoder:
+    """B slots of StD (or dense) decoding over one preallocated cache.
+
+    A context manager: inside `with Decoder(...) as decoder:` the model's language attention is the engine's.
+    `prefill(slot, inputs)` starts a sequence in a free slot and `step()` advances every active slot by one
+    cycle; `generate()` below wraps this for one prompt.
+    """
+
+    def __init__(
+        self,
+        model,
+        options: DecodeOptions,
+        *,
+        batch: int = 1,
+        max_len: int,
+        sparse_cap: int,
+        eos: Sequence[int] | None = None,
+        visual_ids: Sequence[int] | None = None,
+    ):
+        self.model = model
+        self.options = options
+        self.device = model.get_input_embeddings().weight.device
+        layers, kv_heads, head_dim, dtype = cache_dims(model)
+        cap = sparse_cap if options.gamma > 0 else 1
+        self.cache = EngineCache(layers, batch, kv_heads, head_dim, max_len, cap, dtype, self.device)
+        self.eos = frozenset(eos_token_ids(model) if eos is None else eos)
+        self.visual_ids = tuple(visual_token_ids(model) if visual_ids is None else visual_ids)
+        self.mrope = uses_mrope(model)
+        self.slots: list[Slot | None] = [None] * batch
+        seed = options.seed if options.seed is not None else random.randrange(2**63)
+        self.generator = torch.Generator(self.device).manual_seed(seed)
+
+    def __enter__(self) -> Decoder:
+        self._attention = engine_attention(self.model)
+        self._attention.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._attention.__exit__(*exc)
+
+    # ---- one forward of the model -------------------------------------------------------------
+    def _forward(self, tokens: torch.Tensor, positions: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        position_ids = positions.expand(3, *positions.shape) if self.mrope else positions
+        out = self.model(
+            input_ids=tokens, position_ids=position_ids, past_key_values=self.cache, use_cache=True, std_step=ctx
+        )
+        return out.logits
+
+    def _lengths(self, name: str) -> torch.Tensor:
+        return torch.tensor([getattr(s, name) if s else 0 for s in self.slots], device=self.device)
+
+    def _positions(self, length: int) -> torch.Tensor:
+        base = torch.tensor([s.dense_len + s.rope_delta if s else 0 for s in self.slots], device=self.device)
+        return base[:, None] + torch.arange(length, device=self.device)
+
+    def _choose(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Next token from logits [..., V] (and its distribution when sampling)."""
+        if self.options.greedy:
+            return logits.argmax(-1), None
+        probs = token_probs(logits, self.options.temperature, self.options.top_p)
+        return sample(probs, self.generator), probs
+
+    # ---- prefill ---------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def prefill(self, slot: int, inputs: dict, max_new_tokens: int | None = None) -> list[int]:
+        """Run the prompt into `slot`; returns the first generated token (as a list, empty never)."""
+        started = time.perf_counter()
+        input_ids = inputs["input_ids"]
+        is_visual = torch.isin(input_ids[0], torch.tensor(self.visual_ids, device=input_ids.device))
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        visual, text = positions[is_visual], positions[~is_visual]
+        drafting = self.options.gamma > 0 and visual.numel() > 0
+        ctx = StepContext("prefill")
+        if drafting:
+            # only text that comes after the video can attend to it
+            ctx.score_queries, ctx.visual_keys = text[text > visual[0]], visual
+        self.cache.set_prefill(slot)
+        out = self.model(**inputs, past_key_values=self.cache, use_cache=True, logits_to_keep=1, std_step=ctx)
+        rope_delta = int(self.model.model.rope_deltas.view(-1)[0]) if self.mrope else 0
+        sparse_len = self._build_sparse(slot, ctx, text) if self.options.gamma > 0 else 0
+        first, _ = self._choose(out.logits[:, -1])
+        synchronize(self.device)
+        state = Slot(
+            dense_len=input_ids.shape[1],
+            sparse_len=sparse_len,
+            rope_delta=rope_delta,
+            last_token=int(first[0]),
+            max_new_tokens=max_new_tokens or self.options.max_new_tokens,
+        )
+        state.stats.prompt_tokens, state.stats.visual_tokens = input_ids.shape[1], visual.numel()
+        state.stats.kept_tokens = sparse_len
+        state.stats.prefill_s = time.perf_counter() - started
+        self.slots[slot] = state
+        return self._append(state, [state.last_token])
+
+    def _build_sparse(self, slot: int, ctx: StepContext, text: torch.Tensor) -> int:
+        kept = None
+        if ctx.visual_scores:
+            scores = torch.stack([ctx.visual_scores[i] for i in range(len(ctx.visual_scores))])  # [layers, Hkv, V]
+            keep = min(self.options.k, scores.shape[-1])
+            top = scores.topk(keep, dim=-1).indices.sort(dim=-1).values
+            kept = ctx.visual_keys[top]
+        elif ctx.visual_keys is not None:  # visual tokens but no text after them to rank them: keep the first K
+            layers, _, kv_heads = self.cache.sparse_k.shape[:3]
+            kept = ctx.visual_keys[: self.options.k].expand(layers, kv_heads, -1)
+        return self.cache.build_sparse(slot, kept, text.to(self.device))
+
+    # ---- a cycle -----------------------------------------------------------------------------------
+    def _draft(self, gamma: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """gamma tokens from the sparse view, one at a time. Returns drafts [B, g] (and their distributions)."""
+        sparse_len = self._lengths("sparse_len")
+        view = int(sparse_len.max())
+        token = torch.tensor([[s.last_token if s else 0] for s in self.slots], device=self.device)
+        drafts, dists = [], []
+        for j in range(gamma):
+            self.cache.set_sparse((sparse_len + j)[:, None], view + j + 1)
+            mask = ragged_causal_mask(sparse_len + j, 1, view + j + 1)
+            logits = self._forward(token, self._positions(1) + j, StepContext("sparse", mask=mask))
+            token, probs = self._choose(logits[:, -1])
+            token = token[:, None]
+            drafts.append(token)
+            dists.append(probs)
+        draft_probs = torch.stack(dists, 1) if not self.options.greedy else None
+        return torch.cat(drafts, 1), draft_probs
+
+    def _verify(self, drafts: torch.Tensor) -> torch.Tensor:
+        """One dense forward over the last committed token plus the drafts: logits [B, g+1, V]."""
+        width = drafts.shape[1] + 1
+        dense_len = self._lengths("dense_len")
+        last = torch.tensor([[s.last_token if s else 0] for s in self.slots], device=self.device)
+        view = int(dense_len.max()) + width
+        self.cache.set_dense(dense_len[:, None] + torch.arange(width, device=self.device), view)
+        ctx = StepContext("dense", mask=ragged_causal_mask(dense_len, width, view))
+        return self._forward(torch.cat([last, drafts], 1), self._positions(width), ctx)
+
+    def _accept(self, drafts, draft_probs, logits) -> tuple[torch.Tensor, torch.Tensor]:
+        if drafts.shape[1] == 0:  # a dense step
+            token, _ = self._choose(logits[:, 0])
+            return torch.zeros_like(token), token
+        if self.options.greedy:
+            return accept_greedy(drafts, logits)
+        target = token_probs(logits, self.options.temperature, self.options.top_p)
+        return accept_sampled(drafts, draft_probs, target, self.generator)
+
+    def _append(self, state: Slot, tokens: list[int]) -> list[int]:
+        """Commit tokens to a slot, stopping at EOS and at its token limit; returns what was kept."""
+        room = state.max_new_tokens - len(state.tokens)
+        kept = tokens[:room]
+        for i, token in enumerate(kept):
+            if token in self.eos:
+                kept = kept[: i + 1]
+                break
+        state.tokens.extend(kept)
+        state.stats.new_tokens = len(state.tokens)
+        state.done = len(state.tokens) >= state.max_new_tokens or (bool(kept) and kept[-1] in self.eos)
+        return kept
+
+    @torch.inference_mode()
+    def step(self, gamma: int | None = None) -> dict[int, list[int]]:
+        """Advance every active slot by one cycle; returns the tokens each slot committed."""
+        gamma = self.options.gamma if gamma is None else gamma
+        active = {i: s for i, s in enumerate(self.slots) if s is not None and not s.done}
+        if not active:
+            return {}
+        started = time.perf_counter()
+        if gamma:
+            drafts, draft_probs = self._draft(gamma)
+        else:
+            drafts, draft_probs = torch.empty(self.cache.batch, 0, dtype=torch.long, device=self.device), None
+        synchronize(self.device)
+        drafted_at = time.perf_counter()
+        logits = self._verify(drafts)
+        accepted, next_token = self._accept(drafts, draft_probs, logits)
+        if self.options.gamma > 0:
+            self.cache.copy_dense_to_sparse(self._lengths("dense_len"), self._lengths("sparse_len"), gamma + 1)
+        accepted, next_token, drafts = accepted.tolist(), next_token.tolist(), drafts.tolist()
+        finished = time.perf_counter()
+        committed = {}
+        for i, state in active.items():
+            a = accepted[i]
+            committed[i] = self._append(state, drafts[i][:a] + [next_token[i]])
+            state.dense_len += a + 1
+            state.sparse_len += a + 1
+            state.last_token = next_token[i]
+            self._record(state.stats, gamma, a, drafted_at - started, finished - drafted_at)
+        return committed
+
+    @staticmethod
+    def _record(stats: DecodeStats, gamma: int, accepted: int, draft_s: float, verify_s: float) -> None:
+        if gamma == 0:
+            stats.dense_steps += 1
+            stats.dense_s += verify_s
+            stats.dense_step_s = verify_s if stats.dense_step_s is None else min(stats.dense_step_s, verify_s)
+            return
+        stats.cycles += 1
+        stats.drafted += gamma
+        stats.accepted += accepted
+        stats.draft_s += draft_s
+        stats.verify_s += verify_s
+
+    def release(self, slot: int) -> Slot:
+        state, self.slots[slot] = self.slots[slot], None
+        return state
+
+
+def prompt_layout(inputs: dict, visual_ids: Sequence[int]) -> tuple[int, int]:
+    """(prompt tokens, visual tokens) of a single prompt."""
+    ids = inputs["input_ids"][0]
+    return ids.numel(), int(torch.isin(ids, torch.tensor(visual_ids, device=ids.device)).sum())
+
+
+def cache_capacity(prompt_tokens: int, visual_tokens: int, options: DecodeOptions) -> tuple[int, int]:
+    """(dense, sparse) cache lengths one prompt needs: generated tokens plus a cycle's scratch room."""
+    room = options.max_new_tokens + options.gamma + 1
+    kept = min(options.k, visual_tokens) + prompt_tokens - visual_tokens
+    return prompt_tokens + room, kept + room
+
+
+def generate(
+    model,
+    inputs: dict,
+    options: DecodeOptions | None = None,
+    *,
+    eos: Sequence[int] | None = None,
+    visual_ids: Sequence[int] | None = None,
+    on_tokens: Callable[[list[int], DecodeStats], None] | None = None,
+) -> Generation:
+    """Decode one prompt (a batch-1 dict of model inputs from the processor) with StD, or densely if gamma = 0.
+
+    Greedy output is token-for-token identical to `model.generate(**inputs, do_sample=False)`; sampled output
+    has the same distribution as `model.generate(do_sample=True)` with the same temperature and top_p.
+    `on_tokens(new_tokens, stats)` is called after every step, for streaming and live statistics.
+    """
+    options = options or DecodeOptions()
+    visual_ids = tuple(visual_token_ids(model) if visual_ids is None else visual_ids)
+    prompt_tokens, visual_tokens = prompt_layout(inputs, visual_ids)
+    max_len, sparse_cap = cache_capacity(prompt_tokens, visual_tokens, options)
+    with Decoder(model, options, max_len=max_len, sparse_cap=sparse_cap, eos=eos, visual_ids=visual_ids) as decoder:
+        first = decoder.prefill(0, inputs)
+        state = decoder.slots[0]
+        if on_tokens:
+            on_tokens(first, state.stats)
+        while not state.done:
+            calibrating = options.gamma > 0 and state.stats.dense_steps < CALIBRATION_STEPS
+            new = decoder.step(0 if calibrating else None)[0]
+            if on_tokens:
+                on_tokens(new, state.stats)
+    return Generation(tokens=state.tokens, stats=state.stats)
