@@ -1,0 +1,146 @@
+"""What a person sees on the terminal: the streamed answer, live decoding statistics, progress over a folder.
+
+Answers go to stdout, everything else to stderr. The live panel (Rich) is shown only when stderr is a terminal
+and --quiet is off; otherwise statistics are one plain line per video. When stdout is the same terminal, the
+answer streams inside the live panel and is printed to stdout when complete, so the two never interleave.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from .std import DecodeStats
+
+
+def format_ratio(value: float | None, suffix: str = "") -> str:
+    return "-" if value is None else f"{value:.2f}{suffix}"
+
+
+def stats_line(name: str, record: dict[str, Any]) -> str:
+    """One plain line of a finished record, for stderr."""
+    if record.get("error"):
+        return f"{name}: error: {record['error']['message']}"
+    parts = [
+        f"{record['new_tokens']} tokens",
+        f"{record['frames']} frames",
+        f"{record['visual_tokens']} visual tokens",
+        f"prefill {record['timings']['prefill_s']:.2f}s",
+        f"{format_ratio(record['tokens_per_s'])} tok/s",
+    ]
+    if record.get("acceptance_rate") is not None:
+        parts.append(f"acceptance {record['acceptance_rate']:.2f}")
+        parts.append(f"accepted length {format_ratio(record['mean_accepted_length'])}")
+    if record.get("speedup_est") is not None:
+        parts.append(f"speedup {record['speedup_est']:.2f}x (estimated)")
+    compare = record.get("compare")
+    if compare:
+        same = "identical" if compare["identical"] else "DIFFERENT"
+        parts.append(f"measured speedup {format_ratio(compare['decode_speedup'], 'x')} vs dense, answers {same}")
+    return f"{name}: " + ", ".join(parts)
+
+
+def stats_table(stats: DecodeStats, mode: str, elapsed: float) -> Table:
+    table = Table.grid(padding=(0, 2))
+    table.add_row(
+        Text(mode, style="bold cyan"),
+        f"{stats.new_tokens} tokens",
+        f"{format_ratio(stats.tokens_per_s)} tok/s",
+        f"acceptance {format_ratio(stats.acceptance_rate)}",
+        f"accepted length {format_ratio(stats.mean_accepted_length)}",
+        f"est. speedup {format_ratio(stats.speedup_est, 'x')}",
+        f"{elapsed:.1f}s",
+    )
+    return table
+
+
+class Display:
+    def __init__(
+        self,
+        total: int,
+        *,
+        quiet: bool = False,
+        stream_answers: bool = True,
+        stdout: TextIO | None = None,
+        console: Console | None = None,
+    ):
+        self.stdout = stdout or sys.stdout
+        self.console = console or Console(stderr=True)
+        self.quiet = quiet
+        self.stream_answers = stream_answers
+        self.total = total
+        self.live_enabled = self.console.is_terminal and not quiet
+        self.answer_in_panel = self.live_enabled and self.stdout.isatty()
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=self.console,
+        )
+        self.task = self.progress.add_task("videos", total=total)
+        self.live: Live | None = None
+        self.answer = ""
+        self.started = time.perf_counter()
+        self.mode = ""
+        self.name = ""
+
+    def __enter__(self) -> Display:
+        if self.live_enabled:
+            self.live = Live(console=self.console, refresh_per_second=8, transient=True, redirect_stdout=False)
+            self.live.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.live:
+            self.live.stop()
+
+    def video_started(self, name: str, mode: str) -> None:
+        self.name, self.mode, self.answer = name, mode, ""
+        self.started = time.perf_counter()
+        if self.stream_answers and self.total > 1:
+            self._write_stdout(f"==> {name} <==\n")
+        self._refresh(None)
+
+    def text(self, delta: str, stats: DecodeStats) -> None:
+        """New answer text and the statistics so far."""
+        self.answer += delta
+        if self.stream_answers and not self.answer_in_panel:
+            self._write_stdout(delta)
+        self._refresh(stats)
+
+    def video_finished(self, record: dict[str, Any], output: str | None) -> None:
+        """`output` is what stdout gets for this video at the end (a JSON record), if anything."""
+        if self.stream_answers:
+            if self.answer_in_panel:
+                self._write_stdout(self.answer)
+            if record.get("error") is None:
+                self._write_stdout("\n")
+        if output is not None:
+            self._write_stdout(output + "\n")
+        self.progress.advance(self.task)
+        if record.get("error") is not None:
+            self.console.print(stats_line(self.name, record), markup=False, highlight=False)
+        elif not self.quiet:
+            self.console.print(stats_line(self.name, record), markup=False, highlight=False)
+        self._refresh(None)
+
+    def _write_stdout(self, text: str) -> None:
+        self.stdout.write(text)
+        self.stdout.flush()
+
+    def _refresh(self, stats: DecodeStats | None) -> None:
+        if not self.live:
+            return
+        parts = []
+        if self.answer_in_panel and self.answer:
+            parts.append(Text(self.answer))
+        if stats is not None:
+            parts.append(stats_table(stats, self.mode, time.perf_counter() - self.started))
+        if self.total > 1:
+            parts.append(self.progress)
+        self.live.update(Group(*parts))

@@ -1,0 +1,104 @@
+"""The JSON record of one answered (or failed) video: a contract that scripts rely on, and where it is written.
+
+Keys never change meaning or disappear; a key that does not apply is null. `RECORD_KEYS` is the contract of
+issue #2; the keys after it were added later and are documented in README.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO, Any
+
+RECORD_KEYS = (
+    "video",
+    "question",
+    "answer",
+    "model",
+    "mode",
+    "frames",
+    "visual_tokens",
+    "prompt_tokens",
+    "new_tokens",
+    "timings",
+    "tokens_per_s",
+    "acceptance_rate",
+    "mean_accepted_length",
+    "speedup_est",
+    "k",
+    "gamma",
+    "error",
+)
+EXTRA_KEYS = ("compare",)
+TIMING_KEYS = ("load_video_s", "prefill_s", "decode_s", "total_s")
+
+
+def empty_record(video: str, question: str, model: str, mode: str) -> dict[str, Any]:
+    record: dict[str, Any] = {key: None for key in RECORD_KEYS + EXTRA_KEYS}
+    record.update(video=video, question=question, model=model, mode=mode)
+    record["timings"] = {key: None for key in TIMING_KEYS}
+    return record
+
+
+def error_record(video: str, question: str, model: str, mode: str, error: BaseException) -> dict[str, Any]:
+    record = empty_record(video, question, model, mode)
+    record["error"] = {"type": type(error).__name__, "message": one_line(error)}
+    return record
+
+
+def one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return text or type(error).__name__
+
+
+def to_json(record: dict[str, Any], pretty: bool = False) -> str:
+    return json.dumps(record, ensure_ascii=False, indent=2 if pretty else None)
+
+
+class JsonlWriter:
+    """Appends records to a JSONL file, one flushed (and fsynced) line each, so an interrupted run keeps them."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file: IO[str] = self.path.open("a", encoding="utf-8")
+        if self._file.tell() > 0 and not _ends_with_newline(self.path):
+            self._file.write("\n")  # a previous run cut off mid-line: start clean
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write(to_json(record) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with path.open("rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
+def answered_keys(path: str | os.PathLike) -> set[tuple[str, str, str]]:
+    """(video, question, model) of the successful records in a JSONL file; unreadable lines are ignored."""
+    path = Path(path)
+    if not path.exists():
+        return set()
+    return {record_key(r) for r in _read_records(path.read_text(encoding="utf-8").splitlines()) if not r.get("error")}
+
+
+def record_key(record: dict[str, Any]) -> tuple[str, str, str]:
+    return str(record.get("video")), str(record.get("question")), str(record.get("model"))
+
+
+def _read_records(lines: Iterable[str]) -> Iterable[dict[str, Any]]:
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # e.g. the last line of a run killed mid-write
+        if isinstance(record, dict):
+            yield record
