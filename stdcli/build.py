@@ -1,0 +1,566 @@
+"""Build Video-LLMs from scratch, offline: tokenizer, processor, config and randomly initialised model.
+
+Used by the tests (tiny checkpoints saved and loaded by path like a downloaded one), by the benchmarks (the real
+architectures at real scale with random weights) and by the training of the built-in model. Every piece is the class
+the real checkpoint uses, so nothing here is a stand-in: only the sizes and the weights are made up.
+
+The real numbers below come from the checkpoints' config.json / tokenizer_config.json / chat_template.json files
+(Qwen/Qwen2-VL-7B-Instruct, Qwen/Qwen2-VL-2B-Instruct, Qwen/Qwen2.5-VL-7B-Instruct) and, for LLaVA-OneVision, from
+transformers' conversion script for llava-hf/llava-onevision-qwen2-7b-ov-hf (Qwen2-7B-Instruct text model, SigLIP
+so400m vision tower with its last layer dropped, two added tokens, vocabulary padded to a multiple of 64).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers, trainers
+from tokenizers.models import BPE
+from transformers import (
+    AddedToken,
+    GenerationConfig,
+    LlavaOnevisionConfig,
+    LlavaOnevisionForConditionalGeneration,
+    LlavaOnevisionImageProcessor,
+    LlavaOnevisionProcessor,
+    LlavaOnevisionVideoProcessor,
+    PretrainedConfig,
+    PreTrainedModel,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLProcessor,
+    Qwen2Tokenizer,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+    Qwen2VLImageProcessor,
+    Qwen2VLProcessor,
+    Qwen2VLVideoProcessor,
+)
+from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+FAMILIES = ("qwen2-vl", "qwen2.5-vl", "llava-ov")
+
+# --- tokenizer ----------------------------------------------------------------------------------------------------
+
+# Added tokens in id order, right after the byte-level BPE vocabulary (151643 in the real Qwen2 tokenizer);
+# True = special (skipped by decode(skip_special_tokens=True)).
+_QWEN2_CHAT_TOKENS = (("<|endoftext|>", True), ("<|im_start|>", True), ("<|im_end|>", True))
+_QWEN2_VL_TOKENS = _QWEN2_CHAT_TOKENS + tuple(
+    (token, True)
+    for token in (
+        "<|object_ref_start|>",
+        "<|object_ref_end|>",
+        "<|box_start|>",
+        "<|box_end|>",
+        "<|quad_start|>",
+        "<|quad_end|>",
+        "<|vision_start|>",
+        "<|vision_end|>",
+        "<|vision_pad|>",
+        "<|image_pad|>",
+        "<|video_pad|>",
+    )
+)
+ADDED_TOKENS: dict[str, tuple[tuple[str, bool], ...]] = {
+    "qwen2-vl": _QWEN2_VL_TOKENS,
+    "qwen2.5-vl": _QWEN2_VL_TOKENS
+    + tuple(
+        (token, False)
+        for token in (
+            "<tool_call>",
+            "</tool_call>",
+            "<|fim_prefix|>",
+            "<|fim_middle|>",
+            "<|fim_suffix|>",
+            "<|fim_pad|>",
+            "<|repo_name|>",
+            "<|file_sep|>",
+        )
+    ),
+    "llava-ov": _QWEN2_CHAT_TOKENS + (("<image>", True), ("<video>", True)),
+}
+REAL_BPE_SIZE = 151643  # the Qwen2 byte-level BPE vocabulary: added tokens start here
+TOKENIZER_SETTINGS = {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "bos_token": None, "unk_token": None}
+MODEL_MAX_LENGTH = {"qwen2-vl": 32768, "qwen2.5-vl": 131072, "llava-ov": 32768}
+
+# Chat templates exactly as shipped: Qwen2-VL and Qwen2.5-VL share chat_template.json; LLaVA-OneVision's is the one
+# transformers' conversion script wrote for llava-hf (images, then videos, then text of each message).
+QWEN2_VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}"
+    "<|im_end|>\n{% else %}{% for content in message['content'] %}{% if content['type'] == 'image' or 'image' in "
+    "content or 'image_url' in content %}{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}"
+    "Picture {{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>{% elif content['type'] "
+    "== 'video' or 'video' in content %}{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}"
+    "Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>{% elif 'text' in content "
+    "%}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}"
+    "<|im_start|>assistant\n{% endif %}"
+)
+LLAVA_OV_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n'}}{# Render all images first #}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
+    "{# Render all video then #}{% for content in message['content'] | selectattr('type', 'equalto', 'video') %}"
+    "{{ '<video>\n' }}{% endfor %}{# Render all text next #}{% if message['role'] != 'assistant' %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] }}{% endfor %}"
+    "{% else %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{% generation %}"
+    "{{ content['text'] }}{% endgeneration %}{% endfor %}{% endif %}{{'<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+CHAT_TEMPLATES = {
+    "qwen2-vl": QWEN2_VL_CHAT_TEMPLATE,
+    "qwen2.5-vl": QWEN2_VL_CHAT_TEMPLATE,
+    "llava-ov": LLAVA_OV_CHAT_TEMPLATE,
+}
+
+# Enough varied English for a few hundred merges; the byte alphabet covers everything else.
+BUILTIN_CORPUS = (
+    "A red circle moves from the left side of the screen to the right side.",
+    "A blue square stays in the middle while a green triangle bounces up and down.",
+    "The yellow star grows bigger, then shrinks, then disappears at the end of the video.",
+    "Two shapes move towards each other and meet in the center of the frame.",
+    "How many objects are there? There are three objects: a circle, a square and a triangle.",
+    "What color is the shape that moves fastest? The purple rectangle moves fastest.",
+    "The background is black. A white line rotates slowly around its center.",
+    "What happens in this video? A small orange ball falls down and rolls to the corner.",
+    "Describe the motion of the circle. It moves in a straight line at a constant speed.",
+    "Which shape appears first? The green square appears first, followed by a pink circle.",
+    "The camera does not move. Everything in the scene is flat and simple.",
+    "Is the triangle above or below the square? The triangle is above the square.",
+    "Answer the question about the video with a short sentence.",
+    "You are a helpful assistant. Please describe what you see in detail.",
+    "The person walks into the room, picks up a cup, and drinks some water.",
+    "A dog runs across the park, chasing a ball thrown by a child.",
+    "Cars drive along the road in the rain while people wait at the bus stop.",
+    "First the light turns red, then yellow, and finally green again.",
+    "She opens the book, reads a page, and closes it with a smile.",
+    "The numbers one, two, three, four, five, six, seven, eight, nine and ten.",
+    "Left, right, up, down, fast, slow, big, small, near, far, before, after.",
+    "The video is about cooking: slicing vegetables, boiling water and stirring soup.",
+)
+
+
+def _train_byte_level_bpe(corpus: Iterable[str], vocab_size: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """The vocabulary and merges of a byte-level BPE with Qwen2's pre-tokenizer (so merges look like the real ones)."""
+    tokenizer = Tokenizer(BPE())
+    tokenizer.normalizer = normalizers.NFC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tokenizer.train_from_iterator(corpus, trainer)
+    model = json.loads(tokenizer.to_str())["model"]
+    # tokenizers writes merges as ["a", "b"] pairs or as "a b" strings depending on its version
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ", 1)) for m in model["merges"]]
+    return model["vocab"], merges
+
+
+def make_tokenizer(family: str, corpus: Iterable[str] | None = None, vocab_size: int = 400) -> Qwen2Tokenizer:
+    """A small byte-level BPE in the real tokenizer class (Qwen2Tokenizer for all three families) with the family's
+    added tokens right after the BPE ids, in the real order, and its real chat template. Any UTF-8 text round-trips."""
+    _check_family(family)
+    vocab, merges = _train_byte_level_bpe(BUILTIN_CORPUS if corpus is None else corpus, vocab_size)
+    base = len(vocab)
+    added = ADDED_TOKENS[family]
+    # Giving the added tokens their ids in the vocabulary fixes their order; add_tokens then only marks them.
+    vocab = {**vocab, **{token: base + i for i, (token, _) in enumerate(added)}}
+    tokenizer = Qwen2Tokenizer(
+        vocab=vocab,
+        merges=merges,
+        model_max_length=MODEL_MAX_LENGTH[family],
+        clean_up_tokenization_spaces=False,
+        **TOKENIZER_SETTINGS,
+    )
+    tokenizer.add_tokens([AddedToken(token, special=special, normalized=False) for token, special in added])
+    tokenizer.chat_template = CHAT_TEMPLATES[family]
+    return tokenizer
+
+
+def special_token_ids(family: str, tokenizer=None) -> dict[str, int]:
+    """Ids of the family's added tokens: from the tokenizer, or the real checkpoint's when there is none."""
+    _check_family(family)
+    tokens = [token for token, _ in ADDED_TOKENS[family]]
+    if tokenizer is None:
+        return {token: REAL_BPE_SIZE + i for i, token in enumerate(tokens)}
+    return {token: tokenizer.convert_tokens_to_ids(token) for token in tokens}
+
+
+# --- processor ----------------------------------------------------------------------------------------------------
+
+# Real preprocessing defaults. Qwen: images 56*56..28*28*16384 pixels (preprocessor_config.json); videos use the Qwen
+# reference per-frame bounds 128*28*28..768*28*28 (transformers' Qwen2VLVideoProcessor defaults). LLaVA-OV: 384x384.
+QWEN_PROCESSOR = {
+    "patch_size": 14,
+    "temporal_patch_size": 2,
+    "merge_size": 2,
+    "image_min_pixels": 56 * 56,
+    "image_max_pixels": 28 * 28 * 16384,
+    "min_pixels": 128 * 28 * 28,
+    "max_pixels": 768 * 28 * 28,
+}
+LLAVA_OV_PROCESSOR = {"size": 384, "patch_size": 14}
+PROCESSOR_DEFAULTS = {"qwen2-vl": QWEN_PROCESSOR, "qwen2.5-vl": QWEN_PROCESSOR, "llava-ov": LLAVA_OV_PROCESSOR}
+# Tiny checkpoints: every video frame becomes 56x56 pixels = 2x2 merged Qwen tokens / 2x2 pooled LLaVA tokens.
+_TINY_QWEN_PROCESSOR = {key: 56 * 56 for key in ("image_min_pixels", "image_max_pixels", "min_pixels", "max_pixels")}
+TINY_PROCESSOR = {"qwen2-vl": _TINY_QWEN_PROCESSOR, "qwen2.5-vl": _TINY_QWEN_PROCESSOR, "llava-ov": {"size": 56}}
+PROCESSOR_CLASSES = {
+    "qwen2-vl": Qwen2VLProcessor,
+    "qwen2.5-vl": Qwen2_5_VLProcessor,
+    "llava-ov": LlavaOnevisionProcessor,
+}
+
+
+def _qwen_processor(family: str, tokenizer, options: Mapping[str, int]):
+    structure = {key: options[key] for key in ("patch_size", "temporal_patch_size", "merge_size")}
+    # Pass `size` (a fresh dict), never min_pixels/max_pixels: transformers 5.17 writes those into the class-level
+    # default `size`, changing every processor built afterwards in the process.
+    image = Qwen2VLImageProcessor(
+        size={"shortest_edge": options["image_min_pixels"], "longest_edge": options["image_max_pixels"]}, **structure
+    )
+    video = Qwen2VLVideoProcessor(
+        size={"shortest_edge": options["min_pixels"], "longest_edge": options["max_pixels"]}, **structure
+    )
+    return PROCESSOR_CLASSES[family](
+        image_processor=image, tokenizer=tokenizer, video_processor=video, chat_template=CHAT_TEMPLATES[family]
+    )
+
+
+def _llava_ov_processor(tokenizer, options: Mapping[str, int]) -> LlavaOnevisionProcessor:
+    edge, patch = options["size"], options["patch_size"]
+    size = {"height": edge, "width": edge}
+    image = LlavaOnevisionImageProcessor(size=dict(size), image_grid_pinpoints=anyres_grid_pinpoints(edge))
+    video = LlavaOnevisionVideoProcessor(size=dict(size))
+    return LlavaOnevisionProcessor(
+        image_processor=image,
+        tokenizer=tokenizer,
+        video_processor=video,
+        num_image_tokens=(edge // patch) ** 2,  # SigLIP, "full" feature strategy: one token per patch, no CLS
+        vision_feature_select_strategy="full",
+        chat_template=LLAVA_OV_CHAT_TEMPLATE,
+    )
+
+
+def anyres_grid_pinpoints(edge: int) -> list[list[int]]:
+    """LLaVA-OneVision's anyres grid: 1..6 tiles of the base resolution on each side (384 -> [[384, 384], ...])."""
+    return [[edge * rows, edge * cols] for rows in range(1, 7) for cols in range(1, 7)]
+
+
+def make_processor(family: str, tokenizer, **video_options: int):
+    """The family's real processor class with its image and video processors at the family defaults.
+
+    Options: Qwen `min_pixels`/`max_pixels` (video, per frame), `image_min_pixels`/`image_max_pixels`, `patch_size`,
+    `temporal_patch_size`, `merge_size`; LLaVA-OV `size` (square edge of images and frames) and `patch_size`.
+    """
+    _check_family(family)
+    defaults = PROCESSOR_DEFAULTS[family]
+    unknown = set(video_options) - set(defaults)
+    if unknown:
+        raise ValueError(f"unknown {family} processor options {sorted(unknown)}; known: {sorted(defaults)}")
+    options = {**defaults, **video_options}
+    if family == "llava-ov":
+        return _llava_ov_processor(tokenizer, options)
+    return _qwen_processor(family, tokenizer, options)
+
+
+# --- config -------------------------------------------------------------------------------------------------------
+
+# Real shapes, as in the checkpoints' config.json (token ids come from special_token_ids).
+QWEN2_VL_7B = {
+    "text_config": {
+        "vocab_size": 152064,
+        "hidden_size": 3584,
+        "intermediate_size": 18944,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 28,
+        "num_key_value_heads": 4,
+        "hidden_act": "silu",
+        "max_position_embeddings": 32768,
+        "rms_norm_eps": 1e-6,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
+        "tie_word_embeddings": False,
+    },
+    "vision_config": {
+        "depth": 32,
+        "embed_dim": 1280,
+        "hidden_size": 3584,  # Qwen2-VL's vision `hidden_size` is the merger's output width = the text width
+        "mlp_ratio": 4,
+        "num_heads": 16,
+        "in_channels": 3,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "hidden_act": "quick_gelu",
+        "initializer_range": 0.02,
+    },
+    "tie_word_embeddings": False,
+}
+QWEN2_VL_2B = {
+    "text_config": {
+        **QWEN2_VL_7B["text_config"],
+        "vocab_size": 151936,
+        "hidden_size": 1536,
+        "intermediate_size": 8960,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 12,
+        "num_key_value_heads": 2,
+        "tie_word_embeddings": True,
+    },
+    "vision_config": {**QWEN2_VL_7B["vision_config"], "hidden_size": 1536},
+    "tie_word_embeddings": True,
+}
+QWEN2_5_VL_7B = {
+    "text_config": {**QWEN2_VL_7B["text_config"], "max_position_embeddings": 128000},
+    "vision_config": {
+        "depth": 32,
+        "hidden_size": 1280,
+        "intermediate_size": 3420,
+        "out_hidden_size": 3584,
+        "num_heads": 16,
+        "in_channels": 3,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "window_size": 112,
+        "fullatt_block_indexes": [7, 15, 23, 31],
+        "tokens_per_second": 2,
+        "hidden_act": "silu",
+        "initializer_range": 0.02,
+    },
+    "tie_word_embeddings": False,
+}
+LLAVA_OV_7B = {
+    "text_config": {
+        "model_type": "qwen2",
+        "vocab_size": 152128,  # Qwen2-7B-Instruct's 152064 + <image>, <video>, padded to a multiple of 64
+        "hidden_size": 3584,
+        "intermediate_size": 18944,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 28,
+        "num_key_value_heads": 4,
+        "hidden_act": "silu",
+        "max_position_embeddings": 32768,
+        "rms_norm_eps": 1e-6,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0},
+        "tie_word_embeddings": False,
+    },
+    "vision_config": {
+        "model_type": "siglip_vision_model",
+        "hidden_size": 1152,
+        "intermediate_size": 4304,
+        "num_hidden_layers": 26,  # so400m has 27; the last is dropped (features come from it anyway)
+        "num_attention_heads": 16,
+        "image_size": 384,
+        "patch_size": 14,
+        "vision_use_head": False,
+    },
+    "projector_hidden_act": "gelu",
+    "vision_feature_select_strategy": "full",
+    "vision_feature_layer": -1,
+    "vision_aspect_ratio": "anyres_max_9",
+    "image_grid_pinpoints": anyres_grid_pinpoints(384),
+    "multimodal_projector_bias": True,
+    "tie_word_embeddings": False,
+}
+
+# Tiny: 2 layers, 4 query heads sharing 2 KV heads (GQA), a 2-block vision tower with the real patch/merge sizes.
+_TINY_TEXT = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "hidden_act": "silu",
+    "max_position_embeddings": 32768,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": False,
+}
+_TINY_MROPE = {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]}  # sums to head_dim / 2
+TINY_QWEN2_VL = {
+    "text_config": {**_TINY_TEXT, "rope_parameters": _TINY_MROPE},
+    "vision_config": {
+        "depth": 2,
+        "embed_dim": 32,
+        "hidden_size": 64,
+        "mlp_ratio": 2,
+        "num_heads": 4,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "initializer_range": 0.2,
+    },
+    "tie_word_embeddings": False,
+}
+TINY_QWEN2_5_VL = {
+    "text_config": {**_TINY_TEXT, "rope_parameters": _TINY_MROPE},
+    "vision_config": {
+        "depth": 2,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "out_hidden_size": 64,
+        "num_heads": 4,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "window_size": 56,  # 2x2 merged tokens per window: windowed and full attention blocks both run
+        "fullatt_block_indexes": [1],
+        "tokens_per_second": 2,
+        "initializer_range": 0.2,
+    },
+    "tie_word_embeddings": False,
+}
+TINY_LLAVA_OV = {
+    "text_config": {
+        **_TINY_TEXT,
+        "model_type": "qwen2",
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0},
+    },
+    "vision_config": {
+        "model_type": "siglip_vision_model",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "image_size": 56,
+        "patch_size": 14,
+        "vision_use_head": False,
+    },
+    "projector_hidden_act": "gelu",
+    "vision_feature_select_strategy": "full",
+    "vision_feature_layer": -1,
+    "vision_aspect_ratio": "anyres_max_9",
+    "image_grid_pinpoints": anyres_grid_pinpoints(56),
+    "multimodal_projector_bias": True,
+    "tie_word_embeddings": False,
+}
+
+# Std of the random weights of the language model (text_config.initializer_range; the real models were initialised
+# with 0.02). Chosen so the logits are far from flat (std ~1.6-2.4 over the vocabulary) and greedy decoding does not
+# lock onto one token: at 0.02 a random 2B/7B model repeats one token after a few steps (checked on an H100, video
+# prompts of ~1200-3200 tokens); at 0.04 48 greedy tokens were all distinct. Tiny models (width 64) need 0.2.
+RANDOM_INIT_STD = {"tiny": 0.2, "2b": 0.04, "7b": 0.04}
+
+SHAPES: dict[tuple[str, str], dict[str, Any]] = {
+    ("qwen2-vl", "tiny"): TINY_QWEN2_VL,
+    ("qwen2-vl", "2b"): QWEN2_VL_2B,
+    ("qwen2-vl", "7b"): QWEN2_VL_7B,
+    ("qwen2.5-vl", "tiny"): TINY_QWEN2_5_VL,
+    ("qwen2.5-vl", "7b"): QWEN2_5_VL_7B,
+    ("llava-ov", "tiny"): TINY_LLAVA_OV,
+    ("llava-ov", "7b"): LLAVA_OV_7B,
+}
+CONFIG_CLASSES = {"qwen2-vl": Qwen2VLConfig, "qwen2.5-vl": Qwen2_5_VLConfig, "llava-ov": LlavaOnevisionConfig}
+MODEL_CLASSES: dict[str, type[PreTrainedModel]] = {
+    "qwen2-vl": Qwen2VLForConditionalGeneration,
+    "qwen2.5-vl": Qwen2_5_VLForConditionalGeneration,
+    "llava-ov": LlavaOnevisionForConditionalGeneration,
+}
+
+
+def _token_id_fields(family: str, ids: Mapping[str, int]) -> dict[str, Any]:
+    """Config fields naming the placeholder and chat tokens (top level: vision ids; text config: bos/eos/pad)."""
+    text = {"bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"], "pad_token_id": None}
+    if family == "llava-ov":
+        return {"image_token_index": ids["<image>"], "video_token_index": ids["<video>"], "text_config": text}
+    return {
+        "image_token_id": ids["<|image_pad|>"],
+        "video_token_id": ids["<|video_pad|>"],
+        "vision_start_token_id": ids["<|vision_start|>"],
+        "vision_end_token_id": ids["<|vision_end|>"],
+        "text_config": text,
+    }
+
+
+def _merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` updated by `extra`, nested dicts (text_config, vision_config, rope_parameters) merged key by key."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def padded_vocab_size(tokenizer, multiple: int = 64) -> int:
+    """Embedding rows for a tokenizer: its length rounded up, as the real checkpoints pad theirs."""
+    return -(-len(tokenizer) // multiple) * multiple
+
+
+def make_config(
+    family: str, scale: str = "tiny", vocab_size: int | None = None, tokenizer=None, **overrides: Any
+) -> PretrainedConfig:
+    """The family's real config class at `scale` ("tiny", "7b"; "2b" for qwen2-vl).
+
+    Token ids come from `tokenizer`; without one, a tiny config uses make_tokenizer(family)'s and a real-scale config
+    the real checkpoint's. `vocab_size` defaults to the padded tokenizer length (tiny) or the real size. `overrides`
+    are config fields; nested dicts (text_config={"num_hidden_layers": 4}) are merged into the defaults.
+    """
+    _check_family(family)
+    if (family, scale) not in SHAPES:
+        scales = [s for f, s in SHAPES if f == family]
+        raise ValueError(f"no {scale!r} scale for {family}; available: {scales}")
+    if tokenizer is None and scale == "tiny":
+        tokenizer = make_tokenizer(family)
+    spec = _merge(SHAPES[(family, scale)], _token_id_fields(family, special_token_ids(family, tokenizer)))
+    spec["text_config"]["initializer_range"] = RANDOM_INIT_STD[scale]
+    if vocab_size is None and tokenizer is not None:
+        # never fewer embedding rows than token ids; a real scale keeps its real (larger) vocabulary
+        vocab_size = max(padded_vocab_size(tokenizer), 0 if scale == "tiny" else spec["text_config"]["vocab_size"])
+    if vocab_size is not None:
+        spec["text_config"]["vocab_size"] = vocab_size
+    spec = _merge(spec, overrides)
+    return CONFIG_CLASSES[family](**spec)
+
+
+# --- model --------------------------------------------------------------------------------------------------------
+
+
+def generation_config_for(config: PretrainedConfig) -> GenerationConfig:
+    """Greedy by default; stops at <|im_end|> or <|endoftext|> like the real generation_config.json."""
+    text = config.get_text_config()
+    end_of_turn, end_of_text = text.eos_token_id, text.bos_token_id  # Qwen2: bos id is <|endoftext|>
+    return GenerationConfig(bos_token_id=end_of_text, eos_token_id=[end_of_turn, end_of_text], pad_token_id=end_of_text)
+
+
+def build_random_model(
+    family: str, config: PretrainedConfig, seed: int = 0, dtype: torch.dtype = torch.float32, device: str = "cpu"
+) -> PreTrainedModel:
+    """The family's real model class with random weights, the same for the same seed, device and dtype; eval mode.
+
+    Weights follow the config's initializer_range: make_config sets RANDOM_INIT_STD, which keeps logits from being
+    flat and greedy outputs varied.
+    """
+    _check_family(family)
+    torch.manual_seed(seed)
+    # Built directly on the device in the target dtype: a 7B model never materialises in float32 on the host.
+    with torch.device(device):
+        model = MODEL_CLASSES[family]._from_config(config, dtype=dtype)
+    model.generation_config = generation_config_for(config)
+    return model.eval()
+
+
+def save_tiny_checkpoint(family: str, path: str | Path, seed: int = 0, **config_overrides: Any) -> Path:
+    """Tokenizer, processor and a tiny random model saved (safetensors) into `path`, ready for from_pretrained."""
+    path = Path(path)
+    tokenizer = make_tokenizer(family)
+    processor = make_processor(family, tokenizer, **TINY_PROCESSOR[family])
+    config = make_config(family, "tiny", tokenizer=tokenizer, **config_overrides)
+    model = build_random_model(family, config, seed=seed)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def _check_family(family: str) -> None:
+    if family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; known: {', '.join(FAMILIES)}")

@@ -1,0 +1,69 @@
+"""Shared test setup: no network at all, tiny checkpoints of each model family, small random videos."""
+
+from __future__ import annotations
+
+import os
+
+# Before anything imports huggingface_hub or transformers: the tests must never reach (or wait for) the hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+from collections.abc import Callable  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+@dataclass
+class SmallVideo:
+    """Duck-typed stand-in for stdcli.video.SampledVideo: frames already sampled at `sample_fps` from a source."""
+
+    frames: np.ndarray  # (T, H, W, 3) uint8 RGB
+    timestamps: list[float]
+    indices: list[int]
+    source_fps: float
+    duration: float
+    step: int = field(default=1, repr=False)  # source frames between two sampled frames
+
+    @property
+    def sample_fps(self) -> float:
+        return self.source_fps / self.step
+
+
+def small_video(num_frames: int = 6, height: int = 56, width: int = 56, fps: float = 2.0, seed: int = 0) -> SmallVideo:
+    """Random frames as if sampled at `fps` from a 30 fps source (56x56 frames: a few visual tokens each)."""
+    source_fps = 30.0
+    step = max(1, round(source_fps / fps))
+    indices = [i * step for i in range(num_frames)]
+    frames = np.random.default_rng(seed).integers(0, 256, (num_frames, height, width, 3), dtype=np.uint8)
+    return SmallVideo(
+        frames=frames,
+        timestamps=[i / source_fps for i in indices],
+        indices=indices,
+        source_fps=source_fps,
+        duration=(indices[-1] + step) / source_fps,
+        step=step,
+    )
+
+
+@pytest.fixture(scope="session")
+def make_video() -> Callable[..., SmallVideo]:
+    """small_video(num_frames=6, height=56, width=56, fps=2.0, seed=0)."""
+    return small_video
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Callable[[str], Path]:
+    """tiny_checkpoint(family) -> folder of a tiny random checkpoint of that family, built once per session."""
+    from stdcli.build import save_tiny_checkpoint
+
+    built: dict[str, Path] = {}
+
+    def path_of(family: str) -> Path:
+        if family not in built:
+            built[family] = save_tiny_checkpoint(family, tmp_path_factory.mktemp(family.replace(".", "_")))
+        return built[family]
+
+    return path_of

@@ -1,0 +1,368 @@
+"""Model building (stdcli.build) and the registry / loading / prompt building of stdcli.models, on tiny checkpoints."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from stdcli import build, models
+from stdcli.models import ModelLoadError, build_inputs, load_model, resolve_model
+
+FAMILIES = build.FAMILIES
+UTF8_SAMPLES = ["¿Qué pasa? 视频 🎥", "naïve café — “quotes” ½ ∑ 👩‍👩‍👧", "tabs\tand\nnewlines\r\n  ", "\x00\x7f\u200b日本語"]
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_checkpoint):
+    """loaded(family) -> the family's tiny checkpoint loaded on the CPU in float32 (once per module)."""
+    cache: dict[str, models.LoadedModel] = {}
+
+    def load(family: str) -> models.LoadedModel:
+        if family not in cache:
+            cache[family] = load_model(str(tiny_checkpoint(family)), device="cpu", dtype="float32")
+        return cache[family]
+
+    return load
+
+
+@pytest.fixture
+def empty_hf_cache(tmp_path, monkeypatch) -> Path:
+    """An empty Hugging Face cache, so that what a developer has downloaded does not change the results."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    return tmp_path / "hub"
+
+
+def put_in_hf_cache(cache: Path, repo_id: str, checkpoint: Path) -> Path:
+    """Lay `checkpoint` out as the hub client caches a download of `repo_id` (refs/main -> snapshots/<commit>)."""
+    commit = "0" * 40
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(checkpoint, repo / "snapshots" / commit)
+    return repo / "snapshots" / commit
+
+
+def one_line_error(call) -> str:
+    with pytest.raises(ModelLoadError) as caught:
+        call()
+    message = str(caught.value)
+    assert message and "\n" not in message
+    return message
+
+
+# --- build: tokenizer, processor, config, model ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_tokenizer_round_trips_any_utf8(family, tiny_checkpoint):
+    from transformers import AutoTokenizer
+
+    made = build.make_tokenizer(family)
+    reloaded = AutoTokenizer.from_pretrained(tiny_checkpoint(family))
+    assert type(made).__name__ == type(reloaded).__name__ == "Qwen2Tokenizer"
+    for text in UTF8_SAMPLES:
+        ids = made(text)["input_ids"]
+        assert made.decode(ids) == text
+        assert reloaded(text)["input_ids"] == ids
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_tokenizer_added_tokens_follow_the_bpe_in_real_order(family):
+    tokenizer = build.make_tokenizer(family)
+    ids = build.special_token_ids(family, tokenizer)
+    first = ids["<|endoftext|>"]
+    assert list(ids.values()) == list(range(first, first + len(ids))) and len(tokenizer) == first + len(ids)
+    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|endoftext|>"
+    # a special token in text is one token, and is dropped by skip_special_tokens
+    encoded = tokenizer("<|im_start|>user")["input_ids"]
+    assert encoded[0] == ids["<|im_start|>"]
+    assert tokenizer.decode(encoded, skip_special_tokens=True) == "user"
+
+
+def test_real_token_ids_are_the_checkpoints():
+    qwen = build.special_token_ids("qwen2-vl")
+    assert (qwen["<|vision_start|>"], qwen["<|image_pad|>"], qwen["<|video_pad|>"]) == (151652, 151655, 151656)
+    llava = build.special_token_ids("llava-ov")
+    assert (llava["<|im_end|>"], llava["<image>"], llava["<video>"]) == (151645, 151646, 151647)
+
+
+@pytest.mark.parametrize(
+    ("family", "scale", "billions"),
+    [("qwen2-vl", "7b", 8.291), ("qwen2-vl", "2b", 2.209), ("qwen2.5-vl", "7b", 8.292), ("llava-ov", "7b", 8.031)],
+)
+def test_real_scale_configs_have_the_real_parameter_counts(family, scale, billions):
+    model = build.build_random_model(family, build.make_config(family, scale), device="meta", dtype=torch.bfloat16)
+    assert sum(p.numel() for p in model.parameters()) / 1e9 == pytest.approx(billions, abs=0.001)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_tiny_config_exercises_grouped_query_attention(family):
+    text = build.make_config(family).get_text_config()
+    assert text.num_attention_heads > text.num_key_value_heads > 0
+    overridden = build.make_config(family, text_config={"num_hidden_layers": 3}).get_text_config()
+    assert overridden.num_hidden_layers == 3 and overridden.hidden_size == text.hidden_size
+
+
+def test_random_models_are_deterministic_per_seed():
+    config = build.make_config("qwen2-vl")
+    first, again, other = (build.build_random_model("qwen2-vl", config, seed=s) for s in (0, 0, 1))
+    weight = "model.language_model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(first.state_dict()[weight], again.state_dict()[weight])
+    assert not torch.equal(first.state_dict()[weight], other.state_dict()[weight])
+
+
+def test_unknown_family_and_scale_are_refused():
+    with pytest.raises(ValueError, match="unknown model family"):
+        build.make_tokenizer("gpt-4v")
+    with pytest.raises(ValueError, match="no '2b' scale"):
+        build.make_config("llava-ov", "2b")
+
+
+# --- loading tiny checkpoints and building inputs -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_chat_template_renders_the_family_prompt(family, loaded):
+    lm = loaded(family)
+    messages = models.chat_messages(family, "What happens?", None, with_video=True)
+    text = lm.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    video = "<video>\n" if family == "llava-ov" else "<|vision_start|><|video_pad|><|vision_end|>"
+    assert text == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        f"<|im_start|>user\n{video}What happens?<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_generate_answers_a_video_question(family, loaded, make_video):
+    lm = loaded(family)
+    assert (lm.family, lm.device, lm.dtype, lm.model.training) == (family, torch.device("cpu"), torch.float32, False)
+    inputs = build_inputs(lm, make_video(), "What happens in the video?")
+    assert inputs["pixel_values_videos"].dtype == torch.float32
+    assert all(t.device.type == "cpu" for t in inputs.values())
+    output = lm.model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    new = output[0, inputs["input_ids"].shape[1] :].tolist()
+    assert len(new) == 8 and len(set(new)) >= 4  # random but not flat: greedy does not repeat one token
+    assert isinstance(lm.tokenizer.decode(new, skip_special_tokens=True), str)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_text_only_prompt_works(family, loaded):
+    lm = loaded(family)
+    inputs = build_inputs(lm, None, "¿Qué pasa? 🎥", system="Answer briefly.")
+    assert not any(key.startswith("pixel_values") for key in inputs)
+    prompt = lm.tokenizer.decode(inputs["input_ids"][0])
+    assert prompt.startswith("<|im_start|>system\nAnswer briefly.<|im_end|>\n") and "¿Qué pasa? 🎥" in prompt
+    output = lm.model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert output.shape[1] == inputs["input_ids"].shape[1] + 4
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("num_frames", [4, 7, 24])
+def test_processor_keeps_the_given_frames(family, num_frames, loaded, make_video):
+    lm = loaded(family)
+    inputs = build_inputs(lm, make_video(num_frames=num_frames, height=60, width=90), "Describe it.")
+    visual = sum(int((inputs["input_ids"] == i).sum()) for i in lm.visual_token_ids)
+    if family == "llava-ov":
+        assert inputs["pixel_values_videos"].shape[:2] == (1, num_frames)
+        assert visual == num_frames * 2 * 2 + 1  # 56x56 frames: 4x4 patches pooled to 2x2, plus one newline token
+    else:
+        temporal = -(-num_frames // 2)  # two frames per temporal patch, an odd count padded with its last frame
+        grid_t, grid_h, grid_w = inputs["video_grid_thw"][0].tolist()
+        assert grid_t == temporal and grid_h * grid_w * 14 * 14 <= int(56 * 56 * 1.05)  # the tiny per-frame budget
+        assert visual == temporal * grid_h * grid_w // 4  # 2x2 patches merge into one token
+        assert int(inputs["mm_token_type_ids"].sum()) == 2 * visual  # video tokens are type 2
+
+
+@pytest.mark.parametrize("fps", [1.0, 2.0, 6.0])
+def test_qwen25_seconds_per_temporal_patch_come_from_the_sampling_rate(fps, loaded, make_video):
+    video = make_video(num_frames=8, fps=fps)
+    inputs = build_inputs(loaded("qwen2.5-vl"), video, "When does it move?")
+    assert inputs["second_per_grid_ts"].dtype == torch.float32
+    assert inputs["second_per_grid_ts"].tolist() == pytest.approx([2 / video.sample_fps])
+
+
+def as_published_qwen_checkpoint(tiny: Path, folder: Path) -> Path:
+    """The tiny checkpoint in the layout of the Qwen hub repositories: the image processor's preprocessor_config.json
+    (min/max_pixels, no "size") and chat_template.json, no video processor config, no nested processor_config.json."""
+    shutil.copytree(tiny, folder)
+    (folder / "processor_config.json").unlink()
+    (folder / "chat_template.jinja").unlink()
+    clip_mean, clip_std = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+    preprocessor = {
+        "min_pixels": 3136,
+        "max_pixels": 12845056,
+        "patch_size": 14,
+        "temporal_patch_size": 2,
+        "merge_size": 2,
+        "image_mean": clip_mean,
+        "image_std": clip_std,
+        "image_processor_type": "Qwen2VLImageProcessor",
+        "processor_class": "Qwen2_5_VLProcessor",
+    }
+    (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor))
+    (folder / "chat_template.json").write_text(json.dumps({"chat_template": build.QWEN2_VL_CHAT_TEMPLATE}))
+    return folder
+
+
+def test_published_qwen_layout_gets_the_reference_video_bounds(tiny_checkpoint, tmp_path, make_video, monkeypatch):
+    from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
+    for cls in (Qwen2VLImageProcessor, Qwen2VLVideoProcessor):  # 5.17 writes min/max_pixels into the class default
+        monkeypatch.setattr(cls, "size", dict(cls.size))
+    folder = as_published_qwen_checkpoint(tiny_checkpoint("qwen2.5-vl"), tmp_path / "published")
+    lm = load_model(str(folder), device="cpu")
+    # without a video config the video processor takes the image bounds (up to 12845056 pixels per frame) ...
+    assert lm.processor.video_processor.size["longest_edge"] == 12845056
+    inputs = build_inputs(lm, make_video(num_frames=4), "What happens?")
+    # ... but frames get the reference 128*28*28 minimum: 56x56 is upscaled to 336x336 = 24x24 patches
+    assert inputs["video_grid_thw"].tolist() == [[2, 24, 24]]
+    assert inputs["second_per_grid_ts"].tolist() == [1.0]
+    assert lm.processor.apply_chat_template(
+        models.chat_messages("qwen2.5-vl", "Hi", None, with_video=False), tokenize=False
+    ).startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>")
+
+
+def test_bad_frames_are_refused(loaded, make_video):
+    video = make_video()
+    video.frames = video.frames.astype("float32")
+    with pytest.raises(ValueError, match="uint8"):
+        build_inputs(loaded("qwen2-vl"), video, "?")
+
+
+def test_qwen_frame_budget_follows_the_reference_formula():
+    allowed = (56 * 56, 28 * 28 * 16384)  # a real checkpoint whose video processor took the image bounds
+    assert models.qwen_frame_pixel_bounds(8, allowed) == (128 * 28 * 28, 768 * 28 * 28)
+    assert models.qwen_frame_pixel_bounds(768, allowed) == (128 * 28 * 28, int(128000 * 28 * 28 * 0.9) * 2 // 768)
+    assert models.qwen_frame_pixel_bounds(100000, allowed) == (128 * 28 * 28, int(128 * 28 * 28 * 1.05))
+    assert models.qwen_frame_pixel_bounds(8, (56 * 56, 56 * 56)) == (56 * 56, int(56 * 56 * 1.05))
+
+
+def test_frame_defaults():
+    qwen = models.frame_defaults("qwen2.5-vl")
+    assert (qwen.fps, qwen.num_frames, qwen.min_frames, qwen.max_frames, qwen.multiple_of) == (2.0, None, 4, 768, 2)
+    llava = models.frame_defaults("llava-ov")
+    assert (llava.fps, llava.num_frames, llava.multiple_of) == (None, 32, 1)
+    with pytest.raises(ValueError):
+        models.frame_defaults("nope")
+
+
+def test_loaded_model_knows_its_special_tokens(loaded):
+    lm = loaded("qwen2-vl")
+    ids = build.special_token_ids("qwen2-vl", lm.tokenizer)
+    assert lm.visual_token_ids == (ids["<|image_pad|>"], ids["<|video_pad|>"])
+    assert lm.eos_token_ids == (ids["<|im_end|>"], ids["<|endoftext|>"])
+
+
+# --- registry and load errors ---------------------------------------------------------------------------------------
+
+
+def test_aliases_resolve_to_their_repositories(empty_hf_cache):
+    expected = {
+        "qwen2-vl": "Qwen/Qwen2-VL-7B-Instruct",
+        "qwen2-vl-2b": "Qwen/Qwen2-VL-2B-Instruct",
+        "qwen2.5-vl": "Qwen/Qwen2.5-VL-7B-Instruct",
+        "llava-ov": "llava-hf/llava-onevision-qwen2-7b-ov-hf",
+    }
+    assert {alias: spec.repo_id for alias, spec in models.REGISTRY.items() if spec.repo_id} == expected
+    rows = {row.name: row for row in models.list_models()}
+    assert list(rows) == list(models.REGISTRY) and models.DEFAULT_MODEL == "builtin"
+    for alias, repo_id in expected.items():
+        row = rows[alias]
+        assert (row.kind, row.location, row.available) == ("alias", repo_id, False)
+        assert f"hf download {repo_id}" in row.detail
+
+
+def test_cached_hub_model_resolves_and_loads_offline(empty_hf_cache, tiny_checkpoint, monkeypatch):
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=3.0: pytest.fail("the hub must not be contacted"))
+    snapshot = put_in_hf_cache(empty_hf_cache, "Qwen/Qwen2-VL-2B-Instruct", tiny_checkpoint("qwen2-vl"))
+    resolved = resolve_model("qwen2-vl-2b")
+    assert (resolved.kind, resolved.location, resolved.family, resolved.available) == (
+        "alias",
+        str(snapshot),
+        "qwen2-vl",
+        True,
+    )
+    assert load_model("Qwen/Qwen2-VL-2B-Instruct", device="cpu").family == "qwen2-vl"
+
+
+def test_missing_hub_id_fails_fast_with_one_line(empty_hf_cache):
+    resolved = resolve_model("stdcli-tests/no-such-model")
+    assert (resolved.kind, resolved.available) == ("hub", False)
+    started = time.perf_counter()
+    message = one_line_error(lambda: load_model("stdcli-tests/no-such-model", device="cpu"))
+    assert time.perf_counter() - started < 2
+    assert "not in the local Hugging Face cache" in message and "hf download stdcli-tests/no-such-model" in message
+
+
+def test_unreachable_hub_fails_fast_when_not_offline(empty_hf_cache, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE")
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=3.0: False)
+    message = one_line_error(lambda: load_model("qwen2.5-vl", device="cpu"))
+    assert "the hub cannot be reached" in message and "hf download Qwen/Qwen2.5-VL-7B-Instruct" in message
+
+
+def test_unknown_bare_name_lists_the_aliases(empty_hf_cache):
+    message = one_line_error(lambda: load_model("qwen2vl", device="cpu"))
+    assert "not an alias" in message and "qwen2.5-vl" in message
+
+
+def test_nonexistent_path(tmp_path):
+    missing = tmp_path / "nowhere" / "model"
+    assert resolve_model(str(missing)).kind == "path"
+    assert "no such folder" in one_line_error(lambda: load_model(str(missing), device="cpu"))
+
+
+def test_folder_without_config(tmp_path):
+    assert "no config.json" in one_line_error(lambda: load_model(str(tmp_path), device="cpu"))
+
+
+def test_unsupported_architecture(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["BertModel"], "model_type": "bert"}))
+    message = one_line_error(lambda: load_model(str(tmp_path), device="cpu"))
+    assert "unsupported architecture BertModel" in message and "Qwen2VLForConditionalGeneration" in message
+
+
+def test_folder_without_weights(tmp_path, tiny_checkpoint):
+    shutil.copy(tiny_checkpoint("qwen2-vl") / "config.json", tmp_path)
+    assert "no weights" in one_line_error(lambda: load_model(str(tmp_path), device="cpu"))
+
+
+def test_broken_weights_become_a_load_error(tmp_path, tiny_checkpoint):
+    shutil.copytree(tiny_checkpoint("qwen2-vl"), tmp_path / "model")
+    (tmp_path / "model" / "model.safetensors").write_bytes(b"not a safetensors file")
+    assert "cannot load" in one_line_error(lambda: load_model(str(tmp_path / "model"), device="cpu"))
+
+
+@pytest.mark.parametrize(("device", "dtype", "expected"), [("tpu9", "auto", "device"), ("cpu", "int3", "dtype")])
+def test_bad_device_and_dtype_strings(device, dtype, expected, tiny_checkpoint):
+    message = one_line_error(lambda: load_model(str(tiny_checkpoint("qwen2-vl")), device=device, dtype=dtype))
+    assert f"unknown {expected}" in message
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_cuda_without_a_gpu(tiny_checkpoint):
+    assert "no CUDA GPU" in one_line_error(lambda: load_model(str(tiny_checkpoint("qwen2-vl")), device="cuda"))
+
+
+def test_auto_device_and_dtype():
+    device = models.pick_device("auto")
+    assert device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert models.pick_dtype("auto", torch.device("cpu")) == torch.float32
+    assert models.pick_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+
+
+def test_builtin_without_weights(tmp_path, monkeypatch):
+    monkeypatch.setattr(models, "BUILTIN_DIR", tmp_path)
+    resolved = resolve_model("builtin")
+    assert (resolved.kind, resolved.family, resolved.available) == ("builtin", "qwen2-vl", False)
+    message = one_line_error(lambda: load_model("builtin", device="cpu"))
+    assert "built-in model's weights are not in this install yet" in message and "--model" in message
