@@ -292,21 +292,6 @@ def _download(resolved: Resolved) -> Resolved:
     return _resolve_hub(resolved.name, resolved.kind, repo_id, resolved.family)
 
 
-def placeholder_token_ids(config) -> tuple[int, ...]:
-    """Ids of the image and video placeholder tokens (Qwen: *_token_id, LLaVA-OneVision: *_token_index)."""
-    names = ("image_token_id", "video_token_id", "image_token_index", "video_token_index")
-    return tuple(sorted({value for n in names if isinstance(value := getattr(config, n, None), int)}))
-
-
-def end_token_ids(model, tokenizer) -> tuple[int, ...]:
-    """Token ids that end an answer: the generation config's eos ids, else the tokenizer's eos."""
-    eos = model.generation_config.eos_token_id
-    if eos is None:
-        eos = tokenizer.eos_token_id
-    ids = eos if isinstance(eos, (list, tuple)) else [eos]
-    return tuple(dict.fromkeys(int(i) for i in ids if i is not None))
-
-
 def _from_pretrained(cls, folder: Path, device: torch.device, **kwargs: Any):
     # device_map needs accelerate; without it the weights are loaded on the CPU and moved.
     if importlib.util.find_spec("accelerate") is not None:
@@ -346,6 +331,8 @@ def load_model(
     except Exception as error:  # noqa: BLE001 - a broken checkpoint, OOM, ...: one line for the user
         raise ModelLoadError(f"cannot load {name} from {folder}: {type(error).__name__}: {_one_line(error)}") from None
     model.eval()
+    from .std import eos_token_ids, visual_token_ids
+
     tokenizer = processor.tokenizer
     return LoadedModel(
         name=name,
@@ -356,8 +343,8 @@ def load_model(
         tokenizer=tokenizer,
         device=torch_device,
         dtype=torch_dtype,
-        eos_token_ids=end_token_ids(model, tokenizer),
-        visual_token_ids=placeholder_token_ids(model.config),
+        eos_token_ids=eos_token_ids(model, tokenizer),
+        visual_token_ids=visual_token_ids(model),
     )
 
 

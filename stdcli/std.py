@@ -28,8 +28,6 @@ from .sampling import accept_greedy, accept_sampled, sample, token_probs
 
 DEFAULT_K = 512
 DEFAULT_GAMMA = 4
-# StD sequences start with this many plain dense steps: their measured cost is the baseline of `speedup_est`.
-CALIBRATION_STEPS = 2
 
 
 @dataclass
@@ -40,6 +38,8 @@ class DecodeOptions:
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
     seed: int | None = None
+    # StD sequences start with this many plain dense steps: their measured cost is the baseline of `speedup_est`.
+    calibration_steps: int = 2
 
     @property
     def greedy(self) -> bool:
@@ -113,17 +113,19 @@ class Generation:
 
 
 def visual_token_ids(model) -> tuple[int, ...]:
-    """Placeholder ids of image and video tokens, from the model config (Qwen2-VL, Qwen2.5-VL, LLaVA-OneVision)."""
+    """Placeholder ids of image and video tokens, from the model config (Qwen: *_token_id, LLaVA-OV: *_token_index)."""
     config = model.config
     names = ("image_token_id", "video_token_id", "image_token_index", "video_token_index")
-    return tuple(sorted({getattr(config, n) for n in names if isinstance(getattr(config, n, None), int)}))
+    return tuple(sorted({value for n in names if isinstance(value := getattr(config, n, None), int)}))
 
 
-def eos_token_ids(model) -> tuple[int, ...]:
+def eos_token_ids(model, tokenizer=None) -> tuple[int, ...]:
+    """Token ids that end an answer: the generation config's eos ids, else the tokenizer's eos (when given)."""
     eos = model.generation_config.eos_token_id
-    if eos is None:
-        return ()
-    return tuple(eos) if isinstance(eos, (list, tuple)) else (eos,)
+    if eos is None and tokenizer is not None:
+        eos = tokenizer.eos_token_id
+    ids = eos if isinstance(eos, (list, tuple)) else [eos]
+    return tuple(dict.fromkeys(int(i) for i in ids if i is not None))
 
 
 def uses_mrope(model) -> bool:
@@ -208,7 +210,7 @@ class Decoder:
     # ---- prefill ---------------------------------------------------------------------------------
     @torch.inference_mode()
     def prefill(self, slot: int, inputs: dict, max_new_tokens: int | None = None) -> list[int]:
-        """Run the prompt into `slot`; returns the first generated token (as a list, empty never)."""
+        """Run the prompt into `slot`; returns the first generated token as a list (empty if the limit is 0)."""
         started = time.perf_counter()
         input_ids = inputs["input_ids"]
         is_visual = torch.isin(input_ids[0], torch.tensor(self.visual_ids, device=input_ids.device))
@@ -220,8 +222,13 @@ class Decoder:
             # only text that comes after the video can attend to it
             ctx.score_queries, ctx.visual_keys = text[text > visual[0]], visual
         self.cache.set_prefill(slot)
+        if self.mrope:
+            # transformers keeps the previous prompt's offset and leaves it untouched for a prompt without images
+            # or videos, whose offset is 0: clear it, or such a prompt would inherit the last video's offset
+            self.model.model.rope_deltas = None
         out = self.model(**inputs, past_key_values=self.cache, use_cache=True, logits_to_keep=1, std_step=ctx)
-        rope_delta = int(self.model.model.rope_deltas.view(-1)[0]) if self.mrope else 0
+        deltas = self.model.model.rope_deltas if self.mrope else None
+        rope_delta = int(deltas.view(-1)[0]) if deltas is not None else 0
         sparse_len = self._build_sparse(slot, ctx, text) if self.options.gamma > 0 else 0
         first, _ = self._choose(out.logits[:, -1])
         synchronize(self.device)
@@ -230,7 +237,7 @@ class Decoder:
             sparse_len=sparse_len,
             rope_delta=rope_delta,
             last_token=int(first[0]),
-            max_new_tokens=max_new_tokens or self.options.max_new_tokens,
+            max_new_tokens=self.options.max_new_tokens if max_new_tokens is None else max_new_tokens,
         )
         state.stats.prompt_tokens, state.stats.visual_tokens = input_ids.shape[1], visual.numel()
         state.stats.kept_tokens = sparse_len
@@ -386,7 +393,7 @@ def generate(
         if on_tokens:
             on_tokens(first, state.stats)
         while not state.done:
-            calibrating = options.gamma > 0 and state.stats.dense_steps < CALIBRATION_STEPS
+            calibrating = options.gamma > 0 and state.stats.dense_steps < options.calibration_steps
             new = decoder.step(0 if calibrating else None)[0]
             if on_tokens:
                 on_tokens(new, state.stats)

@@ -1,0 +1,192 @@
+"""StD decoding is lossless: greedy StD (and its dense path) gives token for token what `model.generate` gives.
+
+Randomized cases over the three families, float32 on the CPU: tiny random checkpoints, random videos of one to a
+dozen frames (or none), random questions, K from 1 to beyond the visual token count, gamma 0..9, EOS landing
+inside a draft, max_new_tokens ending inside one. Each family runs its cases in one test that lists every failing
+case with its parameters, then checks from the aggregate statistics that drafts were both accepted and rejected:
+with only one of the two, agreement would prove nothing about verification.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+import torch
+
+from stdcli import build
+from stdcli.models import build_inputs, load_model
+from stdcli.std import (
+    Decoder,
+    DecodeOptions,
+    DecodeStats,
+    cache_capacity,
+    eos_token_ids,
+    generate,
+    prompt_layout,
+    visual_token_ids,
+)
+
+CASES_PER_FAMILY = 110
+WORDS = (
+    "what happens in the video who moves first how many red circles are there describe the motion of each shape "
+    "is the square above triangle when does light turn green why did ball stop near corner answer briefly please "
+    "¿qué pasa? 视频 🎥 naïve café"
+).split()
+
+
+@pytest.fixture(scope="session")
+def lms(tiny_checkpoint):
+    """lms(family) -> the family's tiny checkpoint, loaded on the CPU in float32, once per session."""
+    loaded = {}
+
+    def get(family: str):
+        if family not in loaded:
+            loaded[family] = load_model(str(tiny_checkpoint(family)), device="cpu", dtype="float32")
+        return loaded[family]
+
+    return get
+
+
+def reference(model, inputs: dict, max_new_tokens: int, eos: int | None = None) -> list[int]:
+    """transformers' own greedy decoding; `eos` replaces the generation config's end tokens."""
+    stop = {} if eos is None else {"eos_token_id": eos}
+    out = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens, **stop)
+    return out[0, inputs["input_ids"].shape[1] :].tolist()
+
+
+def std(model, inputs: dict, options: DecodeOptions, eos=None):
+    """generate(), also checking that the streamed tokens add up to the result."""
+    streamed = []
+    result = generate(model, inputs, options, eos=eos, on_tokens=lambda new, stats: streamed.extend(new))
+    assert streamed == result.tokens
+    return result
+
+
+def draft_was_cut(stats) -> bool:
+    """Whether the last cycle produced more tokens than were kept (EOS or the token limit inside its drafts)."""
+    produced = stats.accepted + stats.cycles
+    kept = stats.new_tokens - 1 - stats.dense_steps  # the first token comes from prefill
+    return produced > kept
+
+
+def run_case(lm, make_video, seed: int) -> list[tuple[dict, list[int], list[int], DecodeStats]]:
+    """One random case: [(parameters, reference tokens, StD tokens, StD stats)] for each end-token setting tried."""
+    rng = random.Random(seed)
+    kind = seed % 10  # fixes what each tenth of the cases covers; everything else is random
+    frames = 0 if kind == 1 else 1 if kind == 2 else rng.randint(2, 12)
+    question = " ".join(rng.choices(WORDS, k=rng.randint(1, 12)))
+    system = rng.choice([None, None, " ".join(rng.choices(WORDS, k=rng.randint(1, 6)))])
+    video = None
+    if frames:
+        video = make_video(frames, rng.randint(28, 100), rng.randint(28, 100), rng.choice([1.0, 2.0, 4.0]), seed)
+    inputs = build_inputs(lm, video, question, system)
+    _, visual = prompt_layout(inputs, visual_token_ids(lm.model))
+    k = max(1, rng.choice([1, rng.randint(1, max(visual, 1)), visual, visual + rng.randint(1, 40)]))
+    gamma = 0 if kind == 0 else rng.randint(1, 9)
+    calibration = rng.randint(1, 3) if kind == 3 else 0
+    with_eos = kind in (4, 5, 6)
+    max_new_tokens = rng.randint(8 if with_eos else 1, 24)
+    params = {"seed": seed, "frames": frames, "visual": visual, "prompt": inputs["input_ids"].shape[1], "k": k,
+              "gamma": gamma, "calibration": calibration, "max_new_tokens": max_new_tokens}
+    options = DecodeOptions(max_new_tokens, k, gamma, calibration_steps=calibration)
+    # StD runs before the reference of its own prompt, so it cannot lean on model state that generate() leaves
+    result = std(lm.model, inputs, options)
+    expected = reference(lm.model, inputs, max_new_tokens)
+    runs = [(params, expected, result.tokens, result.stats)]
+    if with_eos and len(expected) >= 3:
+        # a token the reference emits mid-answer becomes the only end token: the answer stops at its first occurrence
+        eos = expected[rng.randrange(1, len(expected) - 1)]
+        result = std(lm.model, inputs, options, eos=[eos])
+        runs.append(({**params, "eos": eos}, reference(lm.model, inputs, max_new_tokens, eos=eos), result.tokens,
+                     result.stats))
+    return runs
+
+
+@pytest.mark.parametrize("family", build.FAMILIES)
+def test_greedy_std_matches_generate(family, lms, make_video):
+    lm = lms(family)
+    failures, seen, totals = [], Counter(), Counter()
+    for seed in range(CASES_PER_FAMILY):
+        for params, expected, got, stats in run_case(lm, make_video, seed):
+            if got != expected:
+                failures.append(f"{params}\n    generate: {expected}\n    std:      {got}")
+            totals.update(runs=1, drafted=stats.drafted, accepted=stats.accepted, cycles=stats.cycles)
+            seen.update(
+                dense=params["gamma"] == 0,
+                text_only=params["frames"] == 0,
+                one_frame=params["frames"] == 1,
+                k_is_1=params["k"] == 1 and params["visual"] > 1,
+                k_above_visual=params["k"] > params["visual"] > 0,
+                calibrated=params["calibration"] > 0 and stats.dense_steps > 0 and stats.cycles > 0,
+                eos_inside_draft="eos" in params and got[-1:] == [params["eos"]] and draft_was_cut(stats),
+                limit_inside_draft=len(got) == params["max_new_tokens"] and draft_was_cut(stats),
+            )
+    assert not failures, f"{len(failures)} {family} runs differ from generate():\n" + "\n".join(failures)
+    rejected = totals["drafted"] - totals["accepted"]
+    print(f"{family}: {dict(totals)}, rejected {rejected}; runs covering {dict(seen)}")
+    assert totals["accepted"] >= 100 and rejected >= 100, dict(totals)
+    for what in ("dense", "text_only", "one_frame", "k_is_1", "k_above_visual", "calibrated",
+                 "eos_inside_draft", "limit_inside_draft"):
+        assert seen[what] >= 2, f"too few {family} runs with {what}: {dict(seen)}"
+
+
+@pytest.mark.parametrize("family", build.FAMILIES)
+@pytest.mark.parametrize("gamma", [0, 3])
+def test_video_at_the_end_of_the_prompt(family, gamma, lms, make_video):
+    """No text after the video ranks its tokens: the sparse view keeps the first K, and output stays exact."""
+    lm = lms(family)
+    inputs = build_inputs(lm, make_video(num_frames=4, seed=7), "Describe it.")
+    is_visual = torch.isin(inputs["input_ids"][0], torch.tensor(visual_token_ids(lm.model)))
+    end = int(is_visual.nonzero().max()) + 1
+    per_token = ("input_ids", "attention_mask", "mm_token_type_ids")
+    inputs = {key: value[:, :end] if key in per_token else value for key, value in inputs.items()}
+    expected = reference(lm.model, inputs, 12)
+    result = std(lm.model, inputs, DecodeOptions(12, k=2, gamma=gamma, calibration_steps=0))
+    assert result.tokens == expected
+    assert result.stats.kept_tokens == (2 + end - int(is_visual.sum()) if gamma else 0)
+
+
+def test_batched_slots_decode_independently(lms, make_video):
+    """Slots of different prompts and token limits, prefilled at different times, each decode their own answer."""
+    lm = lms("qwen2-vl")
+    prompts = [
+        build_inputs(lm, make_video(num_frames=n, seed=n), q) for n, q in ((6, "What moves?"), (2, "Colors?"))
+    ] + [build_inputs(lm, None, "Only text here, no video at all.")]  # after a video prompt in the same slot
+    limits = [10, 6, 3]
+    options = DecodeOptions(max_new_tokens=max(limits), k=3, gamma=4, calibration_steps=0)
+    visual_ids = visual_token_ids(lm.model)
+    needs = [cache_capacity(*prompt_layout(inputs, visual_ids), options) for inputs in prompts]
+    max_len, sparse_cap = (max(n[i] for n in needs) for i in (0, 1))
+    outputs, prompt_of = {}, {}
+    with Decoder(lm.model, options, batch=2, max_len=max_len, sparse_cap=sparse_cap) as decoder:
+        assert decoder.prefill(0, prompts[0], max_new_tokens=0) == [] and decoder.release(0).done
+        waiting = list(enumerate(prompts))
+        while waiting or any(decoder.slots):
+            for slot in range(2):  # refill a free slot while the other is mid-answer
+                if decoder.slots[slot] is None and waiting:
+                    prompt_of[slot], inputs = waiting.pop(0)
+                    decoder.prefill(slot, inputs, max_new_tokens=limits[prompt_of[slot]])
+            decoder.step()
+            for slot, state in enumerate(decoder.slots):
+                if state is not None and state.done:
+                    outputs[prompt_of[slot]] = decoder.release(slot).tokens
+    for i, inputs in enumerate(prompts):
+        assert outputs[i] == reference(lm.model, inputs, limits[i]), f"prompt {i}"
+
+
+@pytest.mark.parametrize("family", build.FAMILIES)
+def test_special_token_ids_come_from_the_model(family, lms):
+    lm = lms(family)
+    ids = build.special_token_ids(family, lm.tokenizer)
+    placeholders = ("<image>", "<video>") if family == "llava-ov" else ("<|image_pad|>", "<|video_pad|>")
+    assert visual_token_ids(lm.model) == tuple(ids[p] for p in placeholders)
+    assert eos_token_ids(lm.model) == (ids["<|im_end|>"], ids["<|endoftext|>"])
+
+
+def test_eos_falls_back_to_the_tokenizer(lms, monkeypatch):
+    lm = lms("qwen2-vl")
+    monkeypatch.setattr(lm.model.generation_config, "eos_token_id", None)
+    assert eos_token_ids(lm.model, lm.tokenizer) == (lm.tokenizer.eos_token_id,)
+    assert eos_token_ids(lm.model) == ()
