@@ -4,7 +4,7 @@ Usable without the CLI:
 
     from stdcli import load_model, answer_video, AskOptions
     lm = load_model("builtin")
-    record = answer_video(lm, "samples/clip.mp4", AskOptions(question="What happens?"))
+    record = answer_video(lm, "samples/short_1.mp4", AskOptions(question="What happens?"))
 """
 
 from __future__ import annotations
@@ -59,7 +59,9 @@ def sampling_arguments(defaults: FrameDefaults, options: FrameOptions) -> dict[s
 
 
 class TextStream:
-    """Token ids in, newly printable text out (holds back an incomplete UTF-8 sequence)."""
+    """Token ids in, newly printable text out. What it prints, joined, is exactly `decode_answer` of all the tokens
+    once `finish` has been called: leading whitespace is dropped, trailing whitespace and an incomplete UTF-8
+    sequence are held back until more text follows them."""
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
@@ -68,10 +70,18 @@ class TextStream:
 
     def push(self, tokens: Sequence[int]) -> str:
         self.tokens.extend(tokens)
-        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True).lstrip()
         if text.endswith("\ufffd"):
             return ""
-        delta, self.printed = text[self.printed :], len(text)
+        return self._emit(text.rstrip())
+
+    def finish(self) -> str:
+        """The rest of the answer (held back text that turned out to be final)."""
+        return self._emit(decode_answer(self.tokenizer, self.tokens))
+
+    def _emit(self, text: str) -> str:
+        delta = text[self.printed :]
+        self.printed = max(self.printed, len(text))
         return delta
 
 
@@ -94,8 +104,10 @@ def answer_video(
         stream = TextStream(lm.tokenizer)
         callback = (lambda tokens, stats: on_text(stream.push(tokens), stats)) if on_text else None
         result = _decode(lm, inputs, options.decode, callback)
+        if on_text and (rest := stream.finish()):
+            on_text(rest, result.stats)
         compare = _compare(lm, inputs, options.decode, result) if options.compare and options.mode == "std" else None
-    except (KeyboardInterrupt, SystemExit):
+    except (KeyboardInterrupt, SystemExit, BrokenPipeError):  # the whole run stops, not just this video
         raise
     except Exception as error:  # one broken video must not stop a folder run: it is reported in its record
         return error_record(video, options.question, lm.name, options.mode, error)
@@ -114,6 +126,7 @@ def answer_video(
         k=options.decode.k if options.mode == "std" else None,
         gamma=options.decode.gamma if options.mode == "std" else None,
         compare=compare,
+        warnings=list(sampled.warnings),
     )
     record["timings"] = {
         "load_video_s": _round(load_video_s),
@@ -156,20 +169,30 @@ class InputError(Exception):
 def collect_videos(arguments: Sequence[str], stdin: Iterable[str]) -> list[str]:
     """Video paths from files, folders (recursively, sorted) and '-' (one path per line on stdin), in order.
 
-    A file is kept even if it does not exist or is not a video: its record will say why. A folder holding no
-    video, or no videos at all, is an input error (checked before any work starts).
+    A path named on the command line must exist (else an input error: a typo stops the run before the model loads);
+    a path read from stdin is data, kept even if missing, and its record says why. A file is kept whatever it holds:
+    its record says if it is not a video. A folder named on the command line must hold videos.
     """
     videos: list[str] = []
     for argument in arguments:
         if argument == "-":
-            videos.extend(line.strip() for line in stdin if line.strip())
+            for line in stdin:
+                path = line.strip()
+                if path:
+                    videos.extend(_videos_in(path) if Path(path).is_dir() else [path])
         elif Path(argument).is_dir():
-            found = sorted(str(p) for p in Path(argument).rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
+            found = _videos_in(argument)
             if not found:
                 raise InputError(f"{argument}: folder holds no videos ({' '.join(VIDEO_EXTENSIONS)})")
             videos.extend(found)
-        else:
+        elif Path(argument).exists():
             videos.append(argument)
+        else:
+            raise InputError(f"{argument}: no such file or folder")
     if not videos:
         raise InputError("no videos given (files, folders, or '-' to read paths from stdin)")
     return videos
+
+
+def _videos_in(folder: str) -> list[str]:
+    return sorted(str(p) for p in Path(folder).rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())

@@ -1,15 +1,21 @@
-"""The `stdcli` command: thin Typer commands over the library."""
+"""The `stdcli` command: thin Typer commands over the library.
+
+Output rules, for every command: results (answers, JSON) on stdout, everything else on stderr; every error is one
+line "stdcli: error: ..." and never a traceback (STDCLI_DEBUG=1 shows it); no colour or live display unless stderr
+is a terminal. Exit status: 0 all answered, 1 some videos failed, 2 usage error, 130 interrupted (Ctrl-C).
+"""
 
 from __future__ import annotations
 
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 from . import __version__
 from .ask import AskOptions, FrameOptions, InputError, answer_video, collect_videos
@@ -23,19 +29,58 @@ BUILTIN_NOTE = (
     "appear, disappear and change colour (see samples/); for real footage pass --model with real weights, "
     "e.g. --model qwen2-vl."
 )
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+def say(message: str) -> None:
+    """One plain line on stderr (not Rich: it would wrap long lines at 80 columns when stderr is a file)."""
+    print(f"stdcli: {' '.join(message.split())}", file=sys.stderr, flush=True)
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
+    say(f"error: {message}")
+    return typer.Exit(code)
+
+
+class OneLineErrors(TyperGroup):
+    """Click's usage errors (unknown option, missing argument, bad value) as one "stdcli: error:" line with exit
+    status 2, instead of Typer's multi-line panel: scripts read one line, like every other stdcli error."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except Exception as error:
+            # Click's classes are matched by name: Typer >= 0.2x vendors its own copy of Click, older ones use click.
+            kinds = {cls.__name__ for cls in type(error).__mro__}
+            if "NoArgsIsHelpError" in kinds:  # the help, already printed when Typer uses Rich
+                if error.format_message().strip():
+                    error.show()
+                sys.exit(error.exit_code)
+            if "UsageError" in kinds:
+                ctx = getattr(error, "ctx", None)
+                hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+                say(f"error: {error.format_message()}{hint}")
+                sys.exit(error.exit_code)
+            if "ClickException" in kinds:
+                say(f"error: {error.format_message()}")
+                sys.exit(error.exit_code)
+            if "Abort" in kinds:
+                say("error: aborted")
+                sys.exit(EXIT_FAILED)
+            raise
+        # Not standalone, Click returns the exit code of a typer.Exit, or the command's return value (None).
+        sys.exit(code if isinstance(code, int) else 0)
+
 
 app = typer.Typer(
+    cls=OneLineErrors,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Ask questions about videos with a Video-LLM, decoded losslessly faster with Sparse-to-Dense (StD).",
 )
-err = Console(stderr=True)
-
-
-def fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"stdcli: error: {message}", markup=False, highlight=False)
-    return typer.Exit(code)
 
 
 def version_callback(value: bool) -> None:
@@ -53,10 +98,13 @@ def main_options(
     pass
 
 
+# --- stdcli ask -----------------------------------------------------------------------------------------------------
+
+
 @app.command(help=f"Answer QUESTION about each VIDEO (files, folders, or - for paths on stdin).\n\n{BUILTIN_NOTE}")
 def ask(
-    videos: Annotated[list[str], typer.Argument(help="Video files, folders (searched recursively), or - (stdin).")],
-    question: Annotated[str, typer.Argument(help="The question, asked of every video.")],
+    videos: Annotated[list[str], typer.Argument(metavar="VIDEO", help="Video files, folders (searched recursively), or - (paths on stdin).", show_default=False)],
+    question: Annotated[str, typer.Argument(metavar="QUESTION", help="The question, asked of every video.", show_default=False)],
     model: Annotated[str, typer.Option(help="Alias (see `stdcli models`), Hugging Face id, or local folder.")] = DEFAULT_MODEL,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
@@ -81,6 +129,7 @@ def ask(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or statistics on stderr (errors still).")] = False,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow a checkpoint's own Python code (off by default).")] = False,
 ) -> None:
+    # Everything that can be checked without the model is checked first: a usage error costs no model load.
     options = _ask_options(
         question, system, fps, frames, min_frames, max_frames, max_pixels, max_new_tokens, temperature, top_p,
         seed, dense, k, gamma, compare,
@@ -89,20 +138,31 @@ def ask(
         raise fail("--json and --jsonl are exclusive")
     if resume and output is None:
         raise fail("--resume needs --output FILE.jsonl")
+    if "-" in videos and sys.stdin.isatty():
+        say("reading video paths from stdin, one per line (end with Ctrl-D)")
     try:
         paths = collect_videos(videos, sys.stdin)
     except InputError as error:
         raise fail(str(error))
+    done = answered_keys(output) if resume else set()
+    todo = [p for p in paths if record_key(p, question, model) not in done]
+    if len(todo) < len(paths) and not quiet:
+        say(f"resuming: {len(paths) - len(todo)} of {len(paths)} videos already answered in {output}")
+    if not todo:
+        raise typer.Exit(0)  # nothing left: not even the model is loaded
+    writer = _open_output(output)  # before the model: a bad path should not cost a model load
+    if not Display.live_possible(quiet):
+        _quiet_loading_bars()
     try:
         lm = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     except ModelLoadError as error:
+        if writer:
+            writer.close()
         raise fail(str(error))
-    done = answered_keys(output) if resume and output else set()
-    todo = [p for p in paths if (p, question, lm.name) not in done]
-    if len(todo) < len(paths) and not quiet:
-        err.print(f"resuming: {len(paths) - len(todo)} of {len(paths)} videos already answered in {output}", markup=False)
-    failures = _run(lm, todo, options, json_out, jsonl, output, quiet)
-    raise typer.Exit(1 if failures else 0)
+    failures = _run(lm, todo, options, json_out, jsonl, writer, quiet)
+    if failures and len(todo) > 1 and not quiet:
+        say(f"{failures} of {len(todo)} videos failed (their records say why)")
+    raise typer.Exit(EXIT_FAILED if failures else 0)
 
 
 def _ask_options(question, system, fps, frames, min_frames, max_frames, max_pixels, max_new_tokens, temperature,
@@ -133,9 +193,27 @@ def _ask_options(question, system, fps, frames, min_frames, max_frames, max_pixe
     return AskOptions(question=question, system=system, frames=frame_options, decode=decode, compare=compare)
 
 
-def _run(lm, paths: list[str], options: AskOptions, json_out: bool, jsonl: bool, output: Path | None, quiet: bool) -> int:
+def _open_output(output: Path | None) -> JsonlWriter | None:
+    if output is None:
+        return None
+    try:
+        return JsonlWriter(output)
+    except OSError as error:
+        raise fail(f"cannot write --output {output}: {error.strerror or error}")
+
+
+def _quiet_loading_bars() -> None:
+    """No tqdm bars from transformers or the hub ("Loading weights", downloads) where there is no live display."""
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as transformers_logging
+
+    disable_progress_bars()
+    transformers_logging.disable_progress_bar()
+
+
+def _run(lm, paths: list[str], options: AskOptions, json_out: bool, jsonl: bool, writer: JsonlWriter | None,
+         quiet: bool) -> int:
     """Answer every path in order; returns the number of failures. Ctrl-C keeps every finished record."""
-    writer = JsonlWriter(output) if output else None
     failures = 0
     try:
         with Display(len(paths), quiet=quiet, stream_answers=not (json_out or jsonl)) as display:
@@ -148,12 +226,15 @@ def _run(lm, paths: list[str], options: AskOptions, json_out: bool, jsonl: bool,
                 printed = to_json(record, pretty=True) if json_out else to_json(record) if jsonl else None
                 display.video_finished(record, printed)
     except KeyboardInterrupt:
-        err.print("stdcli: interrupted; finished records are kept", markup=False)
-        raise typer.Exit(130)
+        say("interrupted; finished records are kept")
+        raise typer.Exit(EXIT_INTERRUPTED)
     finally:
         if writer:
             writer.close()
     return failures
+
+
+# --- stdcli models --------------------------------------------------------------------------------------------------
 
 
 @app.command(help="List model aliases, where each resolves, and whether it is available offline.")
@@ -164,10 +245,103 @@ def models(json_out: Annotated[bool, typer.Option("--json", help="JSON instead o
 
         print(json.dumps([row.__dict__ for row in rows], indent=2))
         return
-    table = Table("alias", "resolves to", "family", "offline", "note")
+    table = Table("alias")
+    table.add_column("resolves to", overflow="fold")  # hub ids and paths whole, never cut with an ellipsis
+    for name in ("family", "offline", "note"):
+        table.add_column(name)
     for row in rows:
         table.add_row(row.name, row.location, row.family or "-", "yes" if row.available else "no", row.detail)
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)  # a file or a pipe: no 80-column wrapping or truncated hub ids
+    console.print(table)
+
+
+# --- stdcli bench ---------------------------------------------------------------------------------------------------
+
+from . import bench as benchmark  # noqa: E402 - kept with its command
+
+
+@app.command(
+    help="Measure decoding speed on the same inputs, in one process: transformers generate vs our dense path vs StD "
+    "(tokens/s, speedups, acceptance, identical answers, peak memory); a table on stderr, --json FILE for all of "
+    "it. With --random-init: step costs of a real-size architecture with random weights against their bandwidth "
+    "floors, and the speedup the cost model projects (labelled as a projection; no acceptance is ever claimed)."
+)
+def bench(
+    videos: Annotated[Optional[list[str]], typer.Argument(metavar="VIDEO", help="Video files or folders (default: samples/).", show_default=False)] = None,
+    model: Annotated[Optional[str], typer.Option(help="Alias, Hugging Face id or folder (default: the built-in model; with --random-init: qwen2-vl).", show_default=False)] = None,
+    questions: Annotated[Optional[Path], typer.Option(help='JSONL: {"question": ...} asked of every video, or {"question": ..., "video": PATH}.')] = None,
+    k: Annotated[str, typer.Option("--k", help="StD: visual tokens kept per layer and KV head, comma-separated list.")] = str(DEFAULT_K),
+    gamma: Annotated[Optional[str], typer.Option(help=f"StD: drafts per cycle, comma-separated list (default {DEFAULT_GAMMA}; with --random-init 1..9).", show_default=False)] = None,
+    frames: Annotated[Optional[str], typer.Option(help="Frame counts, comma-separated list (default: the model's own sampling).")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = benchmark.DEFAULT_MAX_NEW_TOKENS,
+    repeat: Annotated[Optional[int], typer.Option(help="Rounds over the inputs (default 1); with --random-init: timed iterations per step (default 10).", show_default=False)] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
+    json_file: Annotated[Optional[str], typer.Option("--json", metavar="FILE", help="Write the results as JSON to FILE (- for stdout).")] = None,
+    random_init: Annotated[bool, typer.Option("--random-init", help="Profile the real architecture of --model at real scale with random weights (nothing downloaded).")] = False,
+    scale: Annotated[Optional[str], typer.Option(help="--random-init: 7b (default), 2b (qwen2-vl-2b) or tiny.", show_default=False)] = None,
+    context: Annotated[Optional[str], typer.Option(help="--random-init: context lengths in tokens (default 16384,65536).", show_default=False)] = None,
+    batch_size: Annotated[Optional[str], typer.Option(help="--random-init: batch sizes (default 1,8).", show_default=False)] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr (the tables and errors still).")] = False,
+) -> None:
+    progress = None if quiet else (lambda message: say(f"bench: {message}"))
+    if not Display.live_possible(quiet):
+        _quiet_loading_bars()
+    try:
+        ks = benchmark.parse_int_list(k, "--k")
+        gammas = benchmark.parse_int_list(gamma, "--gamma")
+        if repeat is not None and repeat < 1:
+            raise benchmark.BenchError("--repeat must be at least 1")
+        if max_new_tokens < 1:
+            raise benchmark.BenchError("--max-new-tokens must be at least 1")
+        if random_init:
+            if videos or questions or frames:
+                raise benchmark.BenchError("--random-init profiles decode steps: it takes no videos, --questions or --frames")
+            report = benchmark.profile_random_init(
+                model or "qwen2-vl",
+                scale=scale,
+                device=device,
+                dtype=dtype,
+                contexts=benchmark.parse_int_list(context, "--context") or benchmark.DEFAULT_CONTEXTS,
+                batches=benchmark.parse_int_list(batch_size, "--batch-size") or benchmark.DEFAULT_BATCHES,
+                ks=ks,
+                gammas=gammas or benchmark.PROFILE_GAMMAS,
+                iters=repeat or benchmark.DEFAULT_ITERS,
+                progress=progress,
+            )
+            tables = benchmark.profile_tables(report)
+        else:
+            if scale or context or batch_size:
+                raise benchmark.BenchError("--scale, --context and --batch-size go with --random-init")
+            frame_counts = benchmark.parse_int_list(frames, "--frames") or [None]
+            items = benchmark.load_items(videos, questions)
+            lm = load_model(model or DEFAULT_MODEL, device=device, dtype=dtype)
+            report = benchmark.bench_model(
+                lm, items, ks=ks, gammas=gammas or [DEFAULT_GAMMA], frames=frame_counts,
+                max_new_tokens=max_new_tokens, repeat=repeat or 1, progress=progress,
+            )
+            tables = benchmark.model_tables(report)
+    except (benchmark.BenchError, ModelLoadError) as error:
+        raise fail(str(error))
+    except KeyboardInterrupt:
+        say("interrupted")
+        raise typer.Exit(EXIT_INTERRUPTED)
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        console = Console(stderr=True, width=200)  # a file or a pipe: no 80-column wrapping
+    for table in tables:
+        console.print(table)
+    if json_file:
+        try:
+            benchmark.write_json(report, json_file)
+        except OSError as error:
+            raise fail(f"cannot write --json {json_file}: {error.strerror or error}", EXIT_FAILED)
+    failed = report.get("skipped") or []
+    if failed:
+        say(f"{len(failed)} input(s) could not be read and were skipped (see 'skipped' in the JSON)")
+    raise typer.Exit(EXIT_FAILED if failed else 0)
 
 
 def main() -> None:
@@ -177,5 +351,5 @@ def main() -> None:
     except Exception as error:  # noqa: BLE001 - the last line of defence against tracebacks
         if os.environ.get("STDCLI_DEBUG"):
             raise
-        err.print(f"stdcli: error: {type(error).__name__}: {' '.join(str(error).split())}", markup=False, highlight=False)
-        sys.exit(1)
+        say(f"error: {type(error).__name__}: {error}")
+        sys.exit(EXIT_FAILED)

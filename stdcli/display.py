@@ -24,10 +24,15 @@ def format_ratio(value: float | None, suffix: str = "") -> str:
     return "-" if value is None else f"{value:.2f}{suffix}"
 
 
+def _without_name(name: str, message: str) -> str:
+    """Video errors and warnings often start with the path already: "a.mp4: empty file" must not read twice."""
+    return message[len(name) + 2 :] if message.startswith(name + ": ") else message
+
+
 def stats_line(name: str, record: dict[str, Any]) -> str:
     """One plain line of a finished record, for stderr."""
     if record.get("error"):
-        return f"{name}: error: {record['error']['message']}"
+        return f"{name}: error: {_without_name(name, record['error']['message'])}"
     parts = [
         f"{record['new_tokens']} tokens",
         f"{record['frames']} frames",
@@ -72,7 +77,8 @@ class Display:
         console: Console | None = None,
     ):
         self.stdout = stdout or sys.stdout
-        self.console = console or Console(stderr=True)
+        # soft_wrap: a statistics or error line stays one line, whatever the width (a file has 80 columns for Rich)
+        self.console = console or Console(stderr=True, soft_wrap=True)
         self.quiet = quiet
         self.stream_answers = stream_answers
         self.total = total
@@ -89,15 +95,22 @@ class Display:
         self.mode = ""
         self.name = ""
 
+    @staticmethod
+    def live_possible(quiet: bool) -> bool:
+        """Whether a Display made now would show the live panel (other progress output should then stay off)."""
+        return not quiet and Console(stderr=True).is_terminal
+
     def __enter__(self) -> Display:
         if self.live_enabled:
             self.live = Live(console=self.console, refresh_per_second=8, transient=True, redirect_stdout=False)
             self.live.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         if self.live:
             self.live.stop()
+        if exc_type is KeyboardInterrupt and self.answer and self.stream_answers and not self.answer_in_panel:
+            self._write_stdout("\n")  # end the half-streamed answer's line
 
     def video_started(self, name: str, mode: str) -> None:
         self.name, self.mode, self.answer = name, mode, ""
@@ -115,19 +128,25 @@ class Display:
 
     def video_finished(self, record: dict[str, Any], output: str | None) -> None:
         """`output` is what stdout gets for this video at the end (a JSON record), if anything."""
+        failed = record.get("error") is not None
         if self.stream_answers:
             if self.answer_in_panel:
                 self._write_stdout(self.answer)
-            if record.get("error") is None:
+            if not failed or self.answer:  # a failure after some streamed text still ends its line
                 self._write_stdout("\n")
         if output is not None:
             self._write_stdout(output + "\n")
         self.progress.advance(self.task)
-        if record.get("error") is not None:
-            self.console.print(stats_line(self.name, record), markup=False, highlight=False)
-        elif not self.quiet:
-            self.console.print(stats_line(self.name, record), markup=False, highlight=False)
+        if failed or not self.quiet:  # errors are shown even with --quiet
+            self._print(stats_line(self.name, record))
+        if not self.quiet:
+            for warning in record.get("warnings") or ():
+                self._print(f"{self.name}: warning: {_without_name(self.name, warning)}")
+        self.answer = ""  # printed and finished
         self._refresh(None)
+
+    def _print(self, line: str) -> None:
+        self.console.print(line, markup=False, highlight=False)
 
     def _write_stdout(self, text: str) -> None:
         self.stdout.write(text)

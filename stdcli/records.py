@@ -31,7 +31,9 @@ RECORD_KEYS = (
     "gamma",
     "error",
 )
-EXTRA_KEYS = ("compare",)
+# compare: with --compare, the dense run's answer and the measured speedup; warnings: the sampler's one-line warnings
+# (e.g. a damaged stretch that was skipped), a list on success.
+EXTRA_KEYS = ("compare", "warnings")
 TIMING_KEYS = ("load_video_s", "prefill_s", "decode_s", "total_s")
 
 
@@ -83,15 +85,22 @@ def _ends_with_newline(path: Path) -> bool:
 
 
 def answered_keys(path: str | os.PathLike) -> set[tuple[str, str, str]]:
-    """(video, question, model) of the successful records in a JSONL file; unreadable lines are ignored."""
+    """record_key of the successful records in a JSONL file; unreadable lines are ignored (failed videos are
+    retried by --resume)."""
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         return set()
-    return {record_key(r) for r in _read_records(path.read_text(encoding="utf-8").splitlines()) if not r.get("error")}
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    return {
+        record_key(str(r.get("video")), str(r.get("question")), str(r.get("model")))
+        for r in _read_records(lines)
+        if not r.get("error")
+    }
 
 
-def record_key(record: dict[str, Any]) -> tuple[str, str, str]:
-    return str(record.get("video")), str(record.get("question")), str(record.get("model"))
+def record_key(video: str, question: str, model: str) -> tuple[str, str, str]:
+    """What --resume matches: the video path normalized ("./a.mp4" is "a.mp4"), the exact question and model name."""
+    return os.path.normpath(video), question, model
 
 
 def _read_records(lines: Iterable[str]) -> Iterable[dict[str, Any]]:

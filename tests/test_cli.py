@@ -1,0 +1,464 @@
+"""`stdcli` end to end, on a tiny random Qwen2-VL checkpoint loaded by path, as a user's download would be.
+
+Most runs are in-process (Typer's CliRunner: seconds saved per run on importing torch and transformers); a few are
+real `python -m stdcli` processes, for what only a process shows: the real stdin, exit status, stray output
+(tracebacks, progress bars, colour codes) and Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from stdcli.cli import app
+from stdcli.models import REGISTRY, resolve_model
+from stdcli.display import Display
+from stdcli.records import EXTRA_KEYS, RECORD_KEYS, TIMING_KEYS, empty_record
+from stdcli.std import DecodeStats
+from tests.videos import damage_frames, write_video
+
+REPO = Path(__file__).resolve().parent.parent
+QUESTION = "What happens?"
+FAST = ["--max-new-tokens", "6"]  # short answers: the checkpoint is random, only the plumbing is under test
+COMPARE_KEYS = {"identical", "dense_answer", "dense_tokens_per_s", "decode_speedup", "total_speedup"}
+ANSI = "\x1b["
+# Variables that make Rich colour or draw live displays even where stderr is not a terminal.
+TERMINAL_VARIABLES = ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "CLICOLOR_FORCE")
+
+
+@pytest.fixture(autouse=True)
+def plain_terminal(monkeypatch):
+    for variable in TERMINAL_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_checkpoint) -> str:
+    return str(tiny_checkpoint("qwen2-vl"))
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory) -> str:
+    """One small readable video, outside any folder a test scans."""
+    return write_video(tmp_path_factory.mktemp("single") / "good.mp4", frames=20)
+
+
+def make_folder(root: Path, names: list[str]) -> Path:
+    """Good videos at `names` (paths inside root, any container), plus a file that is not a video."""
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        write_video(root / name, frames=20)
+    (root / "notes.txt").write_text("not a video, and not named like one\n")
+    return root
+
+
+def ask(*args: str, model: str, input: str | None = None):
+    result = CliRunner().invoke(app, ["ask", *args, "--model", model, *FAST], input=input)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result
+
+
+def lines(text: str) -> list[str]:
+    return text.splitlines()
+
+
+def records_of(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in lines(stdout)]
+
+
+def check_record(record: dict, video: str, mode: str = "std") -> None:
+    """The record contract of issue #2 (plus the documented extra keys): exact keys and types."""
+    assert list(record) == [*RECORD_KEYS, *EXTRA_KEYS]
+    assert set(record["timings"]) == set(TIMING_KEYS)
+    assert (record["video"], record["question"], record["mode"]) == (video, QUESTION, mode)
+    assert isinstance(record["model"], str)
+    if record["error"] is not None:
+        assert set(record["error"]) == {"type", "message"}
+        assert isinstance(record["error"]["type"], str) and record["error"]["type"]
+        assert isinstance(record["error"]["message"], str) and "\n" not in record["error"]["message"]
+        # nothing that did not happen is reported
+        assert all(record[key] is None for key in RECORD_KEYS if key not in ("video", "question", "model", "mode", "timings", "error"))
+        assert all(value is None for value in record["timings"].values())
+        return
+    assert isinstance(record["answer"], str)
+    for key in ("frames", "visual_tokens", "prompt_tokens", "new_tokens"):
+        assert isinstance(record[key], int) and record[key] > 0, key
+    assert 0 < record["visual_tokens"] < record["prompt_tokens"]
+    assert 1 <= record["new_tokens"] <= 6
+    assert all(isinstance(v, float) and v >= 0 for v in record["timings"].values())
+    assert record["timings"]["total_s"] >= record["timings"]["prefill_s"]
+    assert isinstance(record["warnings"], list)
+    if mode == "std":
+        assert isinstance(record["k"], int) and isinstance(record["gamma"], int)
+        assert record["acceptance_rate"] is None or 0 <= record["acceptance_rate"] <= 1
+    else:
+        assert record["k"] is None and record["gamma"] is None
+        assert record["acceptance_rate"] is None and record["mean_accepted_length"] is None
+    for key in ("tokens_per_s", "acceptance_rate", "mean_accepted_length", "speedup_est"):
+        assert record[key] is None or isinstance(record[key], float), key
+
+
+# --- what stdout carries -----------------------------------------------------------------------------------------
+
+
+def test_single_file_streams_its_answer_to_stdout_and_statistics_to_stderr(model, good, tmp_path):
+    log = tmp_path / "log.jsonl"
+    result = ask(good, QUESTION, "--output", str(log), model=model)
+    assert result.exit_code == 0, result.output
+    (record,) = [json.loads(line) for line in log.read_text().splitlines()]
+    check_record(record, good)
+    # stdout is the answer and nothing else: exactly what the record says, streamed piece by piece
+    assert result.stdout == record["answer"] + "\n"
+    (stats,) = lines(result.stderr)
+    assert stats.startswith(f"{good}: {record['new_tokens']} tokens, {record['frames']} frames")
+    assert ANSI not in result.stdout + result.stderr
+
+
+def test_folder_is_searched_recursively_in_sorted_order(model, tmp_path):
+    folder = make_folder(tmp_path, ["b.mp4", "a/z.mkv", "a/c.m4v", "d.MOV"])
+    result = ask(str(folder), QUESTION, "--jsonl", model=model)
+    assert result.exit_code == 0, result.output
+    records = records_of(result.stdout)
+    expected = [str(folder / name) for name in ("a/c.m4v", "a/z.mkv", "b.mp4", "d.MOV")]
+    assert [r["video"] for r in records] == expected
+    for record, video in zip(records, expected):
+        check_record(record, video)
+        assert record["error"] is None
+    assert len(lines(result.stderr)) == len(expected)  # one statistics line per video
+    assert ANSI not in result.stdout + result.stderr
+
+
+def test_streamed_answers_of_several_videos_have_headers(model, tmp_path):
+    folder = make_folder(tmp_path, ["a.mp4", "b.mp4"])
+    log = tmp_path / "log.jsonl"
+    result = ask(str(folder), QUESTION, "--output", str(log), "--quiet", model=model)
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert result.stdout == "".join(f"==> {r['video']} <==\n{r['answer']}\n" for r in records)
+    assert result.stderr == ""  # --quiet: no statistics
+
+
+def test_json_prints_one_object_per_video(model, tmp_path):
+    folder = make_folder(tmp_path, ["a.mp4", "b.mp4"])
+    result = ask(str(folder), QUESTION, "--json", model=model)
+    assert result.exit_code == 0, result.output
+    decoder, text, objects, position = json.JSONDecoder(), result.stdout, [], 0
+    while rest := text[position:].lstrip():
+        obj, position = decoder.raw_decode(text, len(text) - len(rest))
+        objects.append(obj)
+    assert [o["video"] for o in objects] == [str(folder / "a.mp4"), str(folder / "b.mp4")]
+    for obj in objects:
+        check_record(obj, obj["video"])
+    assert "\n  \"video\"" in text  # indented for people, unlike --jsonl
+
+
+def test_stdin_lists_paths(model, good, tmp_path):
+    folder = make_folder(tmp_path / "folder", ["x.mp4", "y/z.mp4"])
+    missing = str(tmp_path / "gone.mp4")
+    stdin = f"{good}\n\n  {missing}  \n{folder}\r\n"  # blank lines and stray spaces are ignored, folders searched
+    result = ask("-", QUESTION, "--jsonl", model=model, input=stdin)
+    assert result.exit_code == 1, result.output  # the missing file is a failed video, not a usage error
+    records = records_of(result.stdout)
+    assert [r["video"] for r in records] == [good, missing, str(folder / "x.mp4"), str(folder / "y/z.mp4")]
+    for record in records:
+        check_record(record, record["video"])
+    assert [r["error"] is None for r in records] == [True, False, True, True]
+    assert records[1]["error"]["type"] == "VideoError" and "no such file" in records[1]["error"]["message"]
+
+
+def test_answers_are_the_same_through_every_output(model, good):
+    """Streaming, --json and --jsonl are views of one decoding: greedy answers agree."""
+    streamed = ask(good, QUESTION, model=model).stdout
+    (as_line,) = records_of(ask(good, QUESTION, "--jsonl", model=model).stdout)
+    as_object = json.loads(ask(good, QUESTION, "--json", model=model).stdout)
+    assert streamed == as_line["answer"] + "\n"
+    assert as_object == {**as_line, "timings": as_object["timings"], "tokens_per_s": as_object["tokens_per_s"],
+                         "speedup_est": as_object["speedup_est"]}  # all but the measured times agree
+
+
+# --- --output and --resume ---------------------------------------------------------------------------------------
+
+
+def test_output_appends_and_resume_answers_only_what_is_missing(model, tmp_path):
+    folder = make_folder(tmp_path / "videos", ["a.mp4", "b.mp4"])
+    log = tmp_path / "out" / "log.jsonl"  # its folder is made
+    first = ask(str(folder), QUESTION, "--output", str(log), "--jsonl", model=model)
+    assert first.exit_code == 0, first.output
+    written = log.read_text()
+    assert written == first.stdout  # the same records, one flushed line each
+    assert [r["video"] for r in records_of(written)] == [str(folder / "a.mp4"), str(folder / "b.mp4")]
+
+    again = ask(str(folder), QUESTION, "--output", str(log), "--resume", "--jsonl", model=model)
+    assert again.exit_code == 0, again.output
+    assert again.stdout == ""
+    assert lines(again.stderr) == [f"stdcli: resuming: 2 of 2 videos already answered in {log}"]
+    assert log.read_text() == written
+
+    write_video(folder / "c.mp4", frames=20)
+    (folder / "broken.mp4").write_bytes(b"\x00\x01garbage" * 64)
+    # "./" and the like do not hide an answered video from --resume
+    dotted = [os.path.join(folder, ".", "a.mp4"), str(folder)]
+    third = ask(*dotted, QUESTION, "--output", str(log), "--resume", "--jsonl", model=model)
+    assert third.exit_code == 1, third.output
+    new = records_of(third.stdout)
+    assert [r["video"] for r in new] == [str(folder / "broken.mp4"), str(folder / "c.mp4")]
+    assert "resuming: 3 of 5 videos already answered" in third.stderr  # a.mp4 named twice
+    assert records_of(log.read_text()) == records_of(written) + new
+
+    # a failed video is not "answered": --resume tries it again, and only it
+    fourth = ask(str(folder), QUESTION, "--output", str(log), "--resume", "--jsonl", model=model)
+    assert [r["video"] for r in records_of(fourth.stdout)] == [str(folder / "broken.mp4")]
+    assert fourth.exit_code == 1
+
+    # without --resume, --output appends: nothing already there is lost
+    fifth = ask(str(folder / "a.mp4"), QUESTION, "--output", str(log), model=model)
+    assert fifth.exit_code == 0
+    assert len(log.read_text().splitlines()) == len(records_of(written) + new) + 2
+
+
+def test_resume_matches_question_and_model(model, good, tmp_path):
+    log = tmp_path / "log.jsonl"
+    assert ask(good, QUESTION, "--output", str(log), model=model).exit_code == 0
+    other = ask(good, "What colour is it?", "--output", str(log), "--resume", model=model)
+    assert other.exit_code == 0 and other.stdout.strip() and "resuming" not in other.stderr
+    assert len(log.read_text().splitlines()) == 2
+
+
+def test_resume_survives_a_cut_off_last_line(model, good, tmp_path):
+    log = tmp_path / "log.jsonl"
+    assert ask(good, QUESTION, "--output", str(log), model=model).exit_code == 0
+    with log.open("a") as f:
+        f.write('{"video": "half a rec')  # a run killed mid-write
+    result = ask(good, QUESTION, "--output", str(log), "--resume", "--jsonl", model=model)
+    assert result.exit_code == 0 and result.stdout == ""
+    result = ask(good, "Another question?", "--output", str(log), "--resume", model=model)
+    assert result.exit_code == 0
+    kept = log.read_text().splitlines()
+    assert len(kept) == 3 and kept[1] == '{"video": "half a rec'  # the next record starts on its own line
+    assert json.loads(kept[2])["question"] == "Another question?"
+
+
+# --- failures ----------------------------------------------------------------------------------------------------
+
+
+def test_broken_files_among_good_ones(model, tmp_path):
+    folder = make_folder(tmp_path, ["a.mp4", "d.mp4"])
+    (folder / "b_garbage.mp4").write_bytes(os.urandom(4096))
+    (folder / "c_empty.mkv").write_bytes(b"")
+    result = ask(str(folder), QUESTION, "--jsonl", "--quiet", model=model)
+    assert result.exit_code == 1
+    records = records_of(result.stdout)
+    assert [Path(r["video"]).name for r in records] == ["a.mp4", "b_garbage.mp4", "c_empty.mkv", "d.mp4"]
+    for record in records:
+        check_record(record, record["video"])
+    assert [r["error"] is None for r in records] == [True, False, False, True]
+    assert records[1]["error"]["type"] == "VideoError"
+    assert records[2]["error"] == {"type": "VideoError", "message": f"{folder / 'c_empty.mkv'}: empty file (0 bytes)"}
+    # --quiet: stderr is exactly one line per failed video, naming it once
+    errors = lines(result.stderr)
+    assert len(errors) == 2
+    assert errors[0].startswith(f"{folder / 'b_garbage.mp4'}: error: ") and errors[0].count("b_garbage") == 1
+    assert errors[1] == f"{folder / 'c_empty.mkv'}: error: empty file (0 bytes)"
+
+
+def test_a_damaged_stretch_is_a_warning_not_a_failure(model, tmp_path):
+    path = write_video(tmp_path / "damaged.avi", frames=60, codec="mjpeg", pix_fmt="yuvj420p")
+    damage_frames(path, 25, 29)
+    result = ask(path, QUESTION, "--frames", "30", "--jsonl", model=model)
+    assert result.exit_code == 0, result.output
+    (record,) = records_of(result.stdout)
+    check_record(record, path)
+    (warning,) = record["warnings"]
+    assert "could not be decoded, skipped" in warning
+    assert f"{path}: warning: {warning}" in lines(result.stderr)
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["{missing}/", QUESTION], "no such file or folder"),
+        (["{good}", "{missing}", QUESTION], "no such file or folder"),
+        (["{empty}", QUESTION], "folder holds no videos"),
+        (["{good}", QUESTION, "--fps", "1", "--frames", "4"], "--fps and --frames are exclusive"),
+        (["{good}", QUESTION, "--fps", "0"], "--fps must be positive"),
+        (["{good}", QUESTION, "--device", "tpu"], "unknown device 'tpu'"),
+        (["{good}", QUESTION, "--dtype", "int8"], "unknown dtype 'int8'"),
+        (["{good}", QUESTION, "--json", "--jsonl"], "--json and --jsonl are exclusive"),
+        (["{good}", QUESTION, "--resume"], "--resume needs --output"),
+        (["{good}", QUESTION, "--dense", "--compare"], "drop --dense"),
+        (["{good}", "  "], "the question is empty"),
+        (["{good}", QUESTION, "--bogus"], "No such option: --bogus"),
+        (["{good}", QUESTION, "--k", "many"], "Invalid value for '--k'"),
+        (["{good}", QUESTION, "--output", "{empty}"], "cannot write --output"),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(model, good, tmp_path, arguments, message):
+    (tmp_path / "empty").mkdir()
+    values = {"good": good, "missing": str(tmp_path / "missing"), "empty": str(tmp_path / "empty")}
+    result = ask(*[a.format(**values) for a in arguments], model=model)
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    (line,) = lines(result.stderr)
+    assert line.startswith("stdcli: error: ") and message in line
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("nobody-here/no-such-model", "not in the local Hugging Face cache and the hub cannot be reached"),
+        ("no-such-alias", "is not an alias"),
+        ("./no/such/folder", "no such folder"),
+    ],
+)
+def test_unknown_models_are_one_line_usage_errors(good, name, message):
+    result = ask(good, QUESTION, model=name)  # conftest sets HF_HUB_OFFLINE: no network is tried
+    assert result.exit_code == 2 and result.stdout == ""
+    (line,) = lines(result.stderr)
+    assert line.startswith("stdcli: error: ") and message in line
+
+
+def test_the_default_model_says_when_its_weights_are_missing(good):
+    if resolve_model("builtin").available:
+        pytest.skip("the built-in weights are installed")
+    result = CliRunner().invoke(app, ["ask", good, QUESTION])
+    assert result.exit_code == 2 and result.stdout == ""
+    (line,) = lines(result.stderr)
+    assert "built-in model's weights are not in this install yet" in line and "--model" in line
+
+
+# --- decoding modes ----------------------------------------------------------------------------------------------
+
+
+def test_dense_mode_and_compare_agree_with_std(model, good):
+    (std,) = records_of(ask(good, QUESTION, "--jsonl", "--k", "2", model=model).stdout)
+    (dense,) = records_of(ask(good, QUESTION, "--jsonl", "--dense", model=model).stdout)
+    check_record(dense, good, mode="dense")
+    check_record(std, good, mode="std")
+    assert (std["k"], std["gamma"]) == (2, 4)
+    assert std["k"] < std["visual_tokens"]  # the draft really reads a sparse cache
+    assert dense["compare"] is None and dense["speedup_est"] is None
+    assert dense["answer"] == std["answer"]  # greedy StD is lossless
+
+    result = ask(good, QUESTION, "--jsonl", "--k", "2", "--compare", model=model)
+    assert result.exit_code == 0, result.output
+    (record,) = records_of(result.stdout)
+    check_record(record, good)
+    compare = record["compare"]
+    assert set(compare) == COMPARE_KEYS
+    assert compare["identical"] is True and compare["dense_answer"] == record["answer"] == dense["answer"]
+    assert all(isinstance(compare[key], float) for key in ("dense_tokens_per_s", "total_speedup"))
+    assert "answers identical" in result.stderr
+
+
+def test_live_display_on_a_terminal_keeps_stdout_plain():
+    """stderr a terminal, stdout a pipe: the live panel draws on stderr, stdout still gets the bare answers."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    console = Console(file=stderr, force_terminal=True, color_system="standard", width=100)
+    record = empty_record("a.mp4", QUESTION, "m", "std") | {"answer": "Hello world", "frames": 4, "visual_tokens": 8,
+                                                             "prompt_tokens": 20, "new_tokens": 2, "warnings": []}
+    record["timings"] = dict.fromkeys(TIMING_KEYS, 0.5)
+    with Display(2, stdout=stdout, console=console) as display:
+        assert display.live_enabled and not display.answer_in_panel
+        display.video_started("a.mp4", "std")
+        display.text("Hello", DecodeStats(new_tokens=1))
+        display.text(" world", DecodeStats(new_tokens=2))
+        display.video_finished(record, None)
+    assert stdout.getvalue() == "==> a.mp4 <==\nHello world\n"
+    assert ANSI in stderr.getvalue() and "a.mp4: 2 tokens, 4 frames" in stderr.getvalue()
+
+
+# --- stdcli models, --version ------------------------------------------------------------------------------------
+
+
+def test_models_lists_every_alias():
+    result = CliRunner().invoke(app, ["models"])
+    assert result.exit_code == 0, result.output
+    for alias, spec in REGISTRY.items():
+        assert alias in result.stdout
+        assert spec.repo_id is None or spec.repo_id in result.stdout  # whole, not cut with an ellipsis
+    rows = json.loads(CliRunner().invoke(app, ["models", "--json"]).stdout)
+    assert [row["name"] for row in rows] == list(REGISTRY)
+    assert {row["location"] for row in rows if row["kind"] == "alias"} == {s.repo_id for s in REGISTRY.values() if s.repo_id}
+    assert all(row["available"] is False for row in rows if row["kind"] == "alias")  # offline, empty cache
+    assert ANSI not in result.stdout
+
+
+def test_version():
+    import stdcli
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout == f"stdcli {stdcli.__version__}\n"
+
+
+# --- real processes ----------------------------------------------------------------------------------------------
+
+
+def process_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in TERMINAL_VARIABLES and k != "STDCLI_DEBUG"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+def test_process_reads_stdin_and_keeps_stdout_clean(model, tmp_path):
+    """`python -m stdcli` as a pipeline stage: paths on stdin, answers streamed on stdout, records in a file."""
+    folder = make_folder(tmp_path, ["a.mp4", "b.mkv"])
+    (folder / "broken.mp4").write_bytes(b"\x00garbage" * 100)
+    paths = [str(folder / "a.mp4"), str(folder / "broken.mp4"), str(folder / "b.mkv")]
+    log = tmp_path / "log.jsonl"
+    done = subprocess.run(
+        [sys.executable, "-m", "stdcli", "ask", "-", QUESTION, "--model", model, "--output", str(log), *FAST],
+        input="\n".join(paths) + "\n", capture_output=True, text=True, env=process_env(), timeout=300,
+    )
+    assert done.returncode == 1, done.stderr
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["video"] for r in records] == paths
+    assert done.stdout == "".join(f"==> {r['video']} <==\n" + ("" if r["error"] else r["answer"] + "\n") for r in records)
+    err = lines(done.stderr)
+    assert len([line for line in err if ": error: " in line]) == 1
+    assert err[-1] == "stdcli: 1 of 3 videos failed (their records say why)"
+    assert len(err) == 4  # one line per video and the summary: no progress bars ("Loading weights"), no warnings
+    assert "Traceback" not in done.stderr
+    assert ANSI not in done.stdout + done.stderr
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process")
+def test_ctrl_c_keeps_finished_records(model, good, tmp_path):
+    log = tmp_path / "log.jsonl"
+    many = 300  # far more than can be answered before the signal comes
+    (tmp_path / "paths.txt").write_text(f"{good}\n" * many)
+    # files, not pipes: a full pipe would block the child where nobody reads it
+    with (tmp_path / "paths.txt").open() as stdin, (tmp_path / "out").open("w") as out, (tmp_path / "err").open("w") as err:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "stdcli", "ask", "-", QUESTION, "--model", model, "--output", str(log), "--jsonl",
+             "--max-new-tokens", "24"],
+            stdin=stdin, stdout=out, stderr=err, env=process_env(),
+        )
+        try:
+            deadline = time.monotonic() + 240
+            while not (log.exists() and log.read_text().count("\n") >= 1):
+                assert child.poll() is None and time.monotonic() < deadline, (tmp_path / "err").read_text()
+                time.sleep(0.05)
+            child.send_signal(signal.SIGINT)
+            assert child.wait(timeout=60) == 130, (tmp_path / "err").read_text()
+        finally:
+            if child.poll() is None:
+                child.kill()
+    stderr = (tmp_path / "err").read_text()
+    assert "stdcli: interrupted; finished records are kept" in stderr and "Traceback" not in stderr
+    kept = log.read_text()
+    records = [json.loads(line) for line in kept.splitlines()]  # every record is whole
+    assert kept.endswith("\n") and 1 <= len(records) < many
+    assert all(r["error"] is None for r in records)
+    # stdout has the same records, but perhaps the last: the signal may come between writing the file and stdout
+    printed = [json.loads(line) for line in (tmp_path / "out").read_text().splitlines()]
+    assert printed in (records, records[:-1])
