@@ -177,6 +177,9 @@ class StreamIndex:
 
     Position i is the i-th frame in presentation order; pts[i] its timestamp. Streams whose packets carry no
     timestamps (raw elementary streams) are untimed: pts are positions and frames are found by counting.
+    Containers that store only decoding times (AVI) give B-frame streams timestamps in decoding order, which the
+    decoder then hands out with frames in presentation order, mismatched: such streams are `counted`, frames are
+    placed by counting from the keyframe a run starts at (the decoder outputs presentation order).
     """
 
     pts: list[int]
@@ -187,6 +190,7 @@ class StreamIndex:
     fps: float
     timed: bool
     warnings: list[str]
+    counted: bool = False
 
     @property
     def num_frames(self) -> int:
@@ -217,6 +221,7 @@ def index_stream(container: av.container.InputContainer, stream: av.video.stream
     keyframe_pts: list[int] = []
     start_dts: int | None = None
     untimed = 0
+    reordered = False  # whether any timestamp goes back in decoding order: the container knows presentation times
     warnings = []
     try:
         for packet in container.demux(stream):
@@ -228,6 +233,7 @@ def index_stream(container: av.container.InputContainer, stream: av.video.stream
                 continue
             if start_dts is None:
                 start_dts = packet.dts if packet.dts is not None else timestamp
+            reordered = reordered or (bool(pts) and timestamp < pts[-1])
             pts.append(timestamp)
             durations[timestamp] = packet.duration or 0
             if packet.is_keyframe:
@@ -242,7 +248,8 @@ def index_stream(container: av.container.InputContainer, stream: av.video.stream
     duration = _duration(stream, pts, durations, time_base)
     rate = float(stream.average_rate or 0) or (len(pts) / duration if pts else _FALLBACK_FPS)
     keyframes = sorted(positions[t] for t in keyframe_pts)
-    return StreamIndex(pts, keyframes, start_dts or 0, time_base, duration, rate, True, warnings)
+    counted = bool(stream.codec_context.has_b_frames) and not reordered
+    return StreamIndex(pts, keyframes, start_dts or 0, time_base, duration, rate, True, warnings, counted)
 
 
 def _timestamp(item: av.Packet | av.VideoFrame) -> int | None:
@@ -285,6 +292,7 @@ def decodable_frames(
     stream: av.video.stream.VideoStream,
     position_of: Callable[[int], int] | None,
     damaged: set[int],
+    first_position: int = 0,
 ) -> Iterator[tuple[int, av.VideoFrame]]:
     """Decode `packets`, yield (position, frame) for each frame that decoded cleanly, in presentation order.
 
@@ -293,11 +301,12 @@ def decodable_frames(
     little earlier than the decoder notices (a damaged packet it accepts, B-frames that reference it), so frames
     that come out while spoiled, or out of presentation order (which a healthy decoder never does), are not trusted
     either. Such frames' positions go to `damaged` and they are not yielded. `position_of` maps a timestamp to a
-    position; None for an untimed stream, whose frames are counted from the first packet given.
+    position; None for an untimed or counted stream, whose frames are counted from the first packet given, which
+    is at `first_position`.
     """
     spoiled = False
     spoiled_pts: set[int] = set()
-    counted = itertools.count()
+    counted = itertools.count(first_position)
     latest = -1  # the furthest position output so far
     for packet in packets:
         if packet.is_keyframe:
@@ -571,7 +580,13 @@ def _decode(
 
         def run(target: int) -> Iterator[tuple[int, av.VideoFrame]]:
             packets = packets_from_keyframe(container, stream, index, target)
-            return decodable_frames(packets, stream, index.position, decoded.damaged)
+            if not index.counted:
+                return decodable_frames(packets, stream, index.position, decoded.damaged)
+            first = next(packets, None)
+            if first is None:
+                return iter(())
+            start = index.position(_timestamp(first)) if _timestamp(first) is not None else 0
+            return decodable_frames(itertools.chain([first], packets), stream, None, decoded.damaged, start)
 
         try:
             decode_positions(run, index.keyframe_before, wanted, picture, decoded)
@@ -581,7 +596,7 @@ def _decode(
     with _open(path) as again:
         stream = _video_stream(again, path)
         decoded = Decoded()
-        position_of = index.position if index.timed else None
+        position_of = index.position if index.timed and not index.counted else None
 
         def run_once(_: int) -> Iterator[tuple[int, av.VideoFrame]]:
             return decodable_frames(again.demux(stream), stream, position_of, decoded.damaged)

@@ -174,6 +174,23 @@ def test_b_frames(folder):
     assert_frames_are(sample_frames(path, num_frames=9), target_indices(60, 9))
 
 
+def test_b_frames_in_avi(folder):
+    """AVI stores decoding times only: the decoder returns B-frame streams in presentation order with those
+    decoding-order timestamps attached, so frames must be placed by counting, not by their timestamps."""
+    path = write_video(
+        folder / "bframes.avi", frames=60, options={"bframes": "3", "b-pyramid": "normal", "g": "12", "sc_threshold": "0"}
+    )
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        stamps = [f.pts for f in container.decode(stream)]
+    assert stamps != sorted(stamps), "the decoder's timestamps are not scrambled: the case is not tested"
+    assert_frames_are(sample_frames(path, num_frames=60), list(range(60)))
+    for count in (2, 9, 16):
+        video = sample_frames(path, num_frames=count)
+        assert_frames_are(video, target_indices(60, count))
+        assert video.warnings == []
+
+
 def test_variable_frame_rate(folder):
     pts_ms = [0, 40, 300, 310, 320, 900, 1000, 1033, 1066, 2500, 2540, 2600]
     path = write_video(folder / "vfr.mp4", frames=len(pts_ms), pts_ms=pts_ms)
