@@ -127,6 +127,8 @@ def answer_video(
         gamma=options.decode.gamma if options.mode == "std" else None,
         compare=compare,
         warnings=list(sampled.warnings),
+        gammas={str(g): n for g, n in sorted(stats.gammas.items())} if options.mode == "std" else None,
+        dense_share=_round(stats.dense_share) if options.mode == "std" else None,
     )
     record["timings"] = {
         "load_video_s": _round(load_video_s),

@@ -28,13 +28,14 @@ JSON (schema "stdcli-bench/1"; keys are stable, a key that does not apply is nul
   common:  schema, kind ("model" | "random-init"), environment{stdcli, torch, transformers, python, platform, device,
            device_name, device_memory_bytes, cuda, cpu_threads, started}, model{...}, settings{...}
   model:   model{name, family, location, dtype, device},
-           settings{k, gamma, frames, max_new_tokens, repeat, warmup_new_tokens, questions, timing, memory_measure},
+           settings{k, gamma (ints and/or "auto"), frames, max_new_tokens, repeat, warmup_new_tokens, questions, timing, memory_measure},
            inputs[{frames, video, question, sampled_frames, prompt_tokens, visual_tokens, load_video_s, processor_s,
                    vision_encoder_s}],
            configs[{frames, k, gamma, inputs, runs, prompt_tokens, visual_tokens, kept_tokens,
                     generate|dense|std{runs, prefill_s, decode_s, total_s, new_tokens, decoded_tokens,
                                        decode_tokens_per_s, peak_memory_bytes, peak_memory_delta_bytes}
-                    (std also: draft_s, verify_s, dense_steps, cycles, drafted, accepted),
+                    (std also: draft_s, verify_s, dense_steps, cycles, drafted, accepted,
+                     gammas{"gamma": cycles}, dense_share),
                     decode_speedup_vs_generate, decode_speedup_vs_dense, e2e_speedup_vs_generate,
                     e2e_speedup_vs_dense, acceptance_rate, mean_accepted_length, identical_to_dense,
                     identical_to_generate, dense_identical_to_generate, total,
@@ -68,7 +69,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,7 @@ from .std import (
     prompt_layout,
     synchronize,
 )
+from .policy import AUTO, expected_tokens
 from .video import sample_frames
 
 SCHEMA = "stdcli-bench/1"
@@ -163,6 +165,15 @@ def parse_int_list(text: str | Sequence[int] | None, name: str, minimum: int = 1
     if low:
         raise BenchError(f"{name} values must be at least {minimum}, got {low[0]}")
     return list(dict.fromkeys(values))
+
+
+def parse_gamma_list(text: str | None) -> list[int | str] | None:
+    """"auto,1,4" -> ["auto", 1, 4]: StD gammas to bench, "auto" among them or not."""
+    if text is None:
+        return None
+    parts = [p.strip().lower() for p in text.split(",")]
+    fixed = parse_int_list(",".join(p for p in parts if p != AUTO), "--gamma") if any(p != AUTO and p for p in parts) else []
+    return ([AUTO] if AUTO in parts else []) + fixed
 
 
 @dataclass(frozen=True)
@@ -306,6 +317,7 @@ class Run:
     dense_steps: int = 0
     draft_s: float = 0.0
     verify_s: float = 0.0
+    gammas: dict[int, int] = field(default_factory=dict)  # gamma -> cycles (0: dense steps)
 
     @property
     def new_tokens(self) -> int:
@@ -409,6 +421,7 @@ def run_engine(lm, inputs: dict, options: DecodeOptions, meter: MemoryMeter) -> 
         dense_steps=s.dense_steps,
         draft_s=s.draft_s,
         verify_s=s.verify_s,
+        gammas=dict(s.gammas),
     )
 
 
@@ -474,7 +487,7 @@ def bench_model(
     items: Sequence[BenchItem],
     *,
     ks: Sequence[int] = (DEFAULT_K,),
-    gammas: Sequence[int] = (DEFAULT_GAMMA,),
+    gammas: Sequence[int | str] = (DEFAULT_GAMMA,),
     frames: Sequence[int | None] = (None,),
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     repeat: int = 1,
@@ -490,7 +503,7 @@ def bench_model(
     """
     if not items:
         raise BenchError("nothing to benchmark: no inputs")
-    if any(g < 1 for g in gammas) or any(k < 1 for k in ks):
+    if any(g != AUTO and g < 1 for g in gammas) or any(k < 1 for k in ks):
         raise BenchError("--k and --gamma values must be at least 1 (the dense path is always measured)")
     if max_new_tokens < 1 or repeat < 1:
         raise BenchError("--max-new-tokens and --repeat must be at least 1")
@@ -609,7 +622,9 @@ def _summarize(lm, frames, k, gamma, prepared: list[Prepared], gen: dict, dense:
         cycles=sum(r.cycles for r in std_runs),
         drafted=sum(r.drafted for r in std_runs),
         accepted=sum(r.accepted for r in std_runs),
+        gammas={str(x): sum(r.gammas.get(x, 0) for r in std_runs) for x in sorted({x for r in std_runs for x in r.gammas})},
     )
+    s["dense_share"] = _ratio(s["dense_steps"], sum(r.decoded_tokens for r in std_runs))
     committed = sum(r.decoded_tokens - r.dense_steps for r in std_runs)
     per_input = []
     for i, p in enumerate(prepared):
@@ -790,7 +805,7 @@ def _fill_random(*tensors: torch.Tensor) -> None:
 def _fresh_slots(decoder: Decoder, dense_len: int, sparse_len: int, tokens: list[int]) -> None:
     for b, token in enumerate(tokens):
         decoder.slots[b] = Slot(
-            dense_len=dense_len, sparse_len=sparse_len, rope_delta=0, last_token=token, max_new_tokens=1 << 30
+            dense_len=dense_len, sparse_len=sparse_len, rope_delta=(0,) * (3 if decoder.mrope else 1), last_token=token, max_new_tokens=1 << 30
         )
 
 
@@ -870,13 +885,6 @@ def _profile_point(model, shape: _Shape, weights_read: int, bandwidth: float, co
     point["draft_steps"] = drafts
     point["verify_steps"] = verifies
     return point
-
-
-def expected_tokens(acceptance: float, gamma: int) -> float:
-    """Tokens a cycle commits on average at per-token acceptance a: (1 - a^(gamma+1)) / (1 - a)."""
-    if acceptance >= 1:
-        return gamma + 1.0
-    return (1 - acceptance ** (gamma + 1)) / (1 - acceptance)
 
 
 def project(dense_s: float, draft_s: float, verify_s: dict[int, float], acceptance: float) -> tuple[int, float, dict]:
@@ -1091,12 +1099,13 @@ def model_tables(report: dict) -> list:
         f" ({report['model']['dtype']}), max {report['settings']['max_new_tokens']} new tokens, "
         f"{report['settings']['repeat']} round(s)",
         caption="tok/s: decode tokens after the first, per second. xgen / xdense: StD decode speedup over transformers "
-        "generate / our dense path; e2e: same with prefill, per new token. peak MiB: "
+        "generate / our dense path; e2e: same with prefill, per new token. dense %: tokens from plain dense steps "
+        "(calibration; with γ auto, whenever drafting does not pay). peak MiB: "
         + ("CUDA allocator peak" if memory_gpu else "peak RSS growth (VmHWM)")
         + " of the StD runs.",
     )
     for column in ("frames", "K", "γ", "prompt", "prefill s gen/dense/std", "tok/s gen", "tok/s dense", "tok/s StD",
-                   "×gen", "×dense", "e2e ×gen", "e2e ×dense", "accept", "acc. len", "identical", "peak MiB"):
+                   "×gen", "×dense", "e2e ×gen", "e2e ×dense", "accept", "acc. len", "dense %", "identical", "peak MiB"):
         speed.add_column(column, justify="right")
     for c in report["configs"]:
         g, d, s = c["generate"], c["dense"], c["std"]
@@ -1116,6 +1125,7 @@ def model_tables(report: dict) -> list:
             _fmt(c["e2e_speedup_vs_dense"], ".2f", "×"),
             _fmt(c["acceptance_rate"], ".2f"),
             _fmt(c["mean_accepted_length"], ".2f"),
+            _fmt(None if s["dense_share"] is None else 100 * s["dense_share"], ".0f"),
             f"{c['identical_to_dense']}/{c['total']}",
             _mib(peak),
         )

@@ -22,6 +22,7 @@ from .ask import AskOptions, FrameOptions, InputError, answer_video, collect_vid
 from .display import Display
 from .models import DEFAULT_MODEL, ModelLoadError, list_models, load_model
 from .records import JsonlWriter, answered_keys, record_key, to_json
+from .policy import AUTO
 from .std import DEFAULT_GAMMA, DEFAULT_K, DecodeOptions
 
 BUILTIN_NOTE = (
@@ -120,7 +121,7 @@ def ask(
     system: Annotated[Optional[str], typer.Option(help="System prompt.")] = None,
     dense: Annotated[bool, typer.Option("--dense", help="Plain dense decoding (the baseline) instead of StD.")] = False,
     k: Annotated[int, typer.Option("--k", help="StD: visual tokens kept per layer and KV head.")] = DEFAULT_K,
-    gamma: Annotated[int, typer.Option(help="StD: tokens drafted per cycle.")] = DEFAULT_GAMMA,
+    gamma: Annotated[str, typer.Option(help="StD: tokens drafted per cycle, or auto: chosen every cycle from measured step costs and acceptance (0 = a dense step when drafting does not pay).")] = DEFAULT_GAMMA,
     compare: Annotated[bool, typer.Option("--compare", help="Also decode densely; report measured speedup and whether answers are identical.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object per video instead of the answer.")] = False,
     jsonl: Annotated[bool, typer.Option("--jsonl", help="Print one JSON line per video instead of the answer.")] = False,
@@ -179,18 +180,36 @@ def _ask_options(question, system, fps, frames, min_frames, max_frames, max_pixe
         (temperature < 0, "--temperature must be >= 0"),
         (not 0 < top_p <= 1, "--top-p must be in (0, 1]"),
         (k < 1, "--k must be at least 1"),
-        (gamma < 1, "--gamma must be at least 1 (use --dense for plain decoding)"),
         (dense and compare, "--compare compares StD with dense: drop --dense"),
         (not question.strip(), "the question is empty"),
     ]
     for bad, message in checks:
         if bad:
             raise fail(message)
+    gamma = _parse_gamma(gamma)
     decode = DecodeOptions(
         max_new_tokens=max_new_tokens, k=k, gamma=0 if dense else gamma, temperature=temperature, top_p=top_p, seed=seed
     )
     frame_options = FrameOptions(fps=fps, frames=frames, min_frames=min_frames, max_frames=max_frames, max_pixels=max_pixels)
     return AskOptions(question=question, system=system, frames=frame_options, decode=decode, compare=compare)
+
+
+def _fixed_gammas(gammas: list[int | str] | None) -> list[int] | None:
+    if gammas and AUTO in gammas:
+        raise benchmark.BenchError("--random-init measures fixed gammas (auto picks among them): drop auto")
+    return gammas
+
+
+def _parse_gamma(text: str) -> int | str:
+    if text.strip().lower() == AUTO:
+        return AUTO
+    try:
+        value = int(text)
+    except ValueError:
+        raise fail(f"--gamma must be auto or a whole number, got {text!r}") from None
+    if value < 1:
+        raise fail("--gamma must be at least 1 (use --dense for plain decoding)")
+    return value
 
 
 def _open_output(output: Path | None) -> JsonlWriter | None:
@@ -273,7 +292,7 @@ def bench(
     model: Annotated[Optional[str], typer.Option(help="Alias, Hugging Face id or folder (default: the built-in model; with --random-init: qwen2-vl).", show_default=False)] = None,
     questions: Annotated[Optional[Path], typer.Option(help='JSONL: {"question": ...} asked of every video, or {"question": ..., "video": PATH}.')] = None,
     k: Annotated[str, typer.Option("--k", help="StD: visual tokens kept per layer and KV head, comma-separated list.")] = str(DEFAULT_K),
-    gamma: Annotated[Optional[str], typer.Option(help=f"StD: drafts per cycle, comma-separated list (default {DEFAULT_GAMMA}; with --random-init 1..9).", show_default=False)] = None,
+    gamma: Annotated[Optional[str], typer.Option(help=f"StD: drafts per cycle, comma-separated list, auto among them or not (default {DEFAULT_GAMMA}; with --random-init 1..9).", show_default=False)] = None,
     frames: Annotated[Optional[str], typer.Option(help="Frame counts, comma-separated list (default: the model's own sampling).")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = benchmark.DEFAULT_MAX_NEW_TOKENS,
     repeat: Annotated[Optional[int], typer.Option(help="Rounds over the inputs (default 1); with --random-init: timed iterations per step (default 10).", show_default=False)] = None,
@@ -291,7 +310,7 @@ def bench(
         _quiet_loading_bars()
     try:
         ks = benchmark.parse_int_list(k, "--k")
-        gammas = benchmark.parse_int_list(gamma, "--gamma")
+        gammas = benchmark.parse_gamma_list(gamma)
         if repeat is not None and repeat < 1:
             raise benchmark.BenchError("--repeat must be at least 1")
         if max_new_tokens < 1:
@@ -307,7 +326,7 @@ def bench(
                 contexts=benchmark.parse_int_list(context, "--context") or benchmark.DEFAULT_CONTEXTS,
                 batches=benchmark.parse_int_list(batch_size, "--batch-size") or benchmark.DEFAULT_BATCHES,
                 ks=ks,
-                gammas=gammas or benchmark.PROFILE_GAMMAS,
+                gammas=_fixed_gammas(gammas) or benchmark.PROFILE_GAMMAS,
                 iters=repeat or benchmark.DEFAULT_ITERS,
                 progress=progress,
             )

@@ -32,8 +32,9 @@ RECORD_KEYS = (
     "error",
 )
 # compare: with --compare, the dense run's answer and the measured speedup; warnings: the sampler's one-line warnings
-# (e.g. a damaged stretch that was skipped), a list on success.
-EXTRA_KEYS = ("compare", "warnings")
+# (e.g. a damaged stretch that was skipped), a list on success; gammas: {"gamma": cycles} actually used ("0": plain
+# dense steps), dense_share: share of the decoded tokens that came from dense steps (both StD mode only).
+EXTRA_KEYS = ("compare", "warnings", "gammas", "dense_share")
 TIMING_KEYS = ("load_video_s", "prefill_s", "decode_s", "total_s")
 
 

@@ -11,6 +11,7 @@ The steps are small functions over explicit state (gpt-fast style):
   the committed tokens to the sparse view. Rejected drafts leave nothing behind: lengths simply do not advance.
 
 With gamma = 0 a cycle is one plain dense decoding step: that is the `--dense` baseline, on the same code path.
+The default gamma, "auto", picks each cycle's gamma (0 included) from measured step costs: see policy.py.
 """
 
 from __future__ import annotations
@@ -24,26 +25,40 @@ import torch
 
 from .attention import StepContext, engine_attention, ragged_causal_mask
 from .kvcache import EngineCache
+from .policy import AUTO, MAX_AUTO_GAMMA, GammaPolicy, memory_key
 from .sampling import accept_greedy, accept_sampled, sample, token_probs
 
 DEFAULT_K = 512
-DEFAULT_GAMMA = 4
+DEFAULT_GAMMA = AUTO
 
 
 @dataclass
 class DecodeOptions:
     max_new_tokens: int = 256
     k: int = DEFAULT_K  # visual entries kept per layer and KV head
-    gamma: int = DEFAULT_GAMMA  # drafts per cycle; 0 = dense decoding
+    gamma: int | str = DEFAULT_GAMMA  # drafts per cycle; 0 = dense decoding; "auto": chosen per cycle (policy.py)
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
     seed: int | None = None
     # StD sequences start with this many plain dense steps: their measured cost is the baseline of `speedup_est`.
     calibration_steps: int = 2
 
+    def __post_init__(self) -> None:
+        if not (self.gamma == AUTO or (isinstance(self.gamma, int) and self.gamma >= 0)):
+            raise ValueError(f"gamma must be a count >= 0 or {AUTO!r}, got {self.gamma!r}")
+
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0
+
+    @property
+    def max_gamma(self) -> int:
+        """The most drafts a cycle can make: what caches must leave room for."""
+        return MAX_AUTO_GAMMA if self.gamma == AUTO else self.gamma
+
+    @property
+    def drafting(self) -> bool:
+        return self.max_gamma > 0
 
 
 @dataclass
@@ -61,6 +76,7 @@ class DecodeStats:
     verify_s: float = 0.0
     dense_s: float = 0.0
     dense_step_s: float | None = None  # fastest measured dense step: the baseline of speedup_est
+    gammas: dict[int, int] = field(default_factory=dict)  # gamma -> cycles with it (0: dense steps)
 
     @property
     def decode_s(self) -> float:
@@ -81,6 +97,11 @@ class DecodeStats:
         return committed / self.cycles if self.cycles else None
 
     @property
+    def dense_share(self) -> float | None:
+        """Share of the decoded tokens that came from plain dense steps."""
+        return self.dense_steps / self.decoded_tokens if self.decoded_tokens else None
+
+    @property
     def tokens_per_s(self) -> float | None:
         return self.decoded_tokens / self.decode_s if self.decode_s > 0 else None
 
@@ -98,11 +119,12 @@ class Slot:
 
     dense_len: int  # tokens whose dense KV is cached
     sparse_len: int  # entries of its sparse view
-    rope_delta: int  # position offset of generated tokens (Qwen M-RoPE); 0 for 1-D RoPE models
+    rope_delta: tuple[int, ...]  # per position row (3 for Qwen M-RoPE, else 1): generated token i sits at dense_len + i + delta
     last_token: int  # committed, its KV not yet cached
     max_new_tokens: int
     tokens: list[int] = field(default_factory=list)
     done: bool = False
+    unsynced: int = 0  # committed by dense steps, their KV not yet copied to the sparse view (done before a draft)
     stats: DecodeStats = field(default_factory=DecodeStats)
 
 
@@ -126,6 +148,25 @@ def eos_token_ids(model, tokenizer=None) -> tuple[int, ...]:
         eos = tokenizer.eos_token_id
     ids = eos if isinstance(eos, (list, tuple)) else [eos]
     return tuple(dict.fromkeys(int(i) for i in ids if i is not None))
+
+
+# What Qwen-VL position functions read from the processor's output, beside input_ids.
+ROPE_INDEX_INPUTS = ("mm_token_type_ids", "image_grid_thw", "video_grid_thw", "second_per_grid_ts", "attention_mask")
+
+
+def prompt_positions(model, inputs: dict) -> torch.Tensor:
+    """M-RoPE positions [3, 1, L] of a prompt, as the model's forward computes them.
+
+    The model's own `rope_deltas` are not the offset generation continues from: after a long video it is taken
+    from the video's largest temporal position, while the text after the video continues from a smaller one, and
+    `generate` extends every row of the prompt's own positions by one per token. Offsets are taken from the
+    prompt's last position instead, row by row, as `generate` does.
+    """
+    input_ids = inputs["input_ids"]
+    if "mm_token_type_ids" not in inputs:  # text only, from a bare tokenizer
+        return torch.arange(input_ids.shape[1], device=input_ids.device).expand(3, 1, -1)
+    kwargs = {key: inputs[key] for key in ROPE_INDEX_INPUTS if key in inputs}
+    return model.model.get_rope_index(input_ids, **kwargs)[0]
 
 
 def uses_mrope(model) -> bool:
@@ -168,12 +209,13 @@ class Decoder:
         self.options = options
         self.device = model.get_input_embeddings().weight.device
         layers, kv_heads, head_dim, dtype = cache_dims(model)
-        cap = sparse_cap if options.gamma > 0 else 1
+        cap = sparse_cap if options.drafting else 1
         self.cache = EngineCache(layers, batch, kv_heads, head_dim, max_len, cap, dtype, self.device)
         self.eos = frozenset(eos_token_ids(model) if eos is None else eos)
         self.visual_ids = tuple(visual_token_ids(model) if visual_ids is None else visual_ids)
         self.mrope = uses_mrope(model)
         self.slots: list[Slot | None] = [None] * batch
+        self.last_draft_s = self.last_verify_s = 0.0
         seed = options.seed if options.seed is not None else random.randrange(2**63)
         self.generator = torch.Generator(self.device).manual_seed(seed)
 
@@ -187,9 +229,8 @@ class Decoder:
 
     # ---- one forward of the model -------------------------------------------------------------
     def _forward(self, tokens: torch.Tensor, positions: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        position_ids = positions.expand(3, *positions.shape) if self.mrope else positions
         out = self.model(
-            input_ids=tokens, position_ids=position_ids, past_key_values=self.cache, use_cache=True, std_step=ctx
+            input_ids=tokens, position_ids=positions, past_key_values=self.cache, use_cache=True, std_step=ctx
         )
         return out.logits
 
@@ -197,8 +238,13 @@ class Decoder:
         return torch.tensor([getattr(s, name) if s else 0 for s in self.slots], device=self.device)
 
     def _positions(self, length: int) -> torch.Tensor:
-        base = torch.tensor([s.dense_len + s.rope_delta if s else 0 for s in self.slots], device=self.device)
-        return base[:, None] + torch.arange(length, device=self.device)
+        """Positions of `length` new tokens per slot: [B, L], or [3, B, L] for M-RoPE."""
+        rows = 3 if self.mrope else 1
+        deltas = [s.rope_delta if s else (0,) * rows for s in self.slots]
+        base = torch.tensor([[s.dense_len + d for d in delta] if s else delta for s, delta in zip(self.slots, deltas)],
+                            device=self.device)  # [B, rows]
+        positions = base.T[:, :, None] + torch.arange(length, device=self.device)
+        return positions if self.mrope else positions[0]
 
     def _choose(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Next token from logits [..., V] (and its distribution when sampling)."""
@@ -216,20 +262,18 @@ class Decoder:
         is_visual = torch.isin(input_ids[0], torch.tensor(self.visual_ids, device=input_ids.device))
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         visual, text = positions[is_visual], positions[~is_visual]
-        drafting = self.options.gamma > 0 and visual.numel() > 0
+        drafting = self.options.drafting and visual.numel() > 0
         ctx = StepContext("prefill")
         if drafting:
             # only text that comes after the video can attend to it
             ctx.score_queries, ctx.visual_keys = text[text > visual[0]], visual
         self.cache.set_prefill(slot)
+        extra, rope_delta = {}, (0,)
         if self.mrope:
-            # transformers keeps the previous prompt's offset and leaves it untouched for a prompt without images
-            # or videos, whose offset is 0: clear it, or such a prompt would inherit the last video's offset
-            self.model.model.rope_deltas = None
-        out = self.model(**inputs, past_key_values=self.cache, use_cache=True, logits_to_keep=1, std_step=ctx)
-        deltas = self.model.model.rope_deltas if self.mrope else None
-        rope_delta = int(deltas.view(-1)[0]) if deltas is not None else 0
-        sparse_len = self._build_sparse(slot, ctx, text) if self.options.gamma > 0 else 0
+            extra["position_ids"] = prompt_positions(self.model, inputs)
+            rope_delta = tuple(int(p) + 1 - input_ids.shape[1] for p in extra["position_ids"][:, 0, -1])
+        out = self.model(**inputs, **extra, past_key_values=self.cache, use_cache=True, logits_to_keep=1, std_step=ctx)
+        sparse_len = self._build_sparse(slot, ctx, text) if self.options.drafting else 0
         first, _ = self._choose(out.logits[:, -1])
         synchronize(self.device)
         state = Slot(
@@ -307,15 +351,32 @@ class Decoder:
         state.done = len(state.tokens) >= state.max_new_tokens or (bool(kept) and kept[-1] in self.eos)
         return kept
 
+    def _sync_sparse(self) -> None:
+        """Copy the KV of tokens that dense steps committed to the sparse view: a dense step skips the copy, since
+        the next cycle may be dense too (gamma auto on hardware where drafting does not pay)."""
+        width = max((s.unsynced for s in self.slots if s), default=0)
+        if not width:
+            return
+        dense_len, sparse_len = self._lengths("dense_len"), self._lengths("sparse_len")
+        unsynced = self._lengths("unsynced")
+        self.cache.copy_dense_to_sparse(dense_len - unsynced, sparse_len, width)
+        for s in self.slots:
+            if s:
+                s.sparse_len, s.unsynced = s.sparse_len + s.unsynced, 0
+
     @torch.inference_mode()
     def step(self, gamma: int | None = None) -> dict[int, list[int]]:
-        """Advance every active slot by one cycle; returns the tokens each slot committed."""
+        """Advance every active slot by one cycle of `gamma` drafts (default: the fixed gamma of the options);
+        returns the tokens each slot committed. The cycle's times are left in last_draft_s and last_verify_s."""
         gamma = self.options.gamma if gamma is None else gamma
+        if gamma == AUTO or gamma > self.options.max_gamma:
+            raise ValueError(f"step needs a gamma from 0 to {self.options.max_gamma}, got {gamma!r}")
         active = {i: s for i, s in enumerate(self.slots) if s is not None and not s.done}
         if not active:
             return {}
         started = time.perf_counter()
         if gamma:
+            self._sync_sparse()
             drafts, draft_probs = self._draft(gamma)
         else:
             drafts, draft_probs = torch.empty(self.cache.batch, 0, dtype=torch.long, device=self.device), None
@@ -323,22 +384,27 @@ class Decoder:
         drafted_at = time.perf_counter()
         logits = self._verify(drafts)
         accepted, next_token = self._accept(drafts, draft_probs, logits)
-        if self.options.gamma > 0:
+        if gamma:
             self.cache.copy_dense_to_sparse(self._lengths("dense_len"), self._lengths("sparse_len"), gamma + 1)
         accepted, next_token, drafts = accepted.tolist(), next_token.tolist(), drafts.tolist()
         finished = time.perf_counter()
+        self.last_draft_s, self.last_verify_s = drafted_at - started, finished - drafted_at
         committed = {}
         for i, state in active.items():
             a = accepted[i]
             committed[i] = self._append(state, drafts[i][:a] + [next_token[i]])
             state.dense_len += a + 1
-            state.sparse_len += a + 1
+            if gamma:
+                state.sparse_len += a + 1
+            else:
+                state.unsynced += 1
             state.last_token = next_token[i]
             self._record(state.stats, gamma, a, drafted_at - started, finished - drafted_at)
         return committed
 
     @staticmethod
     def _record(stats: DecodeStats, gamma: int, accepted: int, draft_s: float, verify_s: float) -> None:
+        stats.gammas[gamma] = stats.gammas.get(gamma, 0) + 1
         if gamma == 0:
             stats.dense_steps += 1
             stats.dense_s += verify_s
@@ -363,7 +429,7 @@ def prompt_layout(inputs: dict, visual_ids: Sequence[int]) -> tuple[int, int]:
 
 def cache_capacity(prompt_tokens: int, visual_tokens: int, options: DecodeOptions) -> tuple[int, int]:
     """(dense, sparse) cache lengths one prompt needs: generated tokens plus a cycle's scratch room."""
-    room = options.max_new_tokens + options.gamma + 1
+    room = options.max_new_tokens + options.max_gamma + 1
     kept = min(options.k, visual_tokens) + prompt_tokens - visual_tokens
     return prompt_tokens + room, kept + room
 
@@ -392,9 +458,13 @@ def generate(
         state = decoder.slots[0]
         if on_tokens:
             on_tokens(first, state.stats)
+        key = memory_key(model, prompt_tokens)
+        policy = GammaPolicy.start(options.gamma, options.calibration_steps, key)
         while not state.done:
-            calibrating = options.gamma > 0 and state.stats.dense_steps < options.calibration_steps
-            new = decoder.step(0 if calibrating else None)[0]
+            gamma, accepted = policy.choose(), state.stats.accepted
+            new = decoder.step(gamma)[0]
+            policy.observe(gamma, decoder.last_draft_s, decoder.last_verify_s, state.stats.accepted - accepted)
             if on_tokens:
                 on_tokens(new, state.stats)
+        policy.remember(key)
     return Generation(tokens=state.tokens, stats=state.stats)

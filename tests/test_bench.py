@@ -21,7 +21,7 @@ ENVIRONMENT_KEYS = {"stdcli", "torch", "transformers", "python", "platform", "de
                     "device_memory_bytes", "cuda", "cpu_threads", "started"}
 METHOD_KEYS = {"runs", "prefill_s", "decode_s", "total_s", "new_tokens", "decoded_tokens", "decode_tokens_per_s",
                "peak_memory_bytes", "peak_memory_delta_bytes"}
-STD_EXTRA_KEYS = {"draft_s", "verify_s", "dense_steps", "cycles", "drafted", "accepted"}
+STD_EXTRA_KEYS = {"draft_s", "verify_s", "dense_steps", "cycles", "drafted", "accepted", "gammas", "dense_share"}
 CONFIG_KEYS = {"frames", "k", "gamma", "inputs", "runs", "prompt_tokens", "visual_tokens", "kept_tokens", "generate",
                "dense", "std", "decode_speedup_vs_generate", "decode_speedup_vs_dense", "e2e_speedup_vs_generate",
                "e2e_speedup_vs_dense", "acceptance_rate", "mean_accepted_length", "identical_to_dense",
@@ -59,7 +59,7 @@ def test_model_bench_runs_and_std_answers_equal_dense_in_float32(tiny_checkpoint
     out = tmp_path / "bench.json"
     result = invoke([
         "bench", *videos, "--model", str(tiny_checkpoint("qwen2-vl")), "--device", "cpu", "--dtype", "float32",
-        "--frames", "4,8", "--k", "2,64", "--gamma", "2", "--max-new-tokens", "6", "--json", str(out), "-q",
+        "--frames", "4,8", "--k", "2,64", "--gamma", "2,auto", "--max-new-tokens", "6", "--json", str(out), "-q",
     ])
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
@@ -71,7 +71,7 @@ def test_model_bench_runs_and_std_answers_equal_dense_in_float32(tiny_checkpoint
     assert len(report["inputs"]) == 4 and all(set(i) == INPUT_KEYS for i in report["inputs"])
     configs = report["configs"]
     assert [(c["frames"], c["k"], c["gamma"]) for c in configs] == [
-        (f, k, 2) for f in (4, 8) for k in (2, 64)
+        (f, k, g) for f in (4, 8) for k in (2, 64) for g in ("auto", 2)
     ]
     for c in configs:
         assert set(c) == CONFIG_KEYS
@@ -85,8 +85,13 @@ def test_model_bench_runs_and_std_answers_equal_dense_in_float32(tiny_checkpoint
             assert m["prefill_s"] > 0 and m["decode_s"] >= 0
             assert m["decoded_tokens"] == pytest.approx(c["runs"] * (m["new_tokens"] - 1))
             assert m["peak_memory_bytes"] is None or m["peak_memory_bytes"] > 0
-        assert c["std"]["drafted"] > 0 and 0 <= c["acceptance_rate"] <= 1
-        assert 1 <= c["mean_accepted_length"] <= c["gamma"] + 1
+        gammas = c["std"]["gammas"]
+        assert sum(gammas.values()) == c["std"]["cycles"] + c["std"]["dense_steps"]
+        assert c["std"]["dense_share"] == pytest.approx(c["std"]["dense_steps"] / c["std"]["decoded_tokens"], abs=1e-3)
+        if c["gamma"] == 2:
+            assert set(gammas) == {"0", "2"} and gammas["0"] == 2 * c["runs"]  # the calibration steps, then gamma 2
+            assert c["std"]["drafted"] > 0 and 0 <= c["acceptance_rate"] <= 1
+            assert 1 <= c["mean_accepted_length"] <= c["gamma"] + 1
         assert c["decode_speedup_vs_dense"] > 0 and c["e2e_speedup_vs_generate"] > 0
     stderr = result.stderr
     assert "tok/s StD" in stderr and "identical" in stderr and "2/2" in stderr

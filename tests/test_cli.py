@@ -99,10 +99,15 @@ def check_record(record: dict, video: str, mode: str = "std") -> None:
     assert record["timings"]["total_s"] >= record["timings"]["prefill_s"]
     assert isinstance(record["warnings"], list)
     if mode == "std":
-        assert isinstance(record["k"], int) and isinstance(record["gamma"], int)
+        assert isinstance(record["k"], int) and (record["gamma"] == "auto" or isinstance(record["gamma"], int))
         assert record["acceptance_rate"] is None or 0 <= record["acceptance_rate"] <= 1
+        steps = sum(record["gammas"].values())  # cycles and dense steps: each commits at least one token
+        assert (steps == 0) == (record["new_tokens"] == 1) and steps <= record["new_tokens"] - 1
+        assert all(int(g) >= 0 and n > 0 for g, n in record["gammas"].items())
+        assert record["dense_share"] is None if record["new_tokens"] == 1 else 0 <= record["dense_share"] <= 1
     else:
         assert record["k"] is None and record["gamma"] is None
+        assert record["gammas"] is None and record["dense_share"] is None
         assert record["acceptance_rate"] is None and record["mean_accepted_length"] is None
     for key in ("tokens_per_s", "acceptance_rate", "mean_accepted_length", "speedup_est"):
         assert record[key] is None or isinstance(record[key], float), key
@@ -299,6 +304,8 @@ def test_a_damaged_stretch_is_a_warning_not_a_failure(model, tmp_path):
         (["{good}", "  "], "the question is empty"),
         (["{good}", QUESTION, "--bogus"], "No such option: --bogus"),
         (["{good}", QUESTION, "--k", "many"], "Invalid value for '--k'"),
+        (["{good}", QUESTION, "--gamma", "0"], "--gamma must be at least 1 (use --dense"),
+        (["{good}", QUESTION, "--gamma", "fast"], "--gamma must be auto or a whole number"),
         (["{good}", QUESTION, "--output", "{empty}"], "cannot write --output"),
     ],
 )
@@ -340,7 +347,7 @@ def test_the_default_model_says_when_its_weights_are_missing(good):
 
 
 def test_dense_mode_and_compare_agree_with_std(model, good):
-    (std,) = records_of(ask(good, QUESTION, "--jsonl", "--k", "2", model=model).stdout)
+    (std,) = records_of(ask(good, QUESTION, "--jsonl", "--k", "2", "--gamma", "4", model=model).stdout)
     (dense,) = records_of(ask(good, QUESTION, "--jsonl", "--dense", model=model).stdout)
     check_record(dense, good, mode="dense")
     check_record(std, good, mode="std")

@@ -1,8 +1,8 @@
 """StD decoding is lossless: greedy StD (and its dense path) gives token for token what `model.generate` gives.
 
 Randomized cases over the three families, float32 on the CPU: tiny random checkpoints, random videos of one to a
-dozen frames (or none), random questions, K from 1 to beyond the visual token count, gamma 0..9, EOS landing
-inside a draft, max_new_tokens ending inside one. Each family runs its cases in one test that lists every failing
+dozen frames (or none), random questions, K from 1 to beyond the visual token count, gamma 0..8 and auto, EOS
+landing inside a draft, max_new_tokens ending inside one; and random gamma schedules mixing dense steps and cycles. Each family runs its cases in one test that lists every failing
 case with its parameters, then checks from the aggregate statistics that drafts were both accepted and rejected:
 with only one of the two, agreement would prove nothing about verification.
 """
@@ -17,6 +17,7 @@ import torch
 
 from stdcli import build
 from stdcli.models import build_inputs, load_model
+from stdcli.policy import MAX_AUTO_GAMMA, GammaPolicy
 from stdcli.std import (
     Decoder,
     DecodeOptions,
@@ -25,6 +26,7 @@ from stdcli.std import (
     eos_token_ids,
     generate,
     prompt_layout,
+    prompt_positions,
     visual_token_ids,
 )
 
@@ -84,7 +86,7 @@ def run_case(lm, make_video, seed: int) -> list[tuple[dict, list[int], list[int]
     inputs = build_inputs(lm, video, question, system)
     _, visual = prompt_layout(inputs, visual_token_ids(lm.model))
     k = max(1, rng.choice([1, rng.randint(1, max(visual, 1)), visual, visual + rng.randint(1, 40)]))
-    gamma = 0 if kind == 0 else rng.randint(1, 9)
+    gamma = 0 if kind == 0 else "auto" if kind == 7 else rng.randint(1, 8)
     calibration = rng.randint(1, 3) if kind == 3 else 0
     with_eos = kind in (4, 5, 6)
     max_new_tokens = rng.randint(8 if with_eos else 1, 24)
@@ -115,6 +117,7 @@ def test_greedy_std_matches_generate(family, lms, make_video):
             totals.update(runs=1, drafted=stats.drafted, accepted=stats.accepted, cycles=stats.cycles)
             seen.update(
                 dense=params["gamma"] == 0,
+                auto=params["gamma"] == "auto",
                 text_only=params["frames"] == 0,
                 one_frame=params["frames"] == 1,
                 k_is_1=params["k"] == 1 and params["visual"] > 1,
@@ -127,7 +130,7 @@ def test_greedy_std_matches_generate(family, lms, make_video):
     rejected = totals["drafted"] - totals["accepted"]
     print(f"{family}: {dict(totals)}, rejected {rejected}; runs covering {dict(seen)}")
     assert totals["accepted"] >= 100 and rejected >= 100, dict(totals)
-    for what in ("dense", "text_only", "one_frame", "k_is_1", "k_above_visual", "calibrated",
+    for what in ("dense", "auto", "text_only", "one_frame", "k_is_1", "k_above_visual", "calibrated",
                  "eos_inside_draft", "limit_inside_draft"):
         assert seen[what] >= 2, f"too few {family} runs with {what}: {dict(seen)}"
 
@@ -174,6 +177,40 @@ def test_batched_slots_decode_independently(lms, make_video):
                     outputs[prompt_of[slot]] = decoder.release(slot).tokens
     for i, inputs in enumerate(prompts):
         assert outputs[i] == reference(lm.model, inputs, limits[i]), f"prompt {i}"
+
+
+@pytest.mark.parametrize("family", ["qwen2-vl", "qwen2.5-vl"])
+@pytest.mark.parametrize("gamma", [0, 3])
+def test_long_video_positions_continue_like_generate(family, gamma, lms, make_video):
+    """A video longer (in temporal positions) than the text after it: M-RoPE's largest position is then the
+    video's, not the last prompt token's, and decoding must continue from the latter, as generate does."""
+    lm = lms(family)
+    inputs = build_inputs(lm, make_video(num_frames=120, height=28, width=28, seed=3), "What happens?")
+    positions = prompt_positions(lm.model, inputs)
+    assert int(positions.max()) > int(positions[0, 0, -1])  # the case this test is about
+    expected = reference(lm.model, inputs, 16)
+    assert std(lm.model, inputs, DecodeOptions(16, k=8, gamma=gamma, calibration_steps=0)).tokens == expected
+
+
+@pytest.mark.parametrize("family", build.FAMILIES)
+def test_any_gamma_schedule_is_lossless(family, lms, make_video, monkeypatch):
+    """gamma auto may switch between dense steps and cycles of any length at any point: whatever the schedule,
+    the tokens are generate()'s. The policy is replaced by a random schedule so every switch really happens (on
+    these tiny CPU models the real policy mostly, and rightly, picks dense steps)."""
+    lm = lms(family)
+    rng = random.Random(family)
+    monkeypatch.setattr(GammaPolicy, "choose", lambda self: rng.choice([0, 0, 0, 1, 2, 3, 5, MAX_AUTO_GAMMA]))
+    failures, switches = [], 0
+    for case in range(12):
+        video = make_video(rng.randint(2, 8), 56, 56, 2.0, case) if case % 4 else None
+        inputs = build_inputs(lm, video, " ".join(rng.choices(WORDS, k=5)))
+        limit = rng.randint(10, 30)
+        result = std(lm.model, inputs, DecodeOptions(limit, k=rng.randint(1, 12), gamma="auto"))
+        if result.tokens != reference(lm.model, inputs, limit):
+            failures.append(case)
+        switches += result.stats.dense_steps > 0 and result.stats.cycles > 0
+    assert not failures, f"{family}: cases {failures} differ from generate()"
+    assert switches >= 8
 
 
 @pytest.mark.parametrize("family", build.FAMILIES)

@@ -1,0 +1,156 @@
+"""Choosing gamma before every cycle: how many tokens to draft, or 0 for a plain dense step.
+
+A cycle of g drafts costs g draft steps plus one verify of g+1 tokens and commits E(g) = 1 + a1 + a1*a2 + ...
++ a1*...*ag tokens on average, where aj is the probability that draft j is accepted once drafts 1..j-1 were
+(tracked per position: acceptance falls along a draft, so one average rate would overrate long drafts).
+Drafting pays only when a draft step is cheap next to a dense step AND drafts are accepted: on a GPU at batch 1 a
+7B model's draft step costs nearly a dense step (the weights dominate what a step reads), on a CPU a small model's
+verify of g+1 tokens can cost several dense steps. So `--gamma auto` measures instead of assuming: `GammaPolicy`
+keeps moving averages of the engine's own timings of the three steps and the acceptance rates, and picks the gamma
+with the most expected tokens per second, 0 when no gamma beats a dense step. While dense wins it still tries one
+cycle now and then, at doubling intervals, since acceptance and costs change as the context grows. What a sequence
+measured is remembered for the process (per model, device and context size), so the next video starts from it
+instead of trying a cycle first: short answers would otherwise pay for that try. The choice never changes the
+tokens: every gamma, 0 included, commits exactly what dense decoding would (greedy) or the same distribution
+(sampling).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+AUTO = "auto"
+MAX_AUTO_GAMMA = 8  # the largest gamma auto considers: beyond it E(g) grows little at any realistic acceptance
+FIRST_TRY_GAMMA = 4  # the first StD cycle, which measures the draft and verify costs
+PRIOR_ACCEPTANCE = 0.7  # before any draft is judged; weighs as PRIOR_DRAFTS drafts at each draft position
+PRIOR_DRAFTS = 2.0
+ACCEPTANCE_DECAY = 0.97  # per cycle: recent cycles count more as the answer moves on
+COST_SMOOTHING = 0.25  # weight of a new timing in the moving averages
+MARGIN = 1.02  # drafting must beat dense by 2%: timing noise must not flip a tie to the slower side
+FIRST_PROBE_INTERVAL = 16  # dense steps before trying a cycle again, doubled after every try that loses
+LAST_PROBE_INTERVAL = 256
+
+
+def expected_tokens(acceptance: float, gamma: int) -> float:
+    """Tokens a cycle commits on average at per-token acceptance a: (1 - a^(gamma+1)) / (1 - a)."""
+    if acceptance >= 1.0:
+        return gamma + 1.0
+    return (1 - acceptance ** (gamma + 1)) / (1 - acceptance)
+
+
+# (model, device, dtype, context bucket) -> the policy a finished sequence left: costs and acceptance, for the next one
+_MEMORY: dict[tuple, GammaPolicy] = {}
+
+
+def memory_key(model, prompt_tokens: int) -> tuple:
+    """Step costs depend on the model, where it runs and (through the KV cache) the context: powers of two of it."""
+    weight = model.get_input_embeddings().weight
+    bucket = math.ceil(math.log2(max(prompt_tokens, 1)))
+    return (getattr(model, "name_or_path", None) or id(model), str(weight.device), str(weight.dtype), bucket)
+
+
+def _prior(length: int, value: float) -> list[float]:
+    return [value] * length
+
+
+def _smooth(average: float | None, sample: float) -> float:
+    return sample if average is None else (1 - COST_SMOOTHING) * average + COST_SMOOTHING * sample
+
+
+@dataclass
+class GammaPolicy:
+    """The gamma of each cycle. `gamma` is a fixed count (after `calibration_steps` dense steps, whose cost is the
+    baseline of the speedup estimate) or AUTO. `observe` is told what each cycle cost and accepted."""
+
+    gamma: int | str
+    calibration_steps: int = 2
+    max_gamma: int = MAX_AUTO_GAMMA
+    dense_s: float | None = None
+    draft_s: float | None = None  # one draft step
+    verify_s: dict[int, float] = field(default_factory=dict)  # gamma -> one verify of gamma + 1 tokens
+    # per draft position j (0-based): decayed counts of drafts judged there and of those accepted
+    judged: list[float] = field(default_factory=lambda: _prior(MAX_AUTO_GAMMA, PRIOR_DRAFTS))
+    accepted: list[float] = field(default_factory=lambda: _prior(MAX_AUTO_GAMMA, PRIOR_ACCEPTANCE * PRIOR_DRAFTS))
+    dense_steps: int = 0
+    since_cycle: int = 0  # dense steps since the last StD cycle
+    probe_interval: int = FIRST_PROBE_INTERVAL
+
+    @classmethod
+    def start(cls, gamma: int | str, calibration_steps: int, key: tuple | None = None) -> GammaPolicy:
+        """A policy for a new sequence: for auto, what the last sequence under `key` measured, if any."""
+        known = _MEMORY.get(key) if gamma == AUTO and key is not None else None
+        if known is None:
+            return cls(gamma, calibration_steps)
+        return known.copy(dense_steps=0, since_cycle=0, calibration_steps=calibration_steps)
+
+    def remember(self, key: tuple) -> None:
+        if self.gamma == AUTO and self.dense_s is not None:
+            _MEMORY[key] = self.copy()
+
+    def copy(self, **changes) -> GammaPolicy:
+        lists = {"verify_s": dict(self.verify_s), "judged": list(self.judged), "accepted": list(self.accepted)}
+        return replace(self, **{**lists, **changes})
+
+    def expected_tokens(self, gamma: int) -> float:
+        """Tokens a cycle of `gamma` drafts commits on average, by the per-position acceptance rates."""
+        total, reach = 1.0, 1.0
+        for j in range(gamma):
+            reach *= self.accepted[j] / self.judged[j]
+            total += reach
+        return total
+
+    def choose(self) -> int:
+        if self.gamma != AUTO:
+            return 0 if self.gamma and self.dense_steps < self.calibration_steps else int(self.gamma)
+        if self.dense_steps < max(self.calibration_steps, 1):
+            return 0
+        if self.draft_s is None:
+            return min(FIRST_TRY_GAMMA, self.max_gamma)
+        best, rate = self.best()
+        if best and rate > MARGIN / self.dense_s:
+            return best
+        if self.since_cycle >= self.probe_interval:
+            return max(best, 1)
+        return 0
+
+    def best(self) -> tuple[int, float]:
+        """(gamma, expected tokens per second) of the best gamma >= 1 by the cost model; (0, 0) if none can be
+        estimated."""
+        rates = {
+            g: self.expected_tokens(g) / (g * self.draft_s + self.verify_cost(g))
+            for g in range(1, self.max_gamma + 1)
+        }
+        best = max(rates, key=rates.get)
+        return best, rates[best]
+
+    def verify_cost(self, gamma: int) -> float:
+        """Measured, or interpolated linearly in the width between a dense step (width 1) and the nearest
+        measured verify."""
+        if gamma in self.verify_s:
+            return self.verify_s[gamma]
+        nearest = min(self.verify_s, key=lambda g: (abs(g - gamma), g))
+        per_token = max(self.verify_s[nearest] - self.dense_s, 0.0) / nearest
+        return self.dense_s + per_token * gamma
+
+    def observe(self, gamma: int, draft_s: float, verify_s: float, accepted: int) -> None:
+        """One cycle happened: its measured times (verify_s is the dense step's time when gamma = 0)."""
+        if gamma == 0:
+            self.dense_steps += 1
+            self.since_cycle += 1
+            # the calibration steps' fastest: the first step after a prefill is often slow (allocation, caches)
+            calibrating = self.dense_steps <= self.calibration_steps and self.dense_s is not None
+            self.dense_s = min(self.dense_s, verify_s) if calibrating else _smooth(self.dense_s, verify_s)
+            return
+        self.draft_s = _smooth(self.draft_s, draft_s / gamma)
+        self.verify_s[gamma] = _smooth(self.verify_s.get(gamma), verify_s)
+        for j in range(gamma):
+            self.judged[j] *= ACCEPTANCE_DECAY
+            self.accepted[j] *= ACCEPTANCE_DECAY
+            if j <= accepted:  # drafts after the first rejected one were never judged
+                self.judged[j] += 1
+                self.accepted[j] += j < accepted
+        if self.gamma == AUTO and self.since_cycle >= self.probe_interval:  # that was a probe
+            winning = self.best()[1] > MARGIN / self.dense_s
+            self.probe_interval = FIRST_PROBE_INTERVAL if winning else min(2 * self.probe_interval, LAST_PROBE_INTERVAL)
+        self.since_cycle = 0

@@ -1,0 +1,92 @@
+"""gamma auto: the cost model's choice between drafting (which gamma) and plain dense steps, from timings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stdcli import policy
+from stdcli.policy import AUTO, FIRST_PROBE_INTERVAL, FIRST_TRY_GAMMA, GammaPolicy, expected_tokens, memory_key
+
+
+def run(p: GammaPolicy, steps: int, dense: float, draft: float, verify, accept: float) -> list[int]:
+    """Drive the policy for `steps` choices on a simulated device; returns the gammas it chose."""
+    chosen = []
+    for _ in range(steps):
+        g = p.choose()
+        chosen.append(g)
+        if g == 0:
+            p.observe(0, 0.0, dense, 0)
+        else:
+            p.observe(g, g * draft, verify(g), round(accept * g))
+    return chosen
+
+
+def test_expected_tokens():
+    assert expected_tokens(1.0, 4) == 5
+    assert expected_tokens(0.0, 4) == 1
+    assert expected_tokens(0.5, 2) == pytest.approx(1.75)
+
+
+def test_fixed_gamma_calibrates_then_drafts():
+    p = GammaPolicy(3, calibration_steps=2)
+    assert run(p, 5, 1.0, 0.1, lambda g: 1.0, 0.9) == [0, 0, 3, 3, 3]
+    assert run(GammaPolicy(0), 3, 1.0, 0.1, lambda g: 1.0, 0.9) == [0, 0, 0]
+
+
+def test_auto_drafts_when_drafts_are_cheap_and_accepted():
+    p = GammaPolicy(AUTO)
+    chosen = run(p, 40, dense=1.0, draft=0.2, verify=lambda g: 1.0 + 0.05 * g, accept=0.9)
+    assert chosen[:3] == [0, 0, FIRST_TRY_GAMMA]
+    assert all(g >= 3 for g in chosen[3:]), chosen
+
+
+def test_auto_goes_dense_when_a_draft_costs_a_dense_step():
+    """A 7B model at batch 1 on a GPU: drafting cannot pay, whatever the acceptance."""
+    p = GammaPolicy(AUTO)
+    chosen = run(p, 200, dense=1.0, draft=0.95, verify=lambda g: 1.0 + 0.02 * g, accept=1.0)
+    cycles = [i for i, g in enumerate(chosen) if g]
+    assert cycles[0] == 2  # the one try that measures the costs
+    # then probes only, at doubling intervals: a few percent of the steps at most
+    gaps = [b - a for a, b in zip(cycles, cycles[1:])]
+    assert gaps == sorted(gaps) and gaps[0] > FIRST_PROBE_INTERVAL
+    assert len(cycles) <= 5
+
+
+def test_acceptance_is_tracked_per_draft_position():
+    """Drafts whose first token is always accepted and second always rejected: E(g) stops growing after g = 1."""
+    p = GammaPolicy(AUTO)
+    p.observe(0, 0.0, 1.0, 0)
+    for _ in range(200):
+        p.observe(4, 0.4, 1.0, 1)
+    assert p.expected_tokens(1) == pytest.approx(2.0, abs=0.05)
+    assert p.expected_tokens(4) == pytest.approx(2.0, abs=0.05)
+    assert p.best()[0] == 1
+
+
+def test_auto_goes_dense_when_drafts_are_rejected():
+    p = GammaPolicy(AUTO)
+    chosen = run(p, 60, dense=1.0, draft=0.3, verify=lambda g: 1.0 + 0.05 * g, accept=0.0)
+    assert sum(1 for g in chosen[3:] if g) <= 3 and chosen[-30:].count(0) >= 29  # after the try: rare probes
+
+
+def test_auto_follows_a_change_of_costs():
+    """Costs that favour drafting after a dense stretch (a context that grew) are found by the probes."""
+    p = GammaPolicy(AUTO)
+    run(p, 40, dense=1.0, draft=0.95, verify=lambda g: 1.1, accept=0.9)
+    chosen = run(p, 200, dense=1.0, draft=0.1, verify=lambda g: 1.05, accept=0.9)
+    assert chosen[-50:].count(0) == 0
+
+
+def test_memory_skips_the_try(monkeypatch):
+    monkeypatch.setattr(policy, "_MEMORY", {})
+    model = torch.nn.Module()
+    model.get_input_embeddings = lambda: torch.nn.Embedding(2, 2)
+    key = memory_key(model, 1000)
+    assert key == memory_key(model, 600) != memory_key(model, 1100)  # same power-of-two bucket or not
+    first = GammaPolicy.start(AUTO, 2, key)
+    run(first, 20, dense=1.0, draft=0.95, verify=lambda g: 1.1, accept=0.9)
+    first.remember(key)
+    second = GammaPolicy.start(AUTO, 2, key)
+    assert run(second, 10, dense=1.0, draft=0.95, verify=lambda g: 1.1, accept=0.9) == [0] * 10
+    assert GammaPolicy.start(4, 2, key).draft_s is None  # a fixed gamma ignores the memory
