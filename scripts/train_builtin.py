@@ -1,7 +1,7 @@
 """Train the built-in Video-LLM: a small Qwen2-VL on clips of the generated world (stdcli.world).
 
-    python scripts/train_builtin.py --out runs/builtin --minutes 7            # one H100/H200
-    python scripts/train_builtin.py --out runs/builtin --minutes 7 --resume   # continue after an interruption
+    python scripts/train_builtin.py --out runs/builtin --minutes 7.5           # one H100/H200
+    python scripts/train_builtin.py --out runs/builtin --minutes 7.5 --resume  # continue after an interruption
 
 Seeded and resumable (a checkpoint every --save-every minutes holds model, optimizer, step and time). Frames go
 through exactly the inference path: rendered at the samples' 224x224, sampled at the timestamps `sample_frames`
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 from torchvision.transforms.v2.functional import InterpolationMode, resize
+from transformers import Qwen2VLModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -30,11 +31,14 @@ from stdcli.attention import use_packed_vision_attention  # noqa: E402
 from stdcli.build import build_random_model, make_config, make_processor, make_tokenizer  # noqa: E402
 from stdcli.video import choose_frame_count, target_indices  # noqa: E402
 from stdcli.world import QA, corpus, describe, generate_clip, questions_for, render_frames  # noqa: E402
+from stdcli.world.scene import COLORS, SHAPES, object_state_at  # noqa: E402
 
 SOURCE_FPS = 8.0  # the samples are written at 8 fps
 FRAME_EDGE = 224  # the samples' frame size; the processor resizes to 112
 MODEL_EDGE = 112
 MODEL_PIXELS = MODEL_EDGE * MODEL_EDGE
+GRID = MODEL_EDGE // 28  # merged visual tokens per frame side
+LOOKS = len(SHAPES) * len(COLORS)  # classes of the auxiliary region targets
 TRAIN_SEED_BASE = 0  # training clips use seeds below EVAL_SEED_BASE
 EVAL_SEED_BASE = 10_000_000
 
@@ -110,34 +114,59 @@ def pixel_values(frames: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) ->
     return x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8).reshape(t * g * g, c * 2 * 14 * 14)
 
 
-class Conversation:
-    """Token ids, labels and frames of one clip's multi-turn conversation."""
+def region_targets(clip, timestamps: list[float]) -> torch.Tensor:
+    """[T/2 * GRID * GRID, LOOKS] multi-hot: which (shape, color) has its center in each merged token's region.
 
-    def __init__(self, tokenizer, prompt: str, frames: torch.Tensor, qas: list[QA]):
+    Training-only supervision of the vision tower: a ViT trained from scratch through the language loss alone
+    learns to see far too slowly (the language model first learns to guess from the question), so the
+    visual tokens are also asked, through a linear probe discarded after training, what they show.
+    """
+    targets = torch.zeros(len(timestamps) // 2, GRID, GRID, LOOKS)
+    for i, t in enumerate(timestamps):
+        for obj, o in enumerate(clip.objects):
+            visible, x, y, color = object_state_at(clip, obj, t)
+            if visible:
+                row, col = min(int(y * GRID), GRID - 1), min(int(x * GRID), GRID - 1)
+                targets[i // 2, row, col, SHAPES.index(o.shape) * len(COLORS) + COLORS.index(color)] = 1
+    return targets.flatten(0, 2)
+
+
+class Conversation:
+    """Token ids, labels, loss weights, frames and region targets of one clip's multi-turn conversation.
+
+    Every answer weighs the same in the loss, whatever its length: counted per token, the long, mostly
+    predictable descriptions would drown the one-word answers that can only be got right by looking.
+    """
+
+    def __init__(self, tokenizer, prompt: str, frames: torch.Tensor, qas: list[QA], regions: torch.Tensor):
         tokens = (frames.shape[0] // 2) * (MODEL_EDGE // 28) ** 2
         pad = tokenizer.convert_tokens_to_ids("<|video_pad|>")
         ids = []
         for token in tokenizer(prompt, add_special_tokens=False).input_ids:  # expanded as the processor does
             ids += [token] * (tokens if token == pad else 1)
         labels = [-100] * len(ids)
+        weights = [0.0] * len(ids)
         end = tokenizer.convert_tokens_to_ids("<|im_end|>")
         for i, qa in enumerate(qas):
             answer = tokenizer(qa.answer, add_special_tokens=False).input_ids + [end]
             ids += answer
             labels += answer
+            weights += [1.0 / len(answer)] * len(answer)
             if i + 1 < len(qas):
                 turn = f"\n<|im_start|>user\n{qas[i + 1].question}<|im_end|>\n<|im_start|>assistant\n"
                 sep = tokenizer(turn, add_special_tokens=False).input_ids
                 ids += sep
                 labels += [-100] * len(sep)
-        self.ids, self.labels, self.frames = ids, labels, frames
+                weights += [0.0] * len(sep)
+        self.ids, self.labels, self.weights, self.frames, self.regions = ids, labels, weights, frames, regions
 
 
 def make_example(processor, seed: int, rng: random.Random, long_share: float = 0.2) -> Conversation:
     kind = "long" if rng.random() < long_share else "short"
     clip = generate_clip(seed, kind)
     fps = 2.0 if rng.random() < 0.8 else rng.uniform(1.0, 3.0)
-    frames = model_frames(clip, sample_timestamps(clip.duration, fps), realistic=kind == "short" and rng.random() < 0.4)
+    timestamps = sample_timestamps(clip.duration, fps)
+    frames = model_frames(clip, timestamps, realistic=kind == "short" and rng.random() < 0.4)
     if rng.random() < 0.5:  # mild sensor/codec noise so decoded H.264 frames look familiar
         noise = torch.randn(frames.shape, generator=torch.Generator().manual_seed(seed)) * 2.0
         frames = (frames + noise).round().clamp(0, 255).to(torch.uint8)
@@ -145,30 +174,45 @@ def make_example(processor, seed: int, rng: random.Random, long_share: float = 0
     rng.shuffle(qas)
     describe_qa = [q for q in qas if q.qtype == "describe"]
     others = [q for q in qas if q.qtype != "describe"]
-    chosen = others[: rng.randint(2, 4)]
+    chosen = others[: rng.randint(4, 8)]  # the frames cost far more than the questions: ask many
     if describe_qa and rng.random() < 0.6:
         chosen.insert(rng.randrange(len(chosen) + 1), describe_qa[0])
     chosen = chosen or qas[:1]
-    return Conversation(processor.tokenizer, first_turn(processor, chosen[0].question), frames, chosen)
+    prompt = first_turn(processor, chosen[0].question)
+    return Conversation(processor.tokenizer, prompt, frames, chosen, region_targets(clip, timestamps))
 
 
-def collate(examples: list[Conversation], pad_id: int, video_id: int) -> dict[str, torch.Tensor]:
+def rope_indexer(tokenizer):
+    """The model's own M-RoPE position function, on a weightless (meta) model: data workers compute position ids,
+    which the model would otherwise work out sequence by sequence in Python at every training step."""
+    with torch.device("meta"):
+        return Qwen2VLModel(builtin_config(tokenizer)).get_rope_index
+
+
+def collate(examples: list[Conversation], pad_id: int, video_id: int, rope_index=None) -> dict[str, torch.Tensor]:
     length = max(len(e.ids) for e in examples)
     ids = torch.full((len(examples), length), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), length), -100, dtype=torch.long)
+    weights = torch.zeros((len(examples), length))
     for row, e in enumerate(examples):
         ids[row, : len(e.ids)] = torch.tensor(e.ids)
         labels[row, : len(e.labels)] = torch.tensor(e.labels)
+        weights[row, : len(e.weights)] = torch.tensor(e.weights)
     g = MODEL_EDGE // 14
     # No attention mask: padding is on the right, so causal attention never lets a real token see a pad, and
     # without a mask SDPA runs its flash kernel instead of materializing [B, H, L, L] scores.
-    return {
+    batch = {
         "input_ids": ids,
         "labels": labels,
+        "weights": weights,
         "mm_token_type_ids": (ids == video_id).long() * 2,
         "frames": torch.cat([e.frames for e in examples]),
+        "regions": torch.cat([e.regions for e in examples]),
         "video_grid_thw": torch.tensor([[e.frames.shape[0] // 2, g, g] for e in examples]),
     }
+    if rope_index is not None:
+        batch["position_ids"] = rope_index(ids, batch["mm_token_type_ids"], video_grid_thw=batch["video_grid_thw"])[0]
+    return batch
 
 
 class Batches(torch.utils.data.IterableDataset):
@@ -190,6 +234,7 @@ class Batches(torch.utils.data.IterableDataset):
         processor = builtin_processor(builtin_tokenizer())
         pad_id = processor.tokenizer.convert_tokens_to_ids("<|endoftext|>")
         video_id = processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")
+        rope_index = rope_indexer(processor.tokenizer)
         rng = random.Random(self.seed * 1000 + worker)
         clip_seed = TRAIN_SEED_BASE + self.seed * 1_000_000 + worker
         pool: list[Conversation] = []
@@ -201,7 +246,7 @@ class Batches(torch.utils.data.IterableDataset):
             pool.sort(key=lambda e: len(e.ids))
             count = max(1, min(len(pool), self.tokens // len(pool[-1].ids)))
             batch, pool = pool[-count:], pool[:-count]
-            yield collate(batch, pad_id, video_id)
+            yield collate(batch, pad_id, video_id, rope_index)
 
 
 def check_against_processor(processor) -> None:
@@ -214,12 +259,55 @@ def check_against_processor(processor) -> None:
         text=[prompt], videos=[render_frames(clip, timestamps, FRAME_EDGE)], return_tensors="pt",
         videos_kwargs={"do_sample_frames": False},
     )
-    ours = Conversation(processor.tokenizer, prompt, model_frames(clip, timestamps, realistic=True), [qa])
+    ours = Conversation(processor.tokenizer, prompt, model_frames(clip, timestamps, realistic=True), [qa],
+                        region_targets(clip, timestamps))
     mean = torch.tensor(processor.video_processor.image_mean)
     std = torch.tensor(processor.video_processor.image_std)
     assert ours.ids[: reference["input_ids"].shape[1]] == reference["input_ids"][0].tolist(), "token ids differ"
     error = (pixel_values(ours.frames, mean, std) - reference["pixel_values_videos"]).abs().max().item()
     assert error < 1e-4, f"pixel values differ by {error}"
+
+
+class RegionProbe(torch.nn.Module):
+    """A linear probe on the merged visual tokens, fed by a forward hook on the vision tower's merger."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.head = torch.nn.Linear(model.config.get_text_config().hidden_size, LOOKS)
+        self.features: torch.Tensor | None = None
+        model.model.visual.merger.register_forward_hook(lambda module, args, output: setattr(self, "features", output))
+
+    def loss(self, targets: torch.Tensor) -> torch.Tensor:
+        logits = self.head(self.features.float())
+        # summed over the classes: a mean over 24 mostly-absent classes would make the signal vanishingly small
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(-1).mean()
+
+
+def losses(model, probe: RegionProbe, batch: dict, mean, std, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(language loss: mean over answers of their mean token loss, region loss of the visual tokens) of one batch."""
+    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    regions, labels, weights = batch.pop("regions"), batch.pop("labels"), batch.pop("weights")
+    batch["pixel_values_videos"] = pixel_values(batch.pop("frames"), mean, std)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        logits = model(**batch).logits[:, :-1]
+    targets, weights = labels[:, 1:], weights[:, 1:]
+    mask = targets != -100
+    token_loss = torch.nn.functional.cross_entropy(logits[mask].float(), targets[mask], reduction="none")
+    lm_loss = (token_loss * weights[mask]).sum() / weights[mask].sum()
+    return lm_loss, probe.loss(regions)
+
+
+def vision_in_float32(model) -> None:
+    """Keep the vision tower out of bfloat16 autocast: in bf16 its gradients overflowed to NaN at the peak learning
+    rate (half the steps of a run were skipped); it is a small share of the compute."""
+    visual = model.model.visual
+    forward = visual.forward
+
+    def float32_forward(hidden_states, *args, **kwargs):
+        with torch.autocast(hidden_states.device.type, enabled=False):
+            return forward(hidden_states.float(), *args, **kwargs)
+
+    visual.forward = float32_forward
 
 
 def learning_rate(progress: float, peak: float, warmup: float = 0.05) -> float:
@@ -233,8 +321,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/builtin"))
     parser.add_argument("--minutes", type=float, default=7.0, help="training time budget")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tokens", type=int, default=48_000, help="padded tokens per batch")
-    parser.add_argument("--lr", type=float, default=1.5e-3)
+    parser.add_argument("--tokens", type=int, default=24_000, help="padded tokens per batch")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--region-weight", type=float, default=1.0, help="weight of the vision tower's region loss")
     parser.add_argument("--short-first", type=float, default=0.35, help="share of the time on short clips only")
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
     parser.add_argument("--save-every", type=float, default=2.0, help="minutes between checkpoints")
@@ -249,14 +338,18 @@ def main() -> None:
     check_against_processor(processor)
     model = build_random_model("qwen2-vl", builtin_config(tokenizer), seed=args.seed, device=str(device)).train()
     use_packed_vision_attention(model)
+    vision_in_float32(model)
     mean = torch.tensor(processor.video_processor.image_mean, device=device)
     std = torch.tensor(processor.video_processor.image_std, device=device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.05)
+    probe = RegionProbe(model).to(device)
+    trained = list(model.parameters()) + list(probe.parameters())
+    optimizer = torch.optim.AdamW(trained, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.05)
     step, trained_s, resumes = 0, 0.0, 0
     state_path = args.out / "state.pt"
     if args.resume and state_path.exists():
         state = torch.load(state_path, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
+        probe.load_state_dict(state["probe"])
         optimizer.load_state_dict(state["optimizer"])
         step, trained_s, resumes = state["step"], state["trained_s"], state["resumes"] + 1
     params = sum(p.numel() for p in model.parameters())
@@ -278,6 +371,7 @@ def main() -> None:
     last_save = time.perf_counter()
     started = time.perf_counter() - trained_s
     window: list[float] = []
+    region_window: list[float] = []
     sequences = skipped = 0
     waited = 0.0
     fetched = time.perf_counter()
@@ -288,39 +382,42 @@ def main() -> None:
             break
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(elapsed / budget, args.lr)
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        batch["pixel_values_videos"] = pixel_values(batch.pop("frames"), mean, std)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss = model(**batch).loss
+        lm_loss, region_loss = losses(model, probe, batch, mean, std, device)
+        loss = lm_loss + args.region_weight * region_loss
         loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        norm = torch.nn.utils.clip_grad_norm_(trained, 1.0)
         if torch.isfinite(loss) and torch.isfinite(norm):
             optimizer.step()
-            window.append(loss.item())
+            window.append(lm_loss.item())
+            region_window.append(region_loss.item())
         else:  # a rare bf16 overflow must not poison the weights
             skipped += 1
         optimizer.zero_grad(set_to_none=True)
         step += 1
         sequences += batch["input_ids"].shape[0]
         if step % 25 == 0:
+            blind = None
+            if step % 100 == 0:  # does the language loss still depend on the frames? (blank frames, same batch)
+                with torch.no_grad():
+                    blank = dict(batch, frames=torch.zeros_like(batch["frames"]))
+                    blind = round(losses(model, probe, blank, mean, std, device)[0].item(), 4)
             record({"step": step, "elapsed_s": round(elapsed, 1),
                     "loss": round(sum(window) / len(window), 4) if window else None,
+                    "region_loss": round(sum(region_window) / len(region_window), 4) if region_window else None,
+                    "last_loss": round(lm_loss.item(), 4), "last_loss_blank_frames": blind,
                     "lr": round(optimizer.param_groups[0]["lr"], 6), "grad_norm": round(float(norm), 3),
                     "batch": list(batch["input_ids"].shape), "sequences": sequences, "skipped": skipped,
                     "data_wait_s": round(waited, 1)})
             window.clear()
+            region_window.clear()
         if time.perf_counter() - last_save > args.save_every * 60:
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+            torch.save({"model": model.state_dict(), "probe": probe.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                         "trained_s": time.perf_counter() - started, "resumes": resumes}, state_path)
             last_save = time.perf_counter()
         fetched = time.perf_counter()
-    batch = {k: v.to(device) for k, v in batch.items()}  # the batch the time budget stopped at: not trained on
-    frames = batch.pop("frames")
-    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        batch["pixel_values_videos"] = pixel_values(frames, mean, std)
-        seeing = model(**batch).loss.item()
-        batch["pixel_values_videos"] = pixel_values(torch.zeros_like(frames), mean, std)
-        blind = model(**batch).loss.item()
+    with torch.no_grad():  # the batch the time budget stopped at: not trained on
+        seeing = losses(model, probe, batch, mean, std, device)[0].item()
+        blind = losses(model, probe, dict(batch, frames=torch.zeros_like(batch["frames"])), mean, std, device)[0].item()
     record({"event": "done", "step": step, "elapsed_s": round(time.perf_counter() - started, 1),
             "loss_with_frames": round(seeing, 4), "loss_with_blank_frames": round(blind, 4)})
     final = args.out / "final"
