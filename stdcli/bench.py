@@ -82,6 +82,7 @@ from .std import (
     DEFAULT_K,
     Decoder,
     DecodeOptions,
+    DecodeStats,
     Slot,
     cache_dims,
     generate,
@@ -310,14 +311,7 @@ class Run:
     decode_s: float
     peak_memory_bytes: int | None = None
     peak_memory_delta_bytes: int | None = None
-    kept_tokens: int = 0
-    drafted: int = 0
-    accepted: int = 0
-    cycles: int = 0
-    dense_steps: int = 0
-    draft_s: float = 0.0
-    verify_s: float = 0.0
-    gammas: dict[int, int] = field(default_factory=dict)  # gamma -> cycles (0: dense steps)
+    stats: DecodeStats = field(default_factory=DecodeStats)  # our engine's own (empty for transformers generate)
 
     @property
     def new_tokens(self) -> int:
@@ -405,7 +399,6 @@ def run_engine(lm, inputs: dict, options: DecodeOptions, meter: MemoryMeter) -> 
     synchronize(lm.device)
     ended = time.perf_counter()
     peak, delta = meter.stop()
-    s = result.stats
     start_decode = first[0] if first else ended
     return Run(
         "dense" if options.gamma == 0 else "std",
@@ -414,14 +407,7 @@ def run_engine(lm, inputs: dict, options: DecodeOptions, meter: MemoryMeter) -> 
         ended - start_decode,
         peak,
         delta,
-        kept_tokens=s.kept_tokens,
-        drafted=s.drafted,
-        accepted=s.accepted,
-        cycles=s.cycles,
-        dense_steps=s.dense_steps,
-        draft_s=s.draft_s,
-        verify_s=s.verify_s,
-        gammas=dict(s.gammas),
+        stats=result.stats,
     )
 
 
@@ -616,16 +602,14 @@ def _summarize(lm, frames, k, gamma, prepared: list[Prepared], gen: dict, dense:
     gen_runs, dense_runs, std_runs = [gen[x] for x in keys], [dense[x] for x in keys], [std[x] for x in keys]
     g, d, s = _method_summary(gen_runs), _method_summary(dense_runs), _method_summary(std_runs)
     s.update(
-        draft_s=_round(sum(r.draft_s for r in std_runs) / len(std_runs)),
-        verify_s=_round(sum(r.verify_s for r in std_runs) / len(std_runs)),
-        dense_steps=sum(r.dense_steps for r in std_runs),
-        cycles=sum(r.cycles for r in std_runs),
-        drafted=sum(r.drafted for r in std_runs),
-        accepted=sum(r.accepted for r in std_runs),
-        gammas={str(x): sum(r.gammas.get(x, 0) for r in std_runs) for x in sorted({x for r in std_runs for x in r.gammas})},
+        draft_s=_round(sum(r.stats.draft_s for r in std_runs) / len(std_runs)),
+        verify_s=_round(sum(r.stats.verify_s for r in std_runs) / len(std_runs)),
+        **{key: sum(getattr(r.stats, key) for r in std_runs) for key in ("dense_steps", "cycles", "drafted", "accepted")},
+        gammas={str(g): sum(r.stats.gammas.get(g, 0) for r in std_runs)
+                for g in sorted({g for r in std_runs for g in r.stats.gammas})},
     )
     s["dense_share"] = _ratio(s["dense_steps"], sum(r.decoded_tokens for r in std_runs))
-    committed = sum(r.decoded_tokens - r.dense_steps for r in std_runs)
+    committed = sum(r.decoded_tokens - r.stats.dense_steps for r in std_runs)
     per_input = []
     for i, p in enumerate(prepared):
         mine = [x for x in keys if x[0] == i]
@@ -646,7 +630,7 @@ def _summarize(lm, frames, k, gamma, prepared: list[Prepared], gen: dict, dense:
         "runs": len(keys),
         "prompt_tokens": mean([p.info["prompt_tokens"] for p in prepared]),
         "visual_tokens": mean([p.info["visual_tokens"] for p in prepared]),
-        "kept_tokens": mean([r.kept_tokens for r in std_runs]),
+        "kept_tokens": mean([r.stats.kept_tokens for r in std_runs]),
         "generate": g,
         "dense": d,
         "std": s,
