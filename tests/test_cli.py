@@ -21,7 +21,8 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from stdcli.cli import app
-from stdcli.models import REGISTRY, resolve_model
+from stdcli import models
+from stdcli.models import REGISTRY
 from stdcli.display import Display
 from stdcli.records import EXTRA_KEYS, RECORD_KEYS, TIMING_KEYS, empty_record
 from stdcli.std import DecodeStats
@@ -334,13 +335,23 @@ def test_unknown_models_are_one_line_usage_errors(good, name, message):
     assert line.startswith("stdcli: error: ") and message in line
 
 
-def test_the_default_model_says_when_its_weights_are_missing(good):
-    if resolve_model("builtin").available:
-        pytest.skip("the built-in weights are installed")
+def test_the_default_model_says_when_its_weights_are_missing(good, tmp_path, monkeypatch):
+    monkeypatch.setattr(models, "BUILTIN_DIR", tmp_path / "nothing")  # an install without the package data
     result = CliRunner().invoke(app, ["ask", good, QUESTION])
     assert result.exit_code == 2 and result.stdout == ""
     (line,) = lines(result.stderr)
     assert "built-in model's weights are not in this install yet" in line and "--model" in line
+
+
+def test_the_builtin_model_answers_a_sample_offline():
+    """README's main command: the default model, from the package, on a sample clip; StD equals dense."""
+    sample = str(REPO / "samples" / "short_2.mp4")
+    result = CliRunner().invoke(app, ["ask", sample, "What happens?", "--jsonl", "--compare"])
+    assert result.exit_code == 0, result.output
+    (record,) = records_of(result.stdout)
+    assert record["model"] == "builtin" and record["error"] is None
+    assert record["answer"].startswith("The ") and record["answer"].endswith(".")
+    assert record["compare"]["identical"] is True
 
 
 # --- decoding modes ----------------------------------------------------------------------------------------------
