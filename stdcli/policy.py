@@ -9,7 +9,8 @@ verify of g+1 tokens can cost several dense steps. So `--gamma auto` measures in
 keeps moving averages of the engine's own timings of the three steps and the acceptance rates, and picks the gamma
 with the most expected tokens per second, 0 when no gamma beats a dense step. While dense wins it still tries one
 cycle now and then, at doubling intervals, since acceptance and costs change as the context grows. What a sequence
-measured is remembered for the process (per model, device and context size), so the next video starts from it
+measured is remembered (per model, device, dtype and context size; in the process and in a small JSON file,
+`~/.cache/stdcli/step-costs.json` or $STDCLI_CACHE_DIR), so the next video, and the next run, start from it
 instead of trying a cycle first: short answers would otherwise pay for that try. The choice never changes the
 tokens: every gamma, 0 included, commits exactly what dense decoding would (greedy) or the same distribution
 (sampling).
@@ -17,8 +18,11 @@ tokens: every gamma, 0 included, commits exactly what dense decoding would (gree
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 AUTO = "auto"
 MAX_AUTO_GAMMA = 8  # the largest gamma auto considers: beyond it E(g) grows little at any realistic acceptance
@@ -39,15 +43,58 @@ def expected_tokens(acceptance: float, gamma: int) -> float:
     return (1 - acceptance ** (gamma + 1)) / (1 - acceptance)
 
 
-# (model, device, dtype, context bucket) -> the policy a finished sequence left: costs and acceptance, for the next one
-_MEMORY: dict[tuple, GammaPolicy] = {}
+# memory_key -> the policy a finished sequence left: costs and acceptance, for the next one (None: not loaded yet)
+_MEMORY: dict[str, GammaPolicy] | None = None
+_SAVED_FIELDS = ("dense_s", "draft_s", "verify_s", "judged", "accepted", "probe_interval")
 
 
-def memory_key(model, prompt_tokens: int) -> tuple:
-    """Step costs depend on the model, where it runs and (through the KV cache) the context: powers of two of it."""
+def memory_key(model, prompt_tokens: int) -> str:
+    """Step costs depend on the model, the device it runs on, the dtype and (through the KV cache) the context:
+    powers of two of it. A model without a name (built in memory) gets a key that is never written to disk."""
     weight = model.get_input_embeddings().weight
+    device = weight.device
+    if device.type == "cuda":
+        import torch
+
+        where = torch.cuda.get_device_name(device)
+    else:
+        where = f"{device.type}:{os.cpu_count()}cpus"
+    name = getattr(model, "name_or_path", None) or f"unnamed-{id(model)}"
     bucket = math.ceil(math.log2(max(prompt_tokens, 1)))
-    return (getattr(model, "name_or_path", None) or id(model), str(weight.device), str(weight.dtype), bucket)
+    return f"{name}|{where}|{str(weight.dtype).removeprefix('torch.')}|context<=2^{bucket}"
+
+
+def cache_file() -> Path:
+    root = os.environ.get("STDCLI_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "stdcli"
+    return Path(root) / "step-costs.json"
+
+
+def _memory() -> dict[str, GammaPolicy]:
+    global _MEMORY
+    if _MEMORY is None:
+        _MEMORY = {}
+        try:
+            saved = json.loads(cache_file().read_text())
+            for key, values in saved.items():
+                values["verify_s"] = {int(g): s for g, s in values["verify_s"].items()}
+                _MEMORY[key] = GammaPolicy(AUTO, **{name: values[name] for name in _SAVED_FIELDS})
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):  # no cache yet, or a damaged one: measure
+            pass
+    return _MEMORY
+
+
+def _save(memory: dict[str, GammaPolicy]) -> None:
+    """Write the remembered costs atomically; a read-only home only costs the next run its trial cycle."""
+    path = cache_file()
+    named = {key: {name: getattr(p, name) for name in _SAVED_FIELDS} for key, p in memory.items()
+             if not key.startswith("unnamed-")}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(json.dumps(named, indent=1))
+        partial.replace(path)
+    except OSError:
+        pass
 
 
 def _prior(length: int, value: float) -> list[float]:
@@ -77,16 +124,18 @@ class GammaPolicy:
     probe_interval: int = FIRST_PROBE_INTERVAL
 
     @classmethod
-    def start(cls, gamma: int | str, calibration_steps: int, key: tuple | None = None) -> GammaPolicy:
+    def start(cls, gamma: int | str, calibration_steps: int, key: str | None = None) -> GammaPolicy:
         """A policy for a new sequence: for auto, what the last sequence under `key` measured, if any."""
-        known = _MEMORY.get(key) if gamma == AUTO and key is not None else None
+        known = _memory().get(key) if gamma == AUTO and key is not None else None
         if known is None:
             return cls(gamma, calibration_steps)
         return known.copy(dense_steps=0, since_cycle=0, calibration_steps=calibration_steps)
 
-    def remember(self, key: tuple) -> None:
+    def remember(self, key: str) -> None:
         if self.gamma == AUTO and self.dense_s is not None:
-            _MEMORY[key] = self.copy()
+            memory = _memory()
+            memory[key] = self.copy()
+            _save(memory)
 
     def copy(self, **changes) -> GammaPolicy:
         lists = {"verify_s": dict(self.verify_s), "judged": list(self.judged), "accepted": list(self.accepted)}

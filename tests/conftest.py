@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 # Before anything imports huggingface_hub or transformers: the tests must never reach (or wait for) the hub.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+# gamma auto remembers step costs on disk: never in the user's home during tests
+os.environ["STDCLI_CACHE_DIR"] = tempfile.mkdtemp(prefix="stdcli-test-cache-")
 
 from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402

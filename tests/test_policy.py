@@ -78,10 +78,17 @@ def test_auto_follows_a_change_of_costs():
     assert chosen[-50:].count(0) == 0
 
 
-def test_memory_skips_the_try(monkeypatch):
-    monkeypatch.setattr(policy, "_MEMORY", {})
+def fake_model(name: str = "") -> torch.nn.Module:
     model = torch.nn.Module()
+    model.name_or_path = name
     model.get_input_embeddings = lambda: torch.nn.Embedding(2, 2)
+    return model
+
+
+def test_memory_skips_the_try(monkeypatch, tmp_path):
+    monkeypatch.setenv("STDCLI_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(policy, "_MEMORY", {})
+    model = fake_model()
     key = memory_key(model, 1000)
     assert key == memory_key(model, 600) != memory_key(model, 1100)  # same power-of-two bucket or not
     first = GammaPolicy.start(AUTO, 2, key)
@@ -90,3 +97,21 @@ def test_memory_skips_the_try(monkeypatch):
     second = GammaPolicy.start(AUTO, 2, key)
     assert run(second, 10, dense=1.0, draft=0.95, verify=lambda g: 1.1, accept=0.9) == [0] * 10
     assert GammaPolicy.start(4, 2, key).draft_s is None  # a fixed gamma ignores the memory
+
+
+def test_costs_are_remembered_on_disk_across_processes(monkeypatch, tmp_path):
+    monkeypatch.setenv("STDCLI_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(policy, "_MEMORY", None)  # a new process: nothing loaded yet
+    key = memory_key(fake_model("/models/m"), 3000)
+    first = GammaPolicy.start(AUTO, 2, key)
+    run(first, 20, dense=1.0, draft=0.95, verify=lambda g: 1.1, accept=0.9)
+    first.remember(key)
+    unnamed = memory_key(fake_model(), 3000)
+    first.remember(unnamed)
+    monkeypatch.setattr(policy, "_MEMORY", None)  # the next process reads the file
+    again = GammaPolicy.start(AUTO, 2, key)
+    assert (again.dense_s, again.draft_s, again.verify_s) == (first.dense_s, first.draft_s, first.verify_s)
+    assert GammaPolicy.start(AUTO, 2, unnamed).draft_s is None  # models without a name stay in the process
+    (tmp_path / "step-costs.json").write_text("{not json")
+    monkeypatch.setattr(policy, "_MEMORY", None)
+    assert GammaPolicy.start(AUTO, 2, key).draft_s is None  # a damaged cache is ignored, costs are measured again
