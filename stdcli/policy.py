@@ -32,6 +32,7 @@ PRIOR_DRAFTS = 2.0
 ACCEPTANCE_DECAY = 0.97  # per cycle: recent cycles count more as the answer moves on
 COST_SMOOTHING = 0.25  # weight of a new timing in the moving averages
 MARGIN = 1.02  # drafting must beat dense by 2%: timing noise must not flip a tie to the slower side
+VIEW_EVERY = 8  # while drafting does not pay, one answer in this many still builds a sparse view, to probe
 FIRST_PROBE_INTERVAL = 16  # dense steps before trying a cycle again, doubled after every try that loses
 LAST_PROBE_INTERVAL = 256
 
@@ -45,7 +46,7 @@ def expected_tokens(acceptance: float, gamma: int) -> float:
 
 # memory_key -> the policy a finished sequence left: costs and acceptance, for the next one (None: not loaded yet)
 _MEMORY: dict[str, GammaPolicy] | None = None
-_SAVED_FIELDS = ("dense_s", "draft_s", "verify_s", "judged", "accepted", "probe_interval")
+_SAVED_FIELDS = ("dense_s", "draft_s", "verify_s", "judged", "accepted", "probe_interval", "views_skipped")
 
 
 def memory_key(model, prompt_tokens: int) -> str:
@@ -122,6 +123,8 @@ class GammaPolicy:
     dense_steps: int = 0
     since_cycle: int = 0  # dense steps since the last StD cycle
     probe_interval: int = FIRST_PROBE_INTERVAL
+    views_skipped: int = 0  # answers in a row prefilled without a sparse view
+    can_draft: bool = True  # False once this answer was prefilled without one
 
     @classmethod
     def start(cls, gamma: int | str, calibration_steps: int, key: str | None = None) -> GammaPolicy:
@@ -149,7 +152,21 @@ class GammaPolicy:
             total += reach
         return total
 
+    def wants_sparse_view(self) -> bool:
+        """Whether this answer's prefill should rank visual tokens and build the sparse view. Under auto, not when
+        the remembered costs say drafting does not pay (it costs prefill time), except one answer in VIEW_EVERY,
+        whose probes keep the costs current."""
+        wanted = (
+            self.gamma != AUTO or self.draft_s is None or self.dense_s is None
+            or self.best()[1] > MARGIN / self.dense_s or self.views_skipped + 1 >= VIEW_EVERY
+        )
+        self.views_skipped = 0 if wanted else self.views_skipped + 1
+        self.can_draft = wanted
+        return wanted
+
     def choose(self) -> int:
+        if not self.can_draft:
+            return 0
         if self.gamma != AUTO:
             return 0 if self.gamma and self.dense_steps < self.calibration_steps else int(self.gamma)
         if self.dense_steps < max(self.calibration_steps, 1):

@@ -125,6 +125,7 @@ class Slot:
     tokens: list[int] = field(default_factory=list)
     done: bool = False
     unsynced: int = 0  # committed by dense steps, their KV not yet copied to the sparse view (done before a draft)
+    has_view: bool = True  # False: prefilled without a sparse view, dense steps only
     stats: DecodeStats = field(default_factory=DecodeStats)
 
 
@@ -255,14 +256,18 @@ class Decoder:
 
     # ---- prefill ---------------------------------------------------------------------------------
     @torch.inference_mode()
-    def prefill(self, slot: int, inputs: dict, max_new_tokens: int | None = None) -> list[int]:
-        """Run the prompt into `slot`; returns the first generated token as a list (empty if the limit is 0)."""
+    def prefill(self, slot: int, inputs: dict, max_new_tokens: int | None = None, sparse_view: bool = True) -> list[int]:
+        """Run the prompt into `slot`; returns the first generated token as a list (empty if the limit is 0).
+
+        sparse_view=False skips ranking the visual tokens and building the slot's sparse view (gamma auto, when
+        the remembered costs say drafting will not pay): the slot can then only take dense steps."""
         started = time.perf_counter()
         input_ids = inputs["input_ids"]
         is_visual = torch.isin(input_ids[0], torch.tensor(self.visual_ids, device=input_ids.device))
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         visual, text = positions[is_visual], positions[~is_visual]
-        drafting = self.options.drafting and visual.numel() > 0
+        sparse_view = self.options.drafting and sparse_view
+        drafting = sparse_view and visual.numel() > 0
         ctx = StepContext("prefill")
         if drafting:
             # only text that comes after the video can attend to it
@@ -273,7 +278,7 @@ class Decoder:
             extra["position_ids"] = prompt_positions(self.model, inputs)
             rope_delta = tuple(int(p) + 1 - input_ids.shape[1] for p in extra["position_ids"][:, 0, -1])
         out = self.model(**inputs, **extra, past_key_values=self.cache, use_cache=True, logits_to_keep=1, std_step=ctx)
-        sparse_len = self._build_sparse(slot, ctx, text) if self.options.drafting else 0
+        sparse_len = self._build_sparse(slot, ctx, text) if sparse_view else 0
         first, _ = self._choose(out.logits[:, -1])
         synchronize(self.device)
         state = Slot(
@@ -282,6 +287,7 @@ class Decoder:
             rope_delta=rope_delta,
             last_token=int(first[0]),
             max_new_tokens=self.options.max_new_tokens if max_new_tokens is None else max_new_tokens,
+            has_view=sparse_view,
         )
         state.stats.prompt_tokens, state.stats.visual_tokens = input_ids.shape[1], visual.numel()
         state.stats.kept_tokens = sparse_len
@@ -371,6 +377,8 @@ class Decoder:
         gamma = self.options.gamma if gamma is None else gamma
         if gamma == AUTO or gamma > self.options.max_gamma:
             raise ValueError(f"step needs a gamma from 0 to {self.options.max_gamma}, got {gamma!r}")
+        if gamma and not all(s.has_view for s in self.slots if s):
+            raise ValueError("a slot prefilled without a sparse view can only take dense steps (gamma 0)")
         active = {i: s for i, s in enumerate(self.slots) if s is not None and not s.done}
         if not active:
             return {}
@@ -454,12 +462,12 @@ def generate(
     prompt_tokens, visual_tokens = prompt_layout(inputs, visual_ids)
     max_len, sparse_cap = cache_capacity(prompt_tokens, visual_tokens, options)
     with Decoder(model, options, max_len=max_len, sparse_cap=sparse_cap, eos=eos, visual_ids=visual_ids) as decoder:
-        first = decoder.prefill(0, inputs)
+        key = memory_key(model, prompt_tokens)
+        policy = GammaPolicy.start(options.gamma, options.calibration_steps, key)
+        first = decoder.prefill(0, inputs, sparse_view=policy.wants_sparse_view())
         state = decoder.slots[0]
         if on_tokens:
             on_tokens(first, state.stats)
-        key = memory_key(model, prompt_tokens)
-        policy = GammaPolicy.start(options.gamma, options.calibration_steps, key)
         while not state.done:
             gamma, accepted = policy.choose(), state.stats.accepted
             new = decoder.step(gamma)[0]

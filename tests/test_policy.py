@@ -115,3 +115,18 @@ def test_costs_are_remembered_on_disk_across_processes(monkeypatch, tmp_path):
     (tmp_path / "step-costs.json").write_text("{not json")
     monkeypatch.setattr(policy, "_MEMORY", None)
     assert GammaPolicy.start(AUTO, 2, key).draft_s is None  # a damaged cache is ignored, costs are measured again
+
+
+def test_sparse_view_is_skipped_while_drafting_does_not_pay():
+    p = GammaPolicy(AUTO)
+    assert p.wants_sparse_view()  # nothing measured yet
+    run(p, 20, dense=1.0, draft=0.95, verify=lambda g: 1.1, accept=0.9)
+    views = [p.copy().wants_sparse_view() for _ in range(1)]  # a fresh answer from the same memory
+    assert views == [False]
+    chosen = []
+    for _ in range(2 * policy.VIEW_EVERY):
+        chosen.append(p.wants_sparse_view())
+    assert chosen.count(True) == 2  # one answer in VIEW_EVERY still builds a view, to probe
+    p.can_draft = False
+    assert run(p, 40, dense=1.0, draft=0.1, verify=lambda g: 1.0, accept=1.0) == [0] * 40  # no view, no drafts
+    assert GammaPolicy(4).wants_sparse_view()  # a fixed gamma always drafts

@@ -200,6 +200,7 @@ def test_any_gamma_schedule_is_lossless(family, lms, make_video, monkeypatch):
     lm = lms(family)
     rng = random.Random(family)
     monkeypatch.setattr(GammaPolicy, "choose", lambda self: rng.choice([0, 0, 0, 1, 2, 3, 5, MAX_AUTO_GAMMA]))
+    monkeypatch.setattr(GammaPolicy, "wants_sparse_view", lambda self: True)
     failures, switches = [], 0
     for case in range(12):
         video = make_video(rng.randint(2, 8), 56, 56, 2.0, case) if case % 4 else None
@@ -211,6 +212,23 @@ def test_any_gamma_schedule_is_lossless(family, lms, make_video, monkeypatch):
         switches += result.stats.dense_steps > 0 and result.stats.cycles > 0
     assert not failures, f"{family}: cases {failures} differ from generate()"
     assert switches >= 8
+
+
+def test_a_slot_without_sparse_view_takes_dense_steps_only(lms, make_video):
+    """gamma auto skips the sparse view when drafting will not pay: the answer is the same, drafting is refused."""
+    lm = lms("qwen2-vl")
+    inputs = build_inputs(lm, make_video(num_frames=4, seed=5), "What moves?")
+    options = DecodeOptions(8, k=4, gamma="auto")
+    prompt, visual = prompt_layout(inputs, visual_token_ids(lm.model))
+    max_len, sparse_cap = cache_capacity(prompt, visual, options)
+    with Decoder(lm.model, options, max_len=max_len, sparse_cap=sparse_cap) as decoder:
+        decoder.prefill(0, inputs, sparse_view=False)
+        assert decoder.slots[0].stats.kept_tokens == 0
+        with pytest.raises(ValueError, match="only take dense steps"):
+            decoder.step(2)
+        while not decoder.slots[0].done:
+            decoder.step(0)
+        assert decoder.slots[0].tokens == reference(lm.model, inputs, 8)
 
 
 @pytest.mark.parametrize("family", build.FAMILIES)
