@@ -111,6 +111,20 @@ def answer_video(
         raise
     except Exception as error:  # one broken video must not stop a folder run: it is reported in its record
         return error_record(video, options.question, lm.name, options.mode, error)
+    return answer_record(lm, video, options, sampled, result, load_video_s, started, compare)
+
+
+def answer_record(
+    lm: LoadedModel,
+    video: str,
+    options: AskOptions,
+    sampled,
+    result: Generation,
+    load_video_s: float,
+    started: float,
+    compare: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The record of a video answered: `sampled` its frames, `result` the decoding, `started` its perf_counter."""
     record = empty_record(video, options.question, lm.name, options.mode)
     stats = result.stats
     record.update(

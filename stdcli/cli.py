@@ -19,6 +19,7 @@ from typer.core import TyperGroup
 
 from . import __version__
 from .ask import AskOptions, FrameOptions, InputError, answer_video, collect_videos
+from .batch import answer_videos
 from .display import Display
 from .models import DEFAULT_MODEL, ModelLoadError, list_models, load_model
 from .records import JsonlWriter, answered_keys, record_key, to_json
@@ -122,6 +123,7 @@ def ask(
     dense: Annotated[bool, typer.Option("--dense", help="Plain dense decoding (the baseline) instead of StD.")] = False,
     k: Annotated[int, typer.Option("--k", help="StD: visual tokens kept per layer and KV head.")] = DEFAULT_K,
     gamma: Annotated[str, typer.Option(help="StD: tokens drafted per cycle, or auto: chosen every cycle from measured step costs and acceptance (0 = a dense step when drafting does not pay).")] = DEFAULT_GAMMA,
+    batch_size: Annotated[int, typer.Option(help="Videos decoded together (continuous batching; answers identical to one at a time). Answers then print as each ends, not streamed.")] = 1,
     compare: Annotated[bool, typer.Option("--compare", help="Also decode densely; report measured speedup and whether answers are identical.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object per video instead of the answer.")] = False,
     jsonl: Annotated[bool, typer.Option("--jsonl", help="Print one JSON line per video instead of the answer.")] = False,
@@ -137,6 +139,10 @@ def ask(
     )
     if json_out and jsonl:
         raise fail("--json and --jsonl are exclusive")
+    if batch_size < 1:
+        raise fail("--batch-size must be at least 1")
+    if batch_size > 1 and compare:
+        raise fail("--compare measures one video at a time: drop --batch-size")
     if resume and output is None:
         raise fail("--resume needs --output FILE.jsonl")
     if "-" in videos and sys.stdin.isatty():
@@ -160,7 +166,7 @@ def ask(
         if writer:
             writer.close()
         raise fail(str(error))
-    failures = _run(lm, todo, options, json_out, jsonl, writer, quiet)
+    failures = _run(lm, todo, options, json_out, jsonl, writer, quiet, batch_size)
     if failures and len(todo) > 1 and not quiet:
         say(f"{failures} of {len(todo)} videos failed (their records say why)")
     raise typer.Exit(EXIT_FAILED if failures else 0)
@@ -231,19 +237,34 @@ def _quiet_loading_bars() -> None:
 
 
 def _run(lm, paths: list[str], options: AskOptions, json_out: bool, jsonl: bool, writer: JsonlWriter | None,
-         quiet: bool) -> int:
-    """Answer every path in order; returns the number of failures. Ctrl-C keeps every finished record."""
+         quiet: bool, batch_size: int = 1) -> int:
+    """Answer every path (in order; with a batch, in the order answers end); returns the number of failures.
+    Ctrl-C keeps every finished record."""
     failures = 0
     try:
         with Display(len(paths), quiet=quiet, stream_answers=not (json_out or jsonl)) as display:
-            for path in paths:
-                display.video_started(path, options.mode)
-                record = answer_video(lm, path, options, on_text=display.text)
+
+            def finished(record: dict[str, Any]) -> None:
+                nonlocal failures
                 if writer:
                     writer.write(record)
                 failures += record["error"] is not None
                 printed = to_json(record, pretty=True) if json_out else to_json(record) if jsonl else None
                 display.video_finished(record, printed)
+
+            if batch_size > 1:
+
+                def batched(record: dict[str, Any]) -> None:
+                    display.video_started(record["video"], options.mode)
+                    if record["answer"]:
+                        display.text(record["answer"], None)
+                    finished(record)
+
+                answer_videos(lm, paths, options, batch_size, batched, warn=say)
+            else:
+                for path in paths:
+                    display.video_started(path, options.mode)
+                    finished(answer_video(lm, path, options, on_text=display.text))
     except KeyboardInterrupt:
         say("interrupted; finished records are kept")
         raise typer.Exit(EXIT_INTERRUPTED)
