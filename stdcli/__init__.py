@@ -17,11 +17,13 @@ _LAZY = {
     "AskOptions": "ask",
     "FrameOptions": "ask",
     "answer_video": "ask",
+    "answer_videos": "batch",
     "load_model": "models",
     "list_models": "models",
     "sample_frames": "video",
     "DecodeOptions": "std",
     "generate": "std",
+    "GammaPolicy": "policy",
 }
 
 __all__ = ["__version__", *_LAZY]
