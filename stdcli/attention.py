@@ -11,6 +11,7 @@ forwards down to the attention function) saying which keys the new tokens may se
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -35,6 +36,13 @@ class StepContext:
     score_queries: torch.Tensor | None = None
     visual_keys: torch.Tensor | None = None
     visual_scores: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [Hkv, V]
+    scoring_s: float = 0.0  # prefill: seconds spent ranking visual keys (part of what a sparse view costs)
+
+
+def _clock(tensor: torch.Tensor) -> float:
+    if tensor.is_cuda:
+        torch.cuda.synchronize(tensor.device)
+    return time.perf_counter()
 
 
 def ragged_causal_mask(base_len: torch.Tensor, length: int, num_keys: int) -> torch.Tensor:
@@ -108,9 +116,11 @@ def engine_attention_forward(module, query, key, value, attention_mask, scaling=
         group = query.shape[1] != key.shape[1]
         out = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scaling, enable_gqa=group)
         if ctx.visual_keys is not None and ctx.visual_keys.numel() and ctx.score_queries.numel():
+            started = _clock(query)
             ctx.visual_scores[module.layer_idx] = score_visual_keys(
                 query[0], key[0], ctx.score_queries, ctx.visual_keys, scaling
             )
+            ctx.scoring_s += _clock(query) - started
         return out.transpose(1, 2), None
     return masked_attention(query, key, value, ctx.mask, scaling), None
 

@@ -118,7 +118,7 @@ def decode_window(
     if batch < min(batch_size, len(window)):
         warn(f"batch lowered from {min(batch_size, len(window))} to {batch}: the caches of more answers of "
              f"{max_len} tokens would not fit in memory")
-    key = memory_key(lm.model, max(prompt_layout(item.inputs, lm.visual_token_ids)[0] for item in window))
+    key = memory_key(lm.model, max(prompt_layout(item.inputs, lm.visual_token_ids)[0] for item in window), batch)
     policy = GammaPolicy.start(options.decode.gamma, options.decode.calibration_steps, key)
     sparse_view = policy.wants_sparse_view()
     waiting = list(range(len(window)))
@@ -140,6 +140,7 @@ def decode_window(
                 if state is not None and state.done:
                     decoder.release(slot)
                     item, window[owner[slot]] = window[owner[slot]], None
+                    policy.observe_answer(state.stats)
                     result = Generation(tokens=state.tokens, stats=state.stats)
                     on_record(answer_record(lm, item.video, options, item.sampled, result, item.load_video_s,
                                             item.started))

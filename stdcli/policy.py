@@ -46,12 +46,13 @@ def expected_tokens(acceptance: float, gamma: int) -> float:
 
 # memory_key -> the policy a finished sequence left: costs and acceptance, for the next one (None: not loaded yet)
 _MEMORY: dict[str, GammaPolicy] | None = None
-_SAVED_FIELDS = ("dense_s", "draft_s", "verify_s", "judged", "accepted", "probe_interval", "views_skipped")
+_SAVED_FIELDS = ("dense_s", "draft_s", "verify_s", "judged", "accepted", "probe_interval", "views_skipped",
+                 "answer_tokens", "view_s")
 
 
-def memory_key(model, prompt_tokens: int) -> str:
-    """Step costs depend on the model, the device it runs on, the dtype and (through the KV cache) the context:
-    powers of two of it. A model without a name (built in memory) gets a key that is never written to disk."""
+def memory_key(model, prompt_tokens: int, batch: int = 1) -> str:
+    """Step costs depend on the model, the device it runs on, the dtype, the batch and (through the KV cache) the
+    context: powers of two of it. A model without a name (built in memory) gets a key never written to disk."""
     weight = model.get_input_embeddings().weight
     device = weight.device
     if device.type == "cuda":
@@ -62,7 +63,7 @@ def memory_key(model, prompt_tokens: int) -> str:
         where = f"{device.type}:{os.cpu_count()}cpus"
     name = getattr(model, "name_or_path", None) or f"unnamed-{id(model)}"
     bucket = math.ceil(math.log2(max(prompt_tokens, 1)))
-    return f"{name}|{where}|{str(weight.dtype).removeprefix('torch.')}|context<=2^{bucket}"
+    return f"{name}|{where}|{str(weight.dtype).removeprefix('torch.')}|batch={batch}|context<=2^{bucket}"
 
 
 def cache_file() -> Path:
@@ -124,6 +125,8 @@ class GammaPolicy:
     since_cycle: int = 0  # dense steps since the last StD cycle
     probe_interval: int = FIRST_PROBE_INTERVAL
     views_skipped: int = 0  # answers in a row prefilled without a sparse view
+    answer_tokens: float | None = None  # moving average of tokens per answer
+    view_s: float | None = None  # moving average of what ranking and building one answer's sparse view costs
     can_draft: bool = True  # False once this answer was prefilled without one
 
     @classmethod
@@ -153,16 +156,24 @@ class GammaPolicy:
         return total
 
     def wants_sparse_view(self) -> bool:
-        """Whether this answer's prefill should rank visual tokens and build the sparse view. Under auto, not when
-        the remembered costs say drafting does not pay (it costs prefill time), except one answer in VIEW_EVERY,
-        whose probes keep the costs current."""
-        wanted = (
-            self.gamma != AUTO or self.draft_s is None or self.dense_s is None
-            or self.best()[1] > MARGIN / self.dense_s or self.views_skipped + 1 >= VIEW_EVERY
-        )
+        """Whether this answer's prefill should rank visual tokens and build the sparse view. Under auto, only when
+        the remembered costs say drafting saves more over an answer of the usual length than the view costs,
+        and one answer in VIEW_EVERY anyway, whose probes keep the costs current."""
+        wanted = self.gamma != AUTO or self.draft_s is None or self.dense_s is None
+        if not wanted:
+            rate = self.best()[1]
+            saved = max(self.dense_s - 1 / rate, 0.0) * (self.answer_tokens or 0.0)  # seconds, one answer
+            wanted = rate > MARGIN / self.dense_s and saved > (self.view_s or 0.0)
+            wanted = wanted or self.views_skipped + 1 >= VIEW_EVERY
         self.views_skipped = 0 if wanted else self.views_skipped + 1
         self.can_draft = wanted
         return wanted
+
+    def observe_answer(self, stats) -> None:
+        """An answer ended: its length, and what its sparse view cost (if it had one)."""
+        self.answer_tokens = _smooth(self.answer_tokens, float(stats.new_tokens))
+        if self.can_draft and stats.view_s > 0:
+            self.view_s = _smooth(self.view_s, stats.view_s)
 
     def choose(self) -> int:
         if not self.can_draft:

@@ -72,6 +72,7 @@ class DecodeStats:
     drafted: int = 0
     accepted: int = 0
     prefill_s: float = 0.0
+    view_s: float = 0.0  # of prefill_s: ranking the visual tokens and building the sparse view
     draft_s: float = 0.0
     verify_s: float = 0.0
     dense_s: float = 0.0
@@ -278,6 +279,10 @@ class Decoder:
             extra["position_ids"] = prompt_positions(self.model, inputs)
             rope_delta = tuple(int(p) + 1 - input_ids.shape[1] for p in extra["position_ids"][:, 0, -1])
         out = self.model(**inputs, **extra, past_key_values=self.cache, use_cache=True, logits_to_keep=1, std_step=ctx)
+        view_started = time.perf_counter()
+        if sparse_view:
+            synchronize(self.device)
+            view_started = time.perf_counter()
         sparse_len = self._build_sparse(slot, ctx, text) if sparse_view else 0
         first, _ = self._choose(out.logits[:, -1])
         synchronize(self.device)
@@ -291,6 +296,7 @@ class Decoder:
         )
         state.stats.prompt_tokens, state.stats.visual_tokens = input_ids.shape[1], visual.numel()
         state.stats.kept_tokens = sparse_len
+        state.stats.view_s = ctx.scoring_s + (time.perf_counter() - view_started if sparse_view else 0.0)
         state.stats.prefill_s = time.perf_counter() - started
         self.slots[slot] = state
         return self._append(state, [state.last_token])
@@ -474,5 +480,6 @@ def generate(
             policy.observe(gamma, decoder.last_draft_s, decoder.last_verify_s, state.stats.accepted - accepted)
             if on_tokens:
                 on_tokens(new, state.stats)
+        policy.observe_answer(state.stats)
         policy.remember(key)
     return Generation(tokens=state.tokens, stats=state.stats)

@@ -130,3 +130,24 @@ def test_sparse_view_is_skipped_while_drafting_does_not_pay():
     p.can_draft = False
     assert run(p, 40, dense=1.0, draft=0.1, verify=lambda g: 1.0, accept=1.0) == [0] * 40  # no view, no drafts
     assert GammaPolicy(4).wants_sparse_view()  # a fixed gamma always drafts
+
+
+def test_sparse_view_only_when_drafting_saves_more_than_the_view_costs():
+    """Drafting saves 0.5 of a dense step per token here; a view costing 4 dense steps pays on 20-token answers,
+    not on 5-token ones."""
+    from stdcli.std import DecodeStats
+
+    def policy_after(answer_tokens: int) -> GammaPolicy:
+        p = GammaPolicy(AUTO)
+        run(p, 30, dense=1.0, draft=0.1, verify=lambda g: 0.2 + 0.1 * g, accept=1.0)  # the best gamma's cost ~0.5/token
+        p.dense_s, p.draft_s, p.verify_s = 1.0, 0.1, {g: 0.2 + 0.1 * g for g in range(1, 9)}
+        p.judged, p.accepted = [10.0] * 8, [5.0] * 8  # acceptance 0.5 at every position
+        for _ in range(20):
+            p.observe_answer(DecodeStats(new_tokens=answer_tokens, view_s=4.0))
+        return p
+
+    gain = 1.0 - 1 / policy_after(5).best()[1]
+    assert 4.0 / 20 < gain < 4.0 / 5  # the two cases straddle the break-even
+    assert policy_after(20).wants_sparse_view()
+    short = policy_after(5)
+    assert [short.wants_sparse_view() for _ in range(policy.VIEW_EVERY)].count(True) == 1  # the periodic one only
