@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stdcli.ask import AskOptions, collect_videos, decode_answer  # noqa: E402
-from stdcli.batch import answer_videos, prepare  # noqa: E402
+from stdcli.ask import AskOptions, collect_videos, decode_answer, prepare  # noqa: E402
+from stdcli.batch import answer_videos  # noqa: E402
 from stdcli.models import load_model  # noqa: E402
 from stdcli.std import DecodeOptions, synchronize  # noqa: E402
 

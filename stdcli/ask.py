@@ -96,37 +96,59 @@ def answer_video(
     on_text: Callable[[str, DecodeStats], None] | None = None,
 ) -> dict[str, Any]:
     """The record of one video (see records.py). Failures are reported in the record's `error`, not raised."""
+    item = prepare(lm, video, options)
+    if isinstance(item, dict):
+        return item
+    try:
+        stream = TextStream(lm.tokenizer)
+        callback = (lambda tokens, stats: on_text(stream.push(tokens), stats)) if on_text else None
+        result = _decode(lm, item.inputs, options.decode, callback)
+        if on_text and (rest := stream.finish()):
+            on_text(rest, result.stats)
+        compare = _compare(lm, item.inputs, options.decode, result) if options.compare and options.mode == "std" else None
+    except STOP_THE_RUN:
+        raise
+    except Exception as error:  # one broken video must not stop a folder run: it is reported in its record
+        return error_record(video, options.question, lm.name, options.mode, error)
+    return answer_record(lm, item, options, result, compare)
+
+
+# What stops the whole run, not just one video.
+STOP_THE_RUN = (KeyboardInterrupt, SystemExit, BrokenPipeError)
+
+
+@dataclass
+class Prepared:
+    """A video ready to decode: its sampled frames and the model inputs of the question about it."""
+
+    video: str
+    sampled: Any  # video.SampledVideo
+    inputs: dict
+    load_video_s: float
+    started: float  # perf_counter when work on it began
+
+
+def prepare(lm: LoadedModel, video: str, options: AskOptions) -> Prepared | dict[str, Any]:
+    """Frames and prompt of one video, or its error record."""
     started = time.perf_counter()
     try:
         sampled = sample_frames(video, **sampling_arguments(frame_defaults(lm.family), options.frames))
         load_video_s = time.perf_counter() - started
         inputs = build_inputs(lm, sampled, options.question, options.system)
-        stream = TextStream(lm.tokenizer)
-        callback = (lambda tokens, stats: on_text(stream.push(tokens), stats)) if on_text else None
-        result = _decode(lm, inputs, options.decode, callback)
-        if on_text and (rest := stream.finish()):
-            on_text(rest, result.stats)
-        compare = _compare(lm, inputs, options.decode, result) if options.compare and options.mode == "std" else None
-    except (KeyboardInterrupt, SystemExit, BrokenPipeError):  # the whole run stops, not just this video
+    except STOP_THE_RUN:
         raise
     except Exception as error:  # one broken video must not stop a folder run: it is reported in its record
         return error_record(video, options.question, lm.name, options.mode, error)
-    return answer_record(lm, video, options, sampled, result, load_video_s, started, compare)
+    return Prepared(video, sampled, inputs, load_video_s, started)
 
 
 def answer_record(
-    lm: LoadedModel,
-    video: str,
-    options: AskOptions,
-    sampled,
-    result: Generation,
-    load_video_s: float,
-    started: float,
-    compare: dict[str, Any] | None = None,
+    lm: LoadedModel, item: Prepared, options: AskOptions, result: Generation, compare: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """The record of a video answered: `sampled` its frames, `result` the decoding, `started` its perf_counter."""
-    record = empty_record(video, options.question, lm.name, options.mode)
+    """The record of a video answered: `result` the decoding of `item`."""
+    record = empty_record(item.video, options.question, lm.name, options.mode)
     stats = result.stats
+    sampled = item.sampled
     record.update(
         answer=decode_answer(lm.tokenizer, result.tokens),
         frames=len(sampled.frames),
@@ -145,10 +167,10 @@ def answer_record(
         dense_share=_round(stats.dense_share) if options.mode == "std" else None,
     )
     record["timings"] = {
-        "load_video_s": _round(load_video_s),
+        "load_video_s": _round(item.load_video_s),
         "prefill_s": _round(stats.prefill_s),
         "decode_s": _round(stats.decode_s),
-        "total_s": _round(time.perf_counter() - started),
+        "total_s": _round(time.perf_counter() - item.started),
     }
     return record
 

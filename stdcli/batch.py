@@ -10,43 +10,17 @@ out as answers finish, so an interrupted run keeps what was done.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
-from .ask import AskOptions, answer_record, sampling_arguments
-from .models import LoadedModel, build_inputs, frame_defaults
+from .ask import STOP_THE_RUN, AskOptions, Prepared, answer_record, prepare
+from .models import LoadedModel
 from .policy import GammaPolicy, memory_key
 from .records import error_record
-from .std import Decoder, Generation, cache_capacity, cache_dims, prompt_layout
-from .video import sample_frames
+from .std import Decoder, Generation, cache_capacity, cache_dims, policy_cycle, prompt_layout
 
 WINDOW_PER_SLOT = 4  # videos prepared per batch slot: enough to refill slots, few enough to hold their frames
 MEMORY_SHARE = 0.8  # of the free device memory the batch's caches may take
-
-
-@dataclass
-class Prepared:
-    video: str
-    sampled: Any
-    inputs: dict
-    load_video_s: float
-    started: float
-
-
-def prepare(lm: LoadedModel, video: str, options: AskOptions) -> Prepared | dict[str, Any]:
-    """Frames and prompt of one video, or its error record."""
-    started = time.perf_counter()
-    try:
-        sampled = sample_frames(video, **sampling_arguments(frame_defaults(lm.family), options.frames))
-        load_video_s = time.perf_counter() - started
-        inputs = build_inputs(lm, sampled, options.question, options.system)
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except Exception as error:  # noqa: BLE001 - one broken video is reported in its record, the rest go on
-        return error_record(video, options.question, lm.name, options.mode, error)
-    return Prepared(video, sampled, inputs, load_video_s, started)
 
 
 def cache_bytes(model, batch: int, max_len: int, sparse_cap: int) -> int:
@@ -95,7 +69,7 @@ def answer_videos(
     for window in windows(lm, videos, options, WINDOW_PER_SLOT * batch_size, on_record):
         try:
             decode_window(lm, window, options, batch_size, on_record, warn)
-        except (KeyboardInterrupt, SystemExit):
+        except STOP_THE_RUN:
             raise
         except Exception as error:  # noqa: BLE001 - e.g. out of memory: the window's unfinished videos fail
             for item in window:
@@ -112,13 +86,14 @@ def decode_window(
     warn: Callable[[str], None],
 ) -> None:
     """Decode one window in continuous batching; entries of `window` become None as their records go out."""
-    needs = [cache_capacity(*prompt_layout(item.inputs, lm.visual_token_ids), options.decode) for item in window]
+    layouts = [prompt_layout(item.inputs, lm.visual_token_ids) for item in window]
+    needs = [cache_capacity(*layout, options.decode) for layout in layouts]
     max_len, sparse_cap = max(n[0] for n in needs), max(n[1] for n in needs)
     batch = fitting_batch(lm, min(batch_size, len(window)), max_len, sparse_cap)
     if batch < min(batch_size, len(window)):
         warn(f"batch lowered from {min(batch_size, len(window))} to {batch}: the caches of more answers of "
              f"{max_len} tokens would not fit in memory")
-    key = memory_key(lm.model, max(prompt_layout(item.inputs, lm.visual_token_ids)[0] for item in window), batch)
+    key = memory_key(lm.model, max(prompt for prompt, _ in layouts), batch)
     policy = GammaPolicy.start(options.decode.gamma, options.decode.calibration_steps, key)
     sparse_view = policy.wants_sparse_view()
     waiting = list(range(len(window)))
@@ -130,18 +105,11 @@ def decode_window(
                 if decoder.slots[slot] is None and waiting:
                     owner[slot] = waiting.pop(0)
                     decoder.prefill(slot, window[owner[slot]].inputs, sparse_view=sparse_view)
-            active = [s for s in decoder.slots if s is not None and not s.done]
-            if active:
-                gamma, accepted = policy.choose(), sum(s.stats.accepted for s in active)
-                decoder.step(gamma)
-                mean_accepted = round((sum(s.stats.accepted for s in active) - accepted) / len(active))
-                policy.observe(gamma, decoder.last_draft_s, decoder.last_verify_s, mean_accepted)
+            policy_cycle(decoder, policy)
             for slot, state in enumerate(decoder.slots):
                 if state is not None and state.done:
                     decoder.release(slot)
                     item, window[owner[slot]] = window[owner[slot]], None
                     policy.observe_answer(state.stats)
-                    result = Generation(tokens=state.tokens, stats=state.stats)
-                    on_record(answer_record(lm, item.video, options, item.sampled, result, item.load_video_s,
-                                            item.started))
+                    on_record(answer_record(lm, item, options, Generation(tokens=state.tokens, stats=state.stats)))
     policy.remember(key)

@@ -185,15 +185,12 @@ class GammaPolicy:
         if self.draft_s is None:
             return min(FIRST_TRY_GAMMA, self.max_gamma)
         best, rate = self.best()
-        if best and rate > MARGIN / self.dense_s:
+        if rate > MARGIN / self.dense_s or self.since_cycle >= self.probe_interval:  # a win, or a probe
             return best
-        if self.since_cycle >= self.probe_interval:
-            return max(best, 1)
         return 0
 
     def best(self) -> tuple[int, float]:
-        """(gamma, expected tokens per second) of the best gamma >= 1 by the cost model; (0, 0) if none can be
-        estimated."""
+        """(gamma, expected tokens per second) of the best gamma >= 1 by the cost model (costs measured)."""
         rates = {
             g: self.expected_tokens(g) / (g * self.draft_s + self.verify_cost(g))
             for g in range(1, self.max_gamma + 1)

@@ -242,8 +242,7 @@ class Decoder:
     def _positions(self, length: int) -> torch.Tensor:
         """Positions of `length` new tokens per slot: [B, L], or [3, B, L] for M-RoPE."""
         rows = 3 if self.mrope else 1
-        deltas = [s.rope_delta if s else (0,) * rows for s in self.slots]
-        base = torch.tensor([[s.dense_len + d for d in delta] if s else delta for s, delta in zip(self.slots, deltas)],
+        base = torch.tensor([[s.dense_len + d for d in s.rope_delta] if s else [0] * rows for s in self.slots],
                             device=self.device)  # [B, rows]
         positions = base.T[:, :, None] + torch.arange(length, device=self.device)
         return positions if self.mrope else positions[0]
@@ -279,10 +278,9 @@ class Decoder:
             extra["position_ids"] = prompt_positions(self.model, inputs)
             rope_delta = tuple(int(p) + 1 - input_ids.shape[1] for p in extra["position_ids"][:, 0, -1])
         out = self.model(**inputs, **extra, past_key_values=self.cache, use_cache=True, logits_to_keep=1, std_step=ctx)
-        view_started = time.perf_counter()
         if sparse_view:
-            synchronize(self.device)
-            view_started = time.perf_counter()
+            synchronize(self.device)  # the view's own time starts when the forward has finished
+        view_started = time.perf_counter()
         sparse_len = self._build_sparse(slot, ctx, text) if sparse_view else 0
         first, _ = self._choose(out.logits[:, -1])
         synchronize(self.device)
@@ -435,6 +433,20 @@ class Decoder:
         return state
 
 
+def policy_cycle(decoder: Decoder, policy: GammaPolicy) -> dict[int, list[int]]:
+    """One cycle of the gamma the policy chooses, its costs and acceptance reported back to the policy (the mean
+    over the active slots: one gamma serves them all). Returns the tokens each slot committed; {} if none is
+    active."""
+    active = [s for s in decoder.slots if s is not None and not s.done]
+    if not active:
+        return {}
+    gamma, accepted = policy.choose(), sum(s.stats.accepted for s in active)
+    committed = decoder.step(gamma)
+    mean_accepted = round((sum(s.stats.accepted for s in active) - accepted) / len(active))
+    policy.observe(gamma, decoder.last_draft_s, decoder.last_verify_s, mean_accepted)
+    return committed
+
+
 def prompt_layout(inputs: dict, visual_ids: Sequence[int]) -> tuple[int, int]:
     """(prompt tokens, visual tokens) of a single prompt."""
     ids = inputs["input_ids"][0]
@@ -475,9 +487,7 @@ def generate(
         if on_tokens:
             on_tokens(first, state.stats)
         while not state.done:
-            gamma, accepted = policy.choose(), state.stats.accepted
-            new = decoder.step(gamma)[0]
-            policy.observe(gamma, decoder.last_draft_s, decoder.last_verify_s, state.stats.accepted - accepted)
+            new = policy_cycle(decoder, policy)[0]
             if on_tokens:
                 on_tokens(new, state.stats)
         policy.observe_answer(state.stats)
