@@ -23,6 +23,7 @@ _LAZY = {
     "sample_frames": "video",
     "DecodeOptions": "std",
     "generate": "std",
+    "release_decoder": "std",
     "GammaPolicy": "policy",
 }
 

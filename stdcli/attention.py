@@ -7,6 +7,8 @@ forwards down to the attention function) saying which keys the new tokens may se
 - prefill: plain causal attention over the prompt, plus the top-K selection scores of every layer;
 - dense / sparse steps: the new tokens of sequence b sit right after `base_len[b]` cached keys (of the dense
   or of the sparse cache) and see those keys plus the new tokens before them (causal, bottom-right aligned).
+  Keys are the whole preallocated buffer; on a CUDA GPU the split-KV kernel of kernels.py reads only each
+  sequence's own length, elsewhere PyTorch's SDPA applies a mask.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ import torch.nn.functional as F
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+from . import kernels
+from .kernels import decode_attention
+
 ATTENTION_NAME = "stdcli"
 
 # Keys per chunk when scoring visual tokens: bounds the score matrix to heads x text x chunk floats.
@@ -31,7 +36,8 @@ class StepContext:
     """What one forward pass of the engine needs from attention."""
 
     mode: str  # "prefill", "dense" or "sparse"
-    mask: torch.Tensor | None = None  # [B, 1, L, N] keys each new token may see (dense/sparse modes)
+    base_len: torch.Tensor | None = None  # [B] dense/sparse modes: cached keys before the new tokens
+    mask: torch.Tensor | None = None  # [B, 1, L, N] the keys each new token may see, for SDPA (no kernel)
     # prefill only: positions of the text queries that rank visual keys, and of the visual keys
     score_queries: torch.Tensor | None = None
     visual_keys: torch.Tensor | None = None
@@ -122,7 +128,17 @@ def engine_attention_forward(module, query, key, value, attention_mask, scaling=
             )
             ctx.scoring_s += _clock(query) - started
         return out.transpose(1, 2), None
+    if ctx.mask is None:
+        return decode_attention(query, key, value, ctx.base_len, scaling), None
     return masked_attention(query, key, value, ctx.mask, scaling), None
+
+
+def step_context(mode: str, base_len: torch.Tensor, length: int, num_keys: int, head_dim: int) -> StepContext:
+    """The context of a dense or sparse step of `length` new tokens over a buffer of `num_keys` keys: the decode
+    kernel where it runs (CUDA, head_dim a multiple of 16), else a mask for SDPA."""
+    if kernels.available(base_len.device) and head_dim % 16 == 0:
+        return StepContext(mode, base_len=base_len)
+    return StepContext(mode, base_len=base_len, mask=ragged_causal_mask(base_len, length, num_keys))
 
 
 AttentionInterface.register(ATTENTION_NAME, engine_attention_forward)

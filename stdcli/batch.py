@@ -17,7 +17,7 @@ from .ask import STOP_THE_RUN, AskOptions, Prepared, answer_record, prepare
 from .models import LoadedModel
 from .policy import GammaPolicy, memory_key
 from .records import error_record
-from .std import Decoder, Generation, cache_capacity, cache_dims, policy_cycle, prompt_layout
+from .std import Generation, cache_capacity, cache_dims, kept_decoder, policy_cycle, prompt_layout, reusable_decoder
 
 WINDOW_PER_SLOT = 4  # videos prepared per batch slot: enough to refill slots, few enough to hold their frames
 MEMORY_SHARE = 0.8  # of the free device memory the batch's caches may take
@@ -33,7 +33,9 @@ def fitting_batch(lm: LoadedModel, wanted: int, max_len: int, sparse_cap: int) -
     """The largest batch up to `wanted` whose caches fit in MEMORY_SHARE of the free device memory (at least 1)."""
     from .bench import free_memory_bytes
 
-    budget = MEMORY_SHARE * free_memory_bytes(lm.device)
+    kept = kept_decoder(lm.model)  # a decoder kept for reuse gives its caches back when it is replaced
+    held = kept.cache.nbytes() if kept is not None and kept.cache is not None else 0
+    budget = MEMORY_SHARE * (free_memory_bytes(lm.device) + held)
     batch = wanted
     while batch > 1 and cache_bytes(lm.model, batch, max_len, sparse_cap) > budget:
         batch -= 1
@@ -98,8 +100,9 @@ def decode_window(
     sparse_view = policy.wants_sparse_view()
     waiting = list(range(len(window)))
     owner: dict[int, int] = {}
-    with Decoder(lm.model, options.decode, batch=batch, max_len=max_len, sparse_cap=sparse_cap,
-                 eos=lm.eos_token_ids, visual_ids=lm.visual_token_ids) as decoder:
+    decoder = reusable_decoder(lm.model, options.decode, batch=batch, max_len=max_len, sparse_cap=sparse_cap,
+                               eos=lm.eos_token_ids, visual_ids=lm.visual_token_ids)
+    with decoder:
         while waiting or any(decoder.slots):
             for slot in range(batch):  # refill free slots
                 if decoder.slots[slot] is None and waiting:

@@ -13,6 +13,8 @@ second small kernel merges the partial results by their log-sum-exp.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 try:
@@ -63,7 +65,8 @@ if triton is not None:
             cols = n0 + tl.arange(0, BLOCK_N)
             col_valid = cols < end
             k = tl.load(k_base + cols[:, None] * stride_kn + dims[None, :], mask=col_valid[:, None], other=0.0)
-            s = tl.dot(q, tl.trans(k), input_precision=PRECISION).to(tl.float32) * scaling
+            s = (tl.dot(q, tl.trans(k), input_precision=PRECISION) * scaling).to(tl.float32)  # fp32 even when
+            # scaling arrives as a float64 scalar (under torch.compile)
             visible = col_valid[None, :] & (cols[None, :] <= row_last[:, None])
             s = tl.where(visible, s, float("-inf"))
             m_new = tl.maximum(m, tl.max(s, axis=1))
@@ -112,6 +115,11 @@ if triton is not None:
         tl.store(OUT + b * stride_outb + i * stride_outl + (kv_head * GROUP + g) * stride_outh + dims, out)
 
 
+@functools.cache
+def _sm_count(device_index: int | None) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
 def split_count(num_keys: int, batch: int, kv_heads: int, sm_count: int, min_keys: int = 256) -> int:
     """Enough programs to fill the GPU a few times over, each reading at least `min_keys` keys."""
     wanted = max(1, (4 * sm_count) // max(1, batch * kv_heads))
@@ -130,8 +138,7 @@ def decode_attention(
     kv_heads, num_keys = key.shape[1], key.shape[2]
     group = q_heads // kv_heads
     if splits is None:
-        sm = torch.cuda.get_device_properties(query.device).multi_processor_count
-        splits = split_count(num_keys, batch, kv_heads, sm)
+        splits = split_count(num_keys, batch, kv_heads, _sm_count(query.device.index))
     keys_per_split = -(-num_keys // splits)
     rows = group * length
     block_m = max(16, triton.next_power_of_2(rows))

@@ -2,13 +2,16 @@
 
 It is a transformers `Cache` (the public cache API), so the model's own forward writes into it. Where a forward's
 new keys and values go, and which stored entries attention reads back, depends on the mode the engine sets
-before the call (`set_prefill`, `set_dense`, `set_sparse`):
+before the call (`set_prefill`, `set_step`):
 
 - dense  [layers, B, Hkv, max_len, D]: the full context of every sequence, in position order;
 - sparse [layers, B, Hkv, sparse_cap, D]: per layer and KV head, the top-K visual entries and every text entry
   of the prompt (copied once after prefill), then the generated tokens (their dense KV, appended after each
   verification), then scratch room for the drafts of the current cycle. Its size is
   O(layers x Hkv x (K + text + generated)), never a second full cache.
+
+Decoding steps always read a whole buffer (lengths are masked per sequence in attention): every step of a kind
+then has the same shapes, which is what lets one CUDA graph replay it.
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ class EngineCache(Cache):
         self.mode = "dense"
         self.slot = 0
         self.write_pos: torch.Tensor | None = None  # [B, L] where the new entries go
-        self.view_len = 0  # entries attention reads (a prefix of the buffer)
+        self.view_len = 0  # entries attention reads: the whole buffer of the mode
 
     @property
     def batch(self) -> int:
@@ -80,11 +83,12 @@ class EngineCache(Cache):
     def set_prefill(self, slot: int) -> None:
         self.mode, self.slot = "prefill", slot
 
-    def set_dense(self, write_pos: torch.Tensor, view_len: int) -> None:
-        self.mode, self.write_pos, self.view_len = "dense", write_pos, view_len
+    def buffer_len(self, mode: str) -> int:
+        return self.max_len if mode == "dense" else self.sparse_cap
 
-    def set_sparse(self, write_pos: torch.Tensor, view_len: int) -> None:
-        self.mode, self.write_pos, self.view_len = "sparse", write_pos, view_len
+    def set_step(self, mode: str, write_pos: torch.Tensor) -> None:
+        """A decoding step of `mode` ("dense" or "sparse") whose new entries go to write_pos [B, L]."""
+        self.mode, self.write_pos, self.view_len = mode, write_pos, self.buffer_len(mode)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         # transformers asks this to tell prefill (0) from decoding; decoding positions are always given explicitly
@@ -100,7 +104,7 @@ class EngineCache(Cache):
         # advanced indices around a slice put [B, L] first: the target is [B, L, Hkv, D]
         keys[layer][self.batch_index, :, self.write_pos] = key.transpose(1, 2)
         values[layer][self.batch_index, :, self.write_pos] = value.transpose(1, 2)
-        return keys[layer, :, :, : self.view_len], values[layer, :, :, : self.view_len]
+        return keys[layer], values[layer]
 
     def build_sparse(self, slot: int, kept_visual: torch.Tensor | None, text_positions: torch.Tensor) -> int:
         """Fill the sparse view of `slot` from its prefilled dense cache; returns its length.

@@ -18,9 +18,11 @@ tokens: every gamma, 0 included, commits exactly what dense decoding would (gree
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -33,6 +35,7 @@ ACCEPTANCE_DECAY = 0.97  # per cycle: recent cycles count more as the answer mov
 COST_SMOOTHING = 0.25  # weight of a new timing in the moving averages
 MARGIN = 1.02  # drafting must beat dense by 2%: timing noise must not flip a tie to the slower side
 VIEW_EVERY = 8  # while drafting does not pay, one answer in this many still builds a sparse view, to probe
+BEST_EVERY = 16  # dense steps between two evaluations of the best gamma (cycles re-evaluate at once)
 FIRST_PROBE_INTERVAL = 16  # dense steps before trying a cycle again, doubled after every try that loses
 LAST_PROBE_INTERVAL = 256
 
@@ -99,6 +102,27 @@ def _save(memory: dict[str, GammaPolicy]) -> None:
         pass
 
 
+SAVE_EVERY_S = 30.0  # the file is rewritten at most this often while running (a write costs a short answer ~10%)
+_saved_at: float | None = None
+_unsaved = False
+
+
+def _save_soon() -> None:
+    global _unsaved
+    _unsaved = True
+    if _saved_at is None or time.monotonic() - _saved_at >= SAVE_EVERY_S:
+        flush_memory()
+
+
+@atexit.register
+def flush_memory() -> None:
+    """Write what was remembered since the last write (at exit, and every SAVE_EVERY_S while running)."""
+    global _unsaved, _saved_at
+    if _unsaved and _MEMORY is not None:
+        _save(_MEMORY)
+        _unsaved, _saved_at = False, time.monotonic()
+
+
 def _prior(length: int, value: float) -> list[float]:
     return [value] * length
 
@@ -128,6 +152,8 @@ class GammaPolicy:
     answer_tokens: float | None = None  # moving average of tokens per answer
     view_s: float | None = None  # moving average of what ranking and building one answer's sparse view costs
     can_draft: bool = True  # False once this answer was prefilled without one
+    # best() of the last cycle's costs, reused by dense steps (a few us per step, which a small model notices)
+    best_memo: tuple[int, float] | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def start(cls, gamma: int | str, calibration_steps: int, key: str | None = None) -> GammaPolicy:
@@ -139,9 +165,8 @@ class GammaPolicy:
 
     def remember(self, key: str) -> None:
         if self.gamma == AUTO and self.dense_s is not None:
-            memory = _memory()
-            memory[key] = self.copy()
-            _save(memory)
+            _memory()[key] = self.copy()
+            _save_soon()
 
     def copy(self, **changes) -> GammaPolicy:
         lists = {"verify_s": dict(self.verify_s), "judged": list(self.judged), "accepted": list(self.accepted)}
@@ -180,11 +205,13 @@ class GammaPolicy:
             return 0
         if self.gamma != AUTO:
             return 0 if self.gamma and self.dense_steps < self.calibration_steps else int(self.gamma)
-        if self.dense_steps < max(self.calibration_steps, 1):
+        if self.dense_steps < max(self.calibration_steps, 1) or self.dense_s is None:
             return 0
         if self.draft_s is None:
             return min(FIRST_TRY_GAMMA, self.max_gamma)
-        best, rate = self.best()
+        if self.best_memo is None or self.since_cycle % BEST_EVERY == 0:
+            self.best_memo = self.best()
+        best, rate = self.best_memo
         if rate > MARGIN / self.dense_s or self.since_cycle >= self.probe_interval:  # a win, or a probe
             return best
         return 0
@@ -207,24 +234,28 @@ class GammaPolicy:
         per_token = max(self.verify_s[nearest] - self.dense_s, 0.0) / nearest
         return self.dense_s + per_token * gamma
 
-    def observe(self, gamma: int, draft_s: float, verify_s: float, accepted: int) -> None:
-        """One cycle happened: its measured times (verify_s is the dense step's time when gamma = 0)."""
+    def observe(self, gamma: int, costs: tuple[float, float] | None, accepted: int) -> None:
+        """One cycle happened: its measured (draft_s, verify_s), verify_s being the dense step's time when
+        gamma = 0; None when the cycle's time is not a step's cost (it captured a CUDA graph)."""
         if gamma == 0:
             self.dense_steps += 1
             self.since_cycle += 1
-            # the calibration steps' fastest: the first step after a prefill is often slow (allocation, caches)
-            calibrating = self.dense_steps <= self.calibration_steps and self.dense_s is not None
-            self.dense_s = min(self.dense_s, verify_s) if calibrating else _smooth(self.dense_s, verify_s)
+            if costs is not None:
+                # the calibration steps' fastest: the first step after a prefill is often slow (allocation, caches)
+                calibrating = self.dense_steps <= self.calibration_steps and self.dense_s is not None
+                self.dense_s = min(self.dense_s, costs[1]) if calibrating else _smooth(self.dense_s, costs[1])
             return
-        self.draft_s = _smooth(self.draft_s, draft_s / gamma)
-        self.verify_s[gamma] = _smooth(self.verify_s.get(gamma), verify_s)
+        if costs is not None:
+            self.draft_s = _smooth(self.draft_s, costs[0] / gamma)
+            self.verify_s[gamma] = _smooth(self.verify_s.get(gamma), costs[1])
         for j in range(gamma):
             self.judged[j] *= ACCEPTANCE_DECAY
             self.accepted[j] *= ACCEPTANCE_DECAY
             if j <= accepted:  # drafts after the first rejected one were never judged
                 self.judged[j] += 1
                 self.accepted[j] += j < accepted
-        if self.gamma == AUTO and self.since_cycle >= self.probe_interval:  # that was a probe
+        self.best_memo = None
+        if self.gamma == AUTO and self.since_cycle >= self.probe_interval and self.draft_s is not None:  # a probe
             winning = self.best()[1] > MARGIN / self.dense_s
             self.probe_interval = FIRST_PROBE_INTERVAL if winning else min(2 * self.probe_interval, LAST_PROBE_INTERVAL)
         self.since_cycle = 0

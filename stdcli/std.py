@@ -12,18 +12,24 @@ The steps are small functions over explicit state (gpt-fast style):
 
 With gamma = 0 a cycle is one plain dense decoding step: that is the `--dense` baseline, on the same code path.
 The default gamma, "auto", picks each cycle's gamma (0 included) from measured step costs: see policy.py.
+
+Steps have static shapes (whole cache buffers, lengths masked in attention) and take their per-slot state from
+one host-to-device copy per cycle; on a CUDA GPU each step shape is captured once in a CUDA graph (graphs.py).
+The only host synchronization inside a cycle is reading what verification accepted.
 """
 
 from __future__ import annotations
 
 import random
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
-from .attention import StepContext, engine_attention, ragged_causal_mask
+from .attention import StepContext, engine_attention, step_context
+from .graphs import CapturedStep
 from .kvcache import EngineCache
 from .policy import AUTO, MAX_AUTO_GAMMA, GammaPolicy, memory_key
 from .sampling import accept_greedy, accept_sampled, sample, token_probs
@@ -42,6 +48,10 @@ class DecodeOptions:
     seed: int | None = None
     # StD sequences start with this many plain dense steps: their measured cost is the baseline of `speedup_est`.
     calibration_steps: int = 2
+    cuda_graphs: bool = True  # on a CUDA device: each step shape is captured once and replayed
+    # Experimental, on a CUDA device: torch.compile each step shape before capturing it. It halves the kernels of a
+    # step, but today the cache writes compile to whole-buffer copies and a 7B step is 2x slower (docs/benchmarks.md)
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if not (self.gamma == AUTO or (isinstance(self.gamma, int) and self.gamma >= 0)):
@@ -136,6 +146,24 @@ class Generation:
     stats: DecodeStats
 
 
+@dataclass
+class SlotTensors:
+    """The slots' host state on the device, copied once per cycle; empty slots read as zeros."""
+
+    dense_len: torch.Tensor  # [B]
+    sparse_len: torch.Tensor  # [B] after the pending copy of densely committed tokens to the sparse view
+    unsynced: torch.Tensor  # [B] of those, tokens whose KV is still to be copied
+    last_token: torch.Tensor  # [B, 1]
+    next_position: torch.Tensor  # [rows, B] rope position of the next token (rows: 3 for M-RoPE, else 1)
+
+
+def to_device(table: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host tensor on the device; on CUDA through pinned memory, so the copy does not wait for the GPU."""
+    if device.type != "cuda":
+        return table.to(device)
+    return table.pin_memory().to(device, non_blocking=True)
+
+
 def visual_token_ids(model) -> tuple[int, ...]:
     """Placeholder ids of image and video tokens, from the model config (Qwen: *_token_id, LLaVA-OV: *_token_index)."""
     config = model.config
@@ -188,6 +216,35 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class StepClock:
+    """Wall time of one cycle, split into drafting and verification without stopping the GPU in between: on CUDA
+    the split point is an event, read once the cycle's results have been synchronized anyway."""
+
+    def __init__(self, device: torch.device):
+        self.started = time.perf_counter()
+        self.events = None
+        if device.type == "cuda":
+            self.events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+            self.events[0].record()
+        self.drafted_at = self.started
+
+    def mark_drafted(self) -> None:
+        if self.events:
+            self.events[1].record()
+        else:
+            self.drafted_at = time.perf_counter()
+
+    def split(self) -> tuple[float, float]:
+        """(draft_s, verify_s); call after a synchronization that follows the whole cycle."""
+        total = time.perf_counter() - self.started
+        if self.events:
+            self.events[1].synchronize()
+            draft = min(self.events[0].elapsed_time(self.events[1]) / 1e3, total)
+        else:
+            draft = self.drafted_at - self.started
+        return draft, total - draft
+
+
 class Decoder:
     """B slots of StD (or dense) decoding over one preallocated cache.
 
@@ -218,8 +275,38 @@ class Decoder:
         self.mrope = uses_mrope(model)
         self.slots: list[Slot | None] = [None] * batch
         self.last_draft_s = self.last_verify_s = 0.0
+        self.last_captured = False  # whether the last step captured a graph (its time is not a step's cost)
+        self.graphs: dict[tuple[str, int], CapturedStep] | None = None
+        self.graph_failure: str | None = None
+        self._step_fn = self._model_step
+        if options.cuda_graphs and self.device.type == "cuda":
+            self.graphs, self._graph_pool = {}, torch.cuda.graph_pool_handle()
+            if options.compile:
+                self._step_fn = torch.compile(self._model_step, dynamic=False)
         seed = options.seed if options.seed is not None else random.randrange(2**63)
         self.generator = torch.Generator(self.device).manual_seed(seed)
+
+    def fits(self, options: DecodeOptions, batch: int, max_len: int, sparse_cap: int) -> bool:
+        """Whether a run with these needs can reuse this decoder (and its CUDA graphs)."""
+        return (
+            self.cache is not None
+            and self.cache.batch == batch
+            and self.cache.max_len >= max_len
+            and self.cache.sparse_cap >= (sparse_cap if options.drafting else 1)
+        )
+
+    def restart(self, options: DecodeOptions, eos: Sequence[int] | None, visual_ids: Sequence[int] | None) -> None:
+        """Empty every slot for a new run with these options; the caches and captured graphs stay."""
+        self.options = options
+        self.eos = frozenset(eos_token_ids(self.model) if eos is None else eos)
+        self.visual_ids = tuple(visual_token_ids(self.model) if visual_ids is None else visual_ids)
+        self.slots = [None] * self.cache.batch
+        seed = options.seed if options.seed is not None else random.randrange(2**63)
+        self.generator.manual_seed(seed)
+
+    def close(self) -> None:
+        """Free the graphs and caches now, not when the garbage collector finds them."""
+        self.graphs, self.cache, self.slots = None, None, []
 
     def __enter__(self) -> Decoder:
         self._attention = engine_attention(self.model)
@@ -229,22 +316,44 @@ class Decoder:
     def __exit__(self, *exc) -> None:
         self._attention.__exit__(*exc)
 
-    # ---- one forward of the model -------------------------------------------------------------
-    def _forward(self, tokens: torch.Tensor, positions: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+    # ---- one decoding step of the model ----------------------------------------------------------
+    def _model_step(self, mode: str, tokens: torch.Tensor, positions: torch.Tensor, base_len: torch.Tensor):
+        """Logits [B, L, V] of L new tokens per slot stored after base_len [B] entries of the `mode` cache."""
+        length = tokens.shape[1]
+        self.cache.set_step(mode, base_len[:, None] + torch.arange(length, device=self.device))
+        ctx = step_context(mode, base_len, length, self.cache.buffer_len(mode), self.cache.dense_k.shape[-1])
         out = self.model(
             input_ids=tokens, position_ids=positions, past_key_values=self.cache, use_cache=True, std_step=ctx
         )
         return out.logits
 
-    def _lengths(self, name: str) -> torch.Tensor:
-        return torch.tensor([getattr(s, name) if s else 0 for s in self.slots], device=self.device)
+    def _forward(self, mode: str, tokens: torch.Tensor, positions: torch.Tensor, base_len: torch.Tensor):
+        if self.graphs is None:
+            return self._model_step(mode, tokens, positions, base_len)
+        key = (mode, tokens.shape[1])
+        step = self.graphs.get(key)
+        if step is None:
+            step = self.graphs[key] = CapturedStep(lambda *x: self._step_fn(mode, *x), self._graph_pool)
+            self.last_captured = True
+        logits = step(tokens, positions, base_len)
+        if step.failed:  # this transformers' forward cannot be captured: plain launches from now on
+            self.graph_failure, self.graphs = step.failed, None
+            warnings.warn(f"decoding without CUDA graphs (slower): {step.failed}", RuntimeWarning, stacklevel=2)
+        return logits
 
-    def _positions(self, length: int) -> torch.Tensor:
-        """Positions of `length` new tokens per slot: [B, L], or [3, B, L] for M-RoPE."""
+    def _slot_tensors(self) -> SlotTensors:
         rows = 3 if self.mrope else 1
-        base = torch.tensor([[s.dense_len + d for d in s.rope_delta] if s else [0] * rows for s in self.slots],
-                            device=self.device)  # [B, rows]
-        positions = base.T[:, :, None] + torch.arange(length, device=self.device)
+        table = torch.tensor(
+            [[s.dense_len, s.sparse_len + s.unsynced, s.unsynced, s.last_token, *(s.dense_len + d for d in s.rope_delta)]
+             if s else [0] * (4 + rows) for s in self.slots],
+            dtype=torch.long,
+        )
+        t = to_device(table, self.device)
+        return SlotTensors(t[:, 0], t[:, 1], t[:, 2], t[:, 3:4], t[:, 4:].T)
+
+    def _positions(self, on_device: SlotTensors, length: int, offset: int = 0) -> torch.Tensor:
+        """Positions of `length` new tokens per slot, from `offset` on: [B, L], or [3, B, L] for M-RoPE."""
+        positions = on_device.next_position[:, :, None] + (offset + torch.arange(length, device=self.device))
         return positions if self.mrope else positions[0]
 
     def _choose(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -312,16 +421,12 @@ class Decoder:
         return self.cache.build_sparse(slot, kept, text.to(self.device))
 
     # ---- a cycle -----------------------------------------------------------------------------------
-    def _draft(self, gamma: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _draft(self, on_device: SlotTensors, gamma: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """gamma tokens from the sparse view, one at a time. Returns drafts [B, g] (and their distributions)."""
-        sparse_len = self._lengths("sparse_len")
-        view = int(sparse_len.max())
-        token = torch.tensor([[s.last_token if s else 0] for s in self.slots], device=self.device)
+        token = on_device.last_token
         drafts, dists = [], []
         for j in range(gamma):
-            self.cache.set_sparse((sparse_len + j)[:, None], view + j + 1)
-            mask = ragged_causal_mask(sparse_len + j, 1, view + j + 1)
-            logits = self._forward(token, self._positions(1) + j, StepContext("sparse", mask=mask))
+            logits = self._forward("sparse", token, self._positions(on_device, 1, j), on_device.sparse_len + j)
             token, probs = self._choose(logits[:, -1])
             token = token[:, None]
             drafts.append(token)
@@ -329,15 +434,10 @@ class Decoder:
         draft_probs = torch.stack(dists, 1) if not self.options.greedy else None
         return torch.cat(drafts, 1), draft_probs
 
-    def _verify(self, drafts: torch.Tensor) -> torch.Tensor:
+    def _verify(self, on_device: SlotTensors, drafts: torch.Tensor) -> torch.Tensor:
         """One dense forward over the last committed token plus the drafts: logits [B, g+1, V]."""
-        width = drafts.shape[1] + 1
-        dense_len = self._lengths("dense_len")
-        last = torch.tensor([[s.last_token if s else 0] for s in self.slots], device=self.device)
-        view = int(dense_len.max()) + width
-        self.cache.set_dense(dense_len[:, None] + torch.arange(width, device=self.device), view)
-        ctx = StepContext("dense", mask=ragged_causal_mask(dense_len, width, view))
-        return self._forward(torch.cat([last, drafts], 1), self._positions(width), ctx)
+        tokens = torch.cat([on_device.last_token, drafts], 1)
+        return self._forward("dense", tokens, self._positions(on_device, tokens.shape[1]), on_device.dense_len)
 
     def _accept(self, drafts, draft_probs, logits) -> tuple[torch.Tensor, torch.Tensor]:
         if drafts.shape[1] == 0:  # a dense step
@@ -361,15 +461,14 @@ class Decoder:
         state.done = len(state.tokens) >= state.max_new_tokens or (bool(kept) and kept[-1] in self.eos)
         return kept
 
-    def _sync_sparse(self) -> None:
+    def _sync_sparse(self, on_device: SlotTensors) -> None:
         """Copy the KV of tokens that dense steps committed to the sparse view: a dense step skips the copy, since
         the next cycle may be dense too (gamma auto on hardware where drafting does not pay)."""
         width = max((s.unsynced for s in self.slots if s), default=0)
         if not width:
             return
-        dense_len, sparse_len = self._lengths("dense_len"), self._lengths("sparse_len")
-        unsynced = self._lengths("unsynced")
-        self.cache.copy_dense_to_sparse(dense_len - unsynced, sparse_len, width)
+        start = on_device.dense_len - on_device.unsynced
+        self.cache.copy_dense_to_sparse(start, on_device.sparse_len - on_device.unsynced, width)
         for s in self.slots:
             if s:
                 s.sparse_len, s.unsynced = s.sparse_len + s.unsynced, 0
@@ -386,32 +485,33 @@ class Decoder:
         active = {i: s for i, s in enumerate(self.slots) if s is not None and not s.done}
         if not active:
             return {}
-        started = time.perf_counter()
+        self.last_captured = False
+        clock = StepClock(self.device)
+        on_device = self._slot_tensors()
         if gamma:
-            self._sync_sparse()
-            drafts, draft_probs = self._draft(gamma)
+            self._sync_sparse(on_device)
+            drafts, draft_probs = self._draft(on_device, gamma)
         else:
             drafts, draft_probs = torch.empty(self.cache.batch, 0, dtype=torch.long, device=self.device), None
-        synchronize(self.device)
-        drafted_at = time.perf_counter()
-        logits = self._verify(drafts)
+        clock.mark_drafted()
+        logits = self._verify(on_device, drafts)
         accepted, next_token = self._accept(drafts, draft_probs, logits)
         if gamma:
-            self.cache.copy_dense_to_sparse(self._lengths("dense_len"), self._lengths("sparse_len"), gamma + 1)
-        accepted, next_token, drafts = accepted.tolist(), next_token.tolist(), drafts.tolist()
-        finished = time.perf_counter()
-        self.last_draft_s, self.last_verify_s = drafted_at - started, finished - drafted_at
+            self.cache.copy_dense_to_sparse(on_device.dense_len, on_device.sparse_len, gamma + 1)
+        # the one synchronization of a cycle: what was accepted decides what the host does next
+        rows = torch.cat([accepted[:, None], next_token[:, None], drafts], 1).tolist()
+        self.last_draft_s, self.last_verify_s = clock.split()
         committed = {}
         for i, state in active.items():
-            a = accepted[i]
-            committed[i] = self._append(state, drafts[i][:a] + [next_token[i]])
+            a, token, drafted = rows[i][0], rows[i][1], rows[i][2:]
+            committed[i] = self._append(state, drafted[:a] + [token])
             state.dense_len += a + 1
             if gamma:
                 state.sparse_len += a + 1
             else:
                 state.unsynced += 1
-            state.last_token = next_token[i]
-            self._record(state.stats, gamma, a, drafted_at - started, finished - drafted_at)
+            state.last_token = token
+            self._record(state.stats, gamma, a, self.last_draft_s, self.last_verify_s)
         return committed
 
     @staticmethod
@@ -433,6 +533,61 @@ class Decoder:
         return state
 
 
+# Caches of a decoder kept for reuse are rounded up to these sizes, so that prompts of similar lengths share it.
+DENSE_ROUNDING, SPARSE_ROUNDING = 4096, 1024
+KEPT_DECODER = "_stdcli_decoder"  # the model attribute that holds it
+
+
+def kept_decoder(model) -> Decoder | None:
+    """The decoder the model keeps for reuse, if any (its caches and CUDA graphs stay allocated)."""
+    return getattr(model, KEPT_DECODER, None)
+
+
+def release_decoder(model) -> None:
+    """Free the decoder the model keeps for reuse (its caches and graphs), e.g. to give the GPU memory back."""
+    kept = kept_decoder(model)
+    if kept is not None:
+        kept.close()
+        setattr(model, KEPT_DECODER, None)
+
+
+def _round_up(value: int, step: int) -> int:
+    return -(-value // step) * step
+
+
+def reusable_decoder(
+    model,
+    options: DecodeOptions,
+    *,
+    batch: int = 1,
+    max_len: int,
+    sparse_cap: int,
+    eos: Sequence[int] | None = None,
+    visual_ids: Sequence[int] | None = None,
+) -> Decoder:
+    """A decoder for one run (use it as a context manager, as `Decoder`).
+
+    On CUDA with graphs on, the model keeps its last decoder and hands it out again while its caches are large
+    enough and its batch is the same: its captured CUDA graphs are replayed, not captured again, so only the first
+    answer of a folder run pays for capturing. Its caches are rounded up for that (the decode kernel reads only
+    each sequence's own length, so the room costs memory, not time). Elsewhere every run gets a new decoder sized
+    exactly (there, attention does read the whole buffer).
+    """
+    device = model.get_input_embeddings().weight.device
+    if not (options.cuda_graphs and device.type == "cuda"):
+        return Decoder(model, options, batch=batch, max_len=max_len, sparse_cap=sparse_cap, eos=eos,
+                       visual_ids=visual_ids)
+    kept = kept_decoder(model)
+    if kept is not None and kept.fits(options, batch, max_len, sparse_cap):
+        kept.restart(options, eos, visual_ids)
+        return kept
+    release_decoder(model)  # its memory goes back before the new caches are allocated
+    decoder = Decoder(model, options, batch=batch, max_len=_round_up(max_len, DENSE_ROUNDING),
+                      sparse_cap=_round_up(sparse_cap, SPARSE_ROUNDING), eos=eos, visual_ids=visual_ids)
+    setattr(model, KEPT_DECODER, decoder)
+    return decoder
+
+
 def policy_cycle(decoder: Decoder, policy: GammaPolicy) -> dict[int, list[int]]:
     """One cycle of the gamma the policy chooses, its costs and acceptance reported back to the policy (the mean
     over the active slots: one gamma serves them all). Returns the tokens each slot committed; {} if none is
@@ -443,7 +598,8 @@ def policy_cycle(decoder: Decoder, policy: GammaPolicy) -> dict[int, list[int]]:
     gamma, accepted = policy.choose(), sum(s.stats.accepted for s in active)
     committed = decoder.step(gamma)
     mean_accepted = round((sum(s.stats.accepted for s in active) - accepted) / len(active))
-    policy.observe(gamma, decoder.last_draft_s, decoder.last_verify_s, mean_accepted)
+    costs = None if decoder.last_captured else (decoder.last_draft_s, decoder.last_verify_s)
+    policy.observe(gamma, costs, mean_accepted)
     return committed
 
 
@@ -479,7 +635,8 @@ def generate(
     visual_ids = tuple(visual_token_ids(model) if visual_ids is None else visual_ids)
     prompt_tokens, visual_tokens = prompt_layout(inputs, visual_ids)
     max_len, sparse_cap = cache_capacity(prompt_tokens, visual_tokens, options)
-    with Decoder(model, options, max_len=max_len, sparse_cap=sparse_cap, eos=eos, visual_ids=visual_ids) as decoder:
+    decoder = reusable_decoder(model, options, max_len=max_len, sparse_cap=sparse_cap, eos=eos, visual_ids=visual_ids)
+    with decoder:
         key = memory_key(model, prompt_tokens)
         policy = GammaPolicy.start(options.gamma, options.calibration_steps, key)
         first = decoder.prefill(0, inputs, sparse_view=policy.wants_sparse_view())
@@ -490,6 +647,7 @@ def generate(
             new = policy_cycle(decoder, policy)[0]
             if on_tokens:
                 on_tokens(new, state.stats)
+        decoder.release(0)
         policy.observe_answer(state.stats)
         policy.remember(key)
     return Generation(tokens=state.tokens, stats=state.stats)

@@ -52,6 +52,12 @@ def small_video(num_frames: int = 6, height: int = 56, width: int = 56, fps: flo
 
 
 @pytest.fixture(scope="session")
+def test_device() -> str:
+    """Where the exactness tests decode: the CPU, or STDCLI_TEST_DEVICE=cuda (CUDA graphs, the decode kernel)."""
+    return os.environ.get("STDCLI_TEST_DEVICE", "cpu")
+
+
+@pytest.fixture(scope="session")
 def make_video() -> Callable[..., SmallVideo]:
     """small_video(num_frames=6, height=56, width=56, fps=2.0, seed=0)."""
     return small_video

@@ -16,9 +16,9 @@ def run(p: GammaPolicy, steps: int, dense: float, draft: float, verify, accept: 
         g = p.choose()
         chosen.append(g)
         if g == 0:
-            p.observe(0, 0.0, dense, 0)
+            p.observe(0, (0.0, dense), 0)
         else:
-            p.observe(g, g * draft, verify(g), round(accept * g))
+            p.observe(g, (g * draft, verify(g)), round(accept * g))
     return chosen
 
 
@@ -56,9 +56,9 @@ def test_auto_goes_dense_when_a_draft_costs_a_dense_step():
 def test_acceptance_is_tracked_per_draft_position():
     """Drafts whose first token is always accepted and second always rejected: E(g) stops growing after g = 1."""
     p = GammaPolicy(AUTO)
-    p.observe(0, 0.0, 1.0, 0)
+    p.observe(0, (0.0, 1.0), 0)
     for _ in range(200):
-        p.observe(4, 0.4, 1.0, 1)
+        p.observe(4, (0.4, 1.0), 1)
     assert p.expected_tokens(1) == pytest.approx(2.0, abs=0.05)
     assert p.expected_tokens(4) == pytest.approx(2.0, abs=0.05)
     assert p.best()[0] == 1
@@ -108,6 +108,7 @@ def test_costs_are_remembered_on_disk_across_processes(monkeypatch, tmp_path):
     first.remember(key)
     unnamed = memory_key(fake_model(), 3000)
     first.remember(unnamed)
+    policy.flush_memory()  # as at the exit of the process
     monkeypatch.setattr(policy, "_MEMORY", None)  # the next process reads the file
     again = GammaPolicy.start(AUTO, 2, key)
     assert (again.dense_s, again.draft_s, again.verify_s) == (first.dense_s, first.draft_s, first.verify_s)

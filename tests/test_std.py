@@ -39,13 +39,14 @@ WORDS = (
 
 
 @pytest.fixture(scope="session")
-def lms(tiny_checkpoint):
-    """lms(family) -> the family's tiny checkpoint, loaded on the CPU in float32, once per session."""
+def lms(tiny_checkpoint, test_device):
+    """lms(family) -> the family's tiny checkpoint, loaded in float32 (on the CPU unless STDCLI_TEST_DEVICE says
+    otherwise), once per session."""
     loaded = {}
 
     def get(family: str):
         if family not in loaded:
-            loaded[family] = load_model(str(tiny_checkpoint(family)), device="cpu", dtype="float32")
+            loaded[family] = load_model(str(tiny_checkpoint(family)), device=test_device, dtype="float32")
         return loaded[family]
 
     return get
@@ -141,7 +142,7 @@ def test_video_at_the_end_of_the_prompt(family, gamma, lms, make_video):
     """No text after the video ranks its tokens: the sparse view keeps the first K, and output stays exact."""
     lm = lms(family)
     inputs = build_inputs(lm, make_video(num_frames=4, seed=7), "Describe it.")
-    is_visual = torch.isin(inputs["input_ids"][0], torch.tensor(visual_token_ids(lm.model)))
+    is_visual = torch.isin(inputs["input_ids"][0], torch.tensor(visual_token_ids(lm.model), device=lm.device))
     end = int(is_visual.nonzero().max()) + 1
     per_token = ("input_ids", "attention_mask", "mm_token_type_ids")
     inputs = {key: value[:, :end] if key in per_token else value for key, value in inputs.items()}
