@@ -1,6 +1,6 @@
 """`stdcli bench`: measured decoding speed, and step costs against the memory-bandwidth floor.
 
-Two benchmarks, both usable without the CLI (functions return plain dicts, the JSON written by `--json`):
+Three benchmarks, all usable without the CLI (functions return plain dicts, the JSON written by `--json`):
 
 `bench_model(lm, items, ...)`: a loaded model on real inputs (videos x questions). For every frame count, after a
 warm-up, every input is decoded by three methods in one process, in an order that rotates from input to input and
@@ -16,6 +16,14 @@ generate() copies each token to the host before put() (on MPS it streams one ste
 step into prefill_s).
 End-to-end speedups compare (prefill_s + decode_s) per new token, summed over all runs of a configuration.
 
+`bench_batches(lm, items, batch_sizes=..., gammas=...)`: folder throughput, as `stdcli ask --batch-size B` runs a
+folder. Whole passes over the inputs, timed from outside with device synchronization (video reading, prompts and
+prefill included): transformers generate one input at a time, then for every batch size our engine densely (gamma 0)
+and with StD at every gamma, through stdcli.batch.answer_videos. After a warm-up pass of every configuration,
+`rounds` timed passes of each, the order reversed from round to round. Reports answers per minute, decoded tokens
+per second, StD's acceptance, speedups over generate and over dense at the same batch size, and how many answers
+equal generate's (every one that does not is listed).
+
 `profile_random_init(alias, ...)`: the real architecture at real scale (stdcli.build.make_config(family, "7b")) with
 random weights, nothing downloaded. At several context lengths and batch sizes, the KV cache of the engine is filled
 with random data (no prefill), and one dense decode step, one draft step (sparse view of K + text entries) and one
@@ -25,8 +33,8 @@ a projection, labelled as such everywhere; random weights say nothing about acce
 
 JSON (schema "stdcli-bench/1"; keys are stable, a key that does not apply is null):
 
-  common:  schema, kind ("model" | "random-init"), environment{stdcli, torch, transformers, python, platform, device,
-           device_name, device_memory_bytes, cuda, cpu_threads, started}, model{...}, settings{...}
+  common:  schema, kind ("model" | "batch" | "random-init"), environment{stdcli, torch, transformers, python,
+           platform, device, device_name, device_memory_bytes, cuda, cpu_threads, started}, model{...}, settings{...}
   model:   model{name, family, location, dtype, device},
            settings{k, gamma (ints and/or "auto"), frames, max_new_tokens, repeat, warmup_new_tokens, questions, timing, memory_measure},
            inputs[{frames, video, question, sampled_frames, prompt_tokens, visual_tokens, load_video_s, processor_s,
@@ -41,6 +49,16 @@ JSON (schema "stdcli-bench/1"; keys are stable, a key that does not apply is nul
                     identical_to_generate, dense_identical_to_generate, total,
                     per_input[{video, question, identical_to_dense, dense_answer}]}],
            skipped[{video, question, frames, error}]
+  batch:   model{name, family, location, dtype, device},
+           settings{batch_sizes, gamma (ints and/or "auto"), k, frames (one count or null), max_new_tokens, rounds,
+                    questions, timing, identical},
+           inputs[{video, question, generate_answer, generate_new_tokens}] (generate, first timed round),
+           configs[{method ("generate" | "dense" | "std"), gamma (null | 0 | int | "auto"), batch_size, runs, answers,
+                    failed, seconds, answers_per_min, decoded_tokens, decoded_tokens_per_s, drafted, accepted,
+                    acceptance_rate, gammas{"gamma": cycles}, identical_to_generate, total,
+                    mismatches[{round, video, question, answer, generate_answer, error}],
+                    speedup_vs_generate, speedup_vs_dense}],
+           skipped[{video, question, error}]
   random-init: model{alias, family, scale, dtype, device, parameters, weight_bytes, weight_bytes_read_per_step,
                      kv_bytes_per_token, layers, kv_heads, q_heads, head_dim, vocab_size},
            settings{contexts, batches, k, gamma, text_tokens, iters, warmup_iters, floor, step_timing},
@@ -69,13 +87,23 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .ask import FrameOptions, InputError, _videos_in, collect_videos, decode_answer, sampling_arguments
+from .ask import (
+    AskOptions,
+    FrameOptions,
+    InputError,
+    _videos_in,
+    collect_videos,
+    decode_answer,
+    prepare,
+    sampling_arguments,
+)
+from .batch import answer_videos
 from .models import REGISTRY, ModelLoadError, _one_line, build_inputs, frame_defaults, pick_device, pick_dtype
 from .std import (
     DEFAULT_GAMMA,
@@ -84,12 +112,16 @@ from .std import (
     DecodeOptions,
     DecodeStats,
     Slot,
+    cache_capacity,
     cache_dims,
+    eos_token_ids,
     generate,
+    policy_cycle,
     prompt_layout,
     synchronize,
+    visual_token_ids,
 )
-from .policy import AUTO, expected_tokens
+from .policy import AUTO, MAX_AUTO_GAMMA, GammaPolicy, expected_tokens, memory_key
 from .video import sample_frames
 
 SCHEMA = "stdcli-bench/1"
@@ -493,10 +525,7 @@ def bench_model(
         raise BenchError("--k and --gamma values must be at least 1 (the dense path is always measured)")
     if max_new_tokens < 1 or repeat < 1:
         raise BenchError("--max-new-tokens and --repeat must be at least 1")
-    multiple = frame_defaults(lm.family).multiple_of
-    odd = [f for f in frames if f is not None and f % multiple]
-    if odd:
-        raise BenchError(f"--frames values must be multiples of {multiple} for {lm.family} models, got {odd[0]}")
+    _check_frames(lm, frames)
     env = environment(lm.device)
     meter = MemoryMeter(lm.device)
     std_configs = [(k, g) for k in ks for g in gammas]
@@ -545,13 +574,7 @@ def bench_model(
         "schema": SCHEMA,
         "kind": "model",
         "environment": env,
-        "model": {
-            "name": lm.name,
-            "family": lm.family,
-            "location": lm.location,
-            "dtype": str(lm.dtype).removeprefix("torch."),
-            "device": str(lm.device),
-        },
+        "model": _model_info(lm),
         "settings": {
             "k": list(ks),
             "gamma": list(gammas),
@@ -566,6 +589,23 @@ def bench_model(
         "inputs": inputs_out,
         "configs": configs_out,
         "skipped": skipped,
+    }
+
+
+def _check_frames(lm, frames: Iterable[int | None]) -> None:
+    multiple = frame_defaults(lm.family).multiple_of
+    odd = [f for f in frames if f is not None and f % multiple]
+    if odd:
+        raise BenchError(f"--frames values must be multiples of {multiple} for {lm.family} models, got {odd[0]}")
+
+
+def _model_info(lm) -> dict[str, Any]:
+    return {
+        "name": lm.name,
+        "family": lm.family,
+        "location": lm.location,
+        "dtype": str(lm.dtype).removeprefix("torch."),
+        "device": str(lm.device),
     }
 
 
@@ -645,6 +685,224 @@ def _summarize(lm, frames, k, gamma, prepared: list[Prepared], gen: dict, dense:
         "dense_identical_to_generate": sum(dense[x].tokens == gen[x].tokens for x in keys),
         "total": len(keys),
         "per_input": per_input,
+    }
+
+
+# --- batched folder runs -------------------------------------------------------------------------------------------
+
+
+BATCH_TIMING = (
+    "wall clock of one whole pass over the inputs (videos read, prompts built, prefill, decoding), device "
+    "synchronized before and after, summed over the timed rounds; answers_per_min = answers / seconds; "
+    "decoded_tokens_per_s = new tokens after each answer's first / seconds"
+)
+BATCH_IDENTICAL = (
+    "an answer is identical when its text and its number of new tokens equal those of transformers generate on the "
+    "same input in the same round; a failed answer is never identical"
+)
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """One way to answer every input: transformers generate one at a time, or our engine at a batch size."""
+
+    method: str  # "generate" | "dense" | "std"
+    batch_size: int
+    gamma: int | str | None = None  # the engine's gamma: 0 dense, a count or "auto" StD; None for generate
+
+    @property
+    def label(self) -> str:
+        return f"std γ={self.gamma}" if self.method == "std" else self.method
+
+
+def batch_configs(batch_sizes: Sequence[int], gammas: Sequence[int | str]) -> list[BatchConfig]:
+    """transformers generate (batch 1), then at every batch size our dense path and StD with every gamma."""
+    return [BatchConfig("generate", 1)] + [
+        config
+        for b in batch_sizes
+        for config in (BatchConfig("dense", b, 0), *(BatchConfig("std", b, g) for g in gammas))
+    ]
+
+
+def _by_question(items: Iterable[BenchItem]) -> dict[str, list[str]]:
+    """The videos of each question, in order: one answer_videos call per question (it asks one of all its videos)."""
+    groups: dict[str, list[str]] = {}
+    for item in items:
+        groups.setdefault(item.question, []).append(item.video)
+    return groups
+
+
+def _generate_one_by_one(lm, videos: Sequence[str], options: AskOptions, meter: MemoryMeter) -> list[dict]:
+    """Records of transformers generate, greedy, one video after another, on the frames and prompt ask builds."""
+    records = []
+    for video in videos:
+        item = prepare(lm, video, options)
+        if isinstance(item, dict):  # the video could not be read: its error record
+            records.append(item)
+            continue
+        run = run_generate(lm, item.inputs, options.decode.max_new_tokens, meter)
+        records.append({"video": video, "question": options.question, "answer": decode_answer(lm.tokenizer, run.tokens),
+                        "new_tokens": run.new_tokens, "error": None})
+    return records
+
+
+def _timed_pass(lm, groups: dict[str, list[str]], config: BatchConfig, options: AskOptions,
+                meter: MemoryMeter) -> tuple[float, dict[tuple[str, str], dict]]:
+    """Seconds of one pass of `config` over every input, and its records by (video, question)."""
+    records: list[dict] = []
+    decode = options.decode if config.method == "generate" else replace(options.decode, gamma=config.gamma)
+    synchronize(lm.device)
+    started = time.perf_counter()
+    for question, videos in groups.items():
+        asked = replace(options, question=question, decode=decode)
+        if config.method == "generate":
+            records += _generate_one_by_one(lm, videos, asked, meter)
+        else:
+            answer_videos(lm, videos, asked, config.batch_size, records.append)
+    synchronize(lm.device)
+    return time.perf_counter() - started, {(r["video"], r["question"]): r for r in records}
+
+
+def _drafted(record: dict) -> int:
+    """Tokens drafted for one answer: every StD cycle drafts its gamma ("0": plain dense steps draft none)."""
+    return sum(int(g) * n for g, n in (record["gammas"] or {}).items())
+
+
+def _same_answer(record: dict, reference: dict) -> bool:
+    return (record["error"] is None and reference["error"] is None
+            and (record["answer"], record["new_tokens"]) == (reference["answer"], reference["new_tokens"]))
+
+
+def _batch_summary(config: BatchConfig, passes: list[tuple[float, dict]], generate: list[tuple[float, dict]],
+                   keys: list[tuple[str, str]]) -> dict[str, Any]:
+    """One configuration over its timed passes; `generate`: the passes of transformers generate, round by round."""
+    seconds = sum(s for s, _ in passes)
+    per_s = lambda count: _round(count / seconds) if seconds > 0 else None  # noqa: E731
+    runs = [(r, records[key], generate[r][1][key]) for r, (_, records) in enumerate(passes) for key in keys]
+    answered = [record for _, record, _ in runs if record["error"] is None]
+    std = [record for record in answered if record.get("gammas") is not None]
+    drafted = sum(_drafted(record) for record in std)
+    accepted = sum(round((record["acceptance_rate"] or 0) * _drafted(record)) for record in std)
+    decoded = sum(max(record["new_tokens"] - 1, 0) for record in answered)
+    gammas: dict[int, int] = {}
+    for record in std:
+        for g, n in record["gammas"].items():
+            gammas[int(g)] = gammas.get(int(g), 0) + n
+    return {
+        "method": config.method,
+        "gamma": config.gamma,
+        "batch_size": config.batch_size,
+        "runs": len(runs),
+        "answers": len(answered),
+        "failed": len(runs) - len(answered),
+        "seconds": _round(seconds),
+        "answers_per_min": per_s(60 * len(answered)),
+        "decoded_tokens": decoded,
+        "decoded_tokens_per_s": per_s(decoded),
+        "drafted": drafted if std else None,
+        "accepted": accepted if std else None,
+        "acceptance_rate": _round(accepted / drafted) if drafted else None,
+        "gammas": {str(g): n for g, n in sorted(gammas.items())} if std else None,
+        "identical_to_generate": sum(_same_answer(record, reference) for _, record, reference in runs),
+        "total": len(runs),
+        "mismatches": [
+            {"round": r + 1, "video": record["video"], "question": record["question"], "answer": record["answer"],
+             "generate_answer": reference["answer"], "error": record["error"]}
+            for r, record, reference in runs if not _same_answer(record, reference)
+        ],
+    }
+
+
+def _with_speedups(summaries: list[dict]) -> list[dict]:
+    """Each configuration's answers per minute over generate's, and (StD) over our dense path's at the same batch
+    size; null where the configuration is that baseline."""
+    generate = next(s["answers_per_min"] for s in summaries if s["method"] == "generate")
+    dense = {s["batch_size"]: s["answers_per_min"] for s in summaries if s["method"] == "dense"}
+    return [
+        {
+            **s,
+            "speedup_vs_generate": None if s["method"] == "generate" else _ratio(s["answers_per_min"], generate),
+            "speedup_vs_dense": _ratio(s["answers_per_min"], dense[s["batch_size"]]) if s["method"] == "std" else None,
+        }
+        for s in summaries
+    ]
+
+
+def bench_batches(
+    lm,
+    items: Sequence[BenchItem],
+    *,
+    batch_sizes: Sequence[int] = (1, 4, 8),
+    gammas: Sequence[int | str] = (DEFAULT_GAMMA,),
+    k: int = DEFAULT_K,
+    frames: int | None = None,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    rounds: int = 1,
+    progress: Progress = None,
+) -> dict[str, Any]:
+    """Answers per minute of whole passes over the inputs, as `stdcli ask --batch-size B` runs a folder:
+    transformers generate one input at a time, then our engine densely and with StD (every gamma) at every B.
+
+    One warm-up pass of every configuration, then `rounds` timed passes of each, the configurations in reversed
+    order from one round to the next. Inputs that generate cannot answer in the warm-up (an unreadable video) are
+    left out of the timed passes and listed in "skipped". Every answer is compared with generate's (BATCH_IDENTICAL);
+    every one that differs is listed in its configuration's "mismatches".
+    """
+    items = list(dict.fromkeys(items))  # an input named twice would be one record key
+    if not items:
+        raise BenchError("nothing to benchmark: no inputs")
+    if not batch_sizes or min(batch_sizes) < 1:
+        raise BenchError("--batch-size values must be at least 1")
+    if not gammas or any(g != AUTO and g < 1 for g in gammas) or k < 1:
+        raise BenchError("--k and --gamma values must be at least 1 (the dense path is always measured)")
+    if max_new_tokens < 1 or rounds < 1:
+        raise BenchError("--max-new-tokens and --repeat must be at least 1")
+    _check_frames(lm, [frames])
+    env = environment(lm.device)
+    meter = MemoryMeter(lm.device)
+    options = AskOptions(DEFAULT_QUESTION, frames=FrameOptions(frames=frames),
+                         decode=DecodeOptions(max_new_tokens=max_new_tokens, k=k))
+    configs = batch_configs(batch_sizes, gammas)
+    groups = _by_question(items)
+    passes: dict[BatchConfig, list[tuple[float, dict]]] = {c: [] for c in configs}
+    skipped: list[dict] = []
+    for r in range(rounds + 1):  # round 0 warms up
+        for config in configs if r % 2 else configs[::-1]:
+            _say(progress, f"{f'round {r}/{rounds}' if r else 'warm-up'}: {config.label}, batch {config.batch_size}")
+            seconds, records = _timed_pass(lm, groups, config, options, meter)
+            if r:
+                passes[config].append((seconds, records))
+            elif config.method == "generate":
+                skipped = [{"video": v, "question": q, "error": rec["error"]["message"]}
+                           for (v, q), rec in records.items() if rec["error"] is not None]
+        if r == 0 and skipped:
+            unreadable = {(s["video"], s["question"]) for s in skipped}
+            items = [i for i in items if (i.video, i.question) not in unreadable]
+            groups = _by_question(items)
+    keys = [(i.video, i.question) for i in items]
+    generate = passes[configs[0]]
+    summaries = _with_speedups([_batch_summary(c, passes[c], generate, keys) for c in configs])
+    first = generate[0][1]
+    return {
+        "schema": SCHEMA,
+        "kind": "batch",
+        "environment": env,
+        "model": _model_info(lm),
+        "settings": {
+            "batch_sizes": list(batch_sizes),
+            "gamma": list(gammas),
+            "k": k,
+            "frames": frames,
+            "max_new_tokens": max_new_tokens,
+            "rounds": rounds,
+            "questions": len(groups),
+            "timing": BATCH_TIMING,
+            "identical": BATCH_IDENTICAL,
+        },
+        "inputs": [{"video": v, "question": q, "generate_answer": first[(v, q)]["answer"],
+                    "generate_new_tokens": first[(v, q)]["new_tokens"]} for v, q in keys],
+        "configs": summaries,
+        "skipped": skipped,
     }
 
 
@@ -871,6 +1129,111 @@ def _profile_point(model, shape: _Shape, weights_read: int, bandwidth: float, co
     return point
 
 
+DECODE_LABEL = (
+    "MEASURED decoding of the random-weight model (tokens/s of whole decode loops after one warm-up round, device "
+    "synchronized): dense vs fixed gammas vs gamma auto. Its acceptance is a random model's on a synthetic prompt, "
+    "not a prediction for real weights; what it shows is whether auto finds the best gamma (or dense) at these step "
+    "costs."
+)
+
+
+def synthetic_prompt(model, context: int, text_tokens: int, seed: int) -> dict:
+    """A prompt of `context` tokens: half the text tokens, then a "video" of the model's video placeholder tokens,
+    then the other half (the question). Without pixel values the placeholders are embedded as ordinary tokens, so
+    the prompt runs through the engine's own prefill, ranking and sparse view, as a real video prompt does."""
+    device = model.get_input_embeddings().weight.device
+    generator = torch.Generator().manual_seed(seed)
+    special = min(visual_token_ids(model) + eos_token_ids(model))  # ordinary text ids lie below the special ones
+    text = torch.randint(0, special, (text_tokens,), generator=generator)
+    video = torch.full((context - text_tokens,), visual_token_ids(model)[-1])
+    half = text_tokens // 2
+    ids = torch.cat([text[:half], video, text[half:]])[None].to(device)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def _timed_decode(decoder: Decoder, prefilled: list[Slot], policy: GammaPolicy, new_tokens: int) -> tuple[float, list[Slot]]:
+    """Seconds to decode `new_tokens` per slot from the prefilled states (the caches' prompt entries are never
+    written by decoding, so every run starts from the same prompt), and the final slot states."""
+    for b, p in enumerate(prefilled):
+        decoder.slots[b] = Slot(dense_len=p.dense_len, sparse_len=p.sparse_len, rope_delta=p.rope_delta,
+                                last_token=p.last_token, max_new_tokens=new_tokens, tokens=list(p.tokens))
+    if not policy.wants_sparse_view():  # as in a real run: auto may decide no view (then only dense steps)
+        for slot in decoder.slots:
+            slot.has_view = False
+    synchronize(decoder.device)
+    started = time.perf_counter()
+    while any(not s.done for s in decoder.slots):
+        policy_cycle(decoder, policy)
+    synchronize(decoder.device)
+    elapsed = time.perf_counter() - started
+    finished = [decoder.release(b) for b in range(len(prefilled))]
+    for s in finished:
+        policy.observe_answer(s.stats)
+    return elapsed, finished
+
+
+def _decode_point(model, context: int, batch: int, k: int, gammas: Sequence[int], text_tokens: int,
+                  new_tokens: int, rounds: int, seed: int) -> dict[str, Any]:
+    """Dense, every fixed gamma and auto decoding `new_tokens` per sequence for `batch` synthetic prompts of
+    `context` tokens, alternating, after a warm-up round (which captures the CUDA graphs and lets auto learn)."""
+    options = DecodeOptions(max_new_tokens=new_tokens, k=k, gamma=max(*gammas, MAX_AUTO_GAMMA))  # room for any
+    max_len, sparse_cap = cache_capacity(context, context - text_tokens, options)
+    methods: list[int | str] = [0, *gammas, AUTO]
+    runs: dict[Any, list[tuple[float, list[Slot]]]] = {m: [] for m in methods}
+    with Decoder(model, options, batch=batch, max_len=max_len, sparse_cap=sparse_cap, eos=()) as decoder:
+        for b in range(batch):
+            decoder.prefill(b, synthetic_prompt(model, context, text_tokens, seed + b))
+        prefilled = [decoder.release(b) for b in range(batch)]
+        key = memory_key(model, context, batch)
+        for r in range(rounds + 1):  # round 0 warms up
+            order = methods[r % len(methods):] + methods[: r % len(methods)]
+            for method in order:
+                policy = GammaPolicy.start(method, options.calibration_steps, key)
+                result = _timed_decode(decoder, prefilled, policy, new_tokens)
+                if method == AUTO:
+                    policy.remember(key)
+                if r:
+                    runs[method].append(result)
+    del decoder
+    dense_tokens = [s.tokens for _, slots in runs[0] for s in slots]
+    configs = []
+    for method in methods:
+        slots = [s for _, run in runs[method] for s in run]
+        seconds = sum(t for t, _ in runs[method])
+        decoded = sum(s.stats.decoded_tokens for s in slots)
+        drafted, accepted = sum(s.stats.drafted for s in slots), sum(s.stats.accepted for s in slots)
+        gammas_used: dict[int, int] = {}
+        for s in slots:
+            for g, n in s.stats.gammas.items():
+                gammas_used[g] = gammas_used.get(g, 0) + n
+        configs.append({
+            "gamma": method,
+            "seconds": _round(seconds),
+            "decoded_tokens": decoded,
+            "tokens_per_s": _round(decoded / seconds) if seconds else None,
+            # named apart from a model's acceptance rate: this is a random model's, on a synthetic prompt
+            "random_model_acceptance": _round(accepted / drafted) if drafted else None,
+            "dense_share": _ratio(sum(s.stats.dense_steps for s in slots), decoded),
+            "gammas": {str(g): n for g, n in sorted(gammas_used.items())},
+            "identical_to_dense": sum(s.tokens == d for s, d in zip(slots, dense_tokens)),
+            "total": len(slots),
+        })
+    rate = {c["gamma"]: c["tokens_per_s"] for c in configs}
+    best = max(gammas, key=lambda g: rate[g])
+    return {
+        "context": context,
+        "batch": batch,
+        "k": k,
+        "new_tokens": new_tokens,
+        "rounds": rounds,
+        "configs": configs,
+        "best_fixed_gamma": best,
+        "auto_vs_best_fixed": _ratio(rate[AUTO], rate[best]),
+        "auto_vs_dense": _ratio(rate[AUTO], rate[0]),
+        "best_fixed_vs_dense": _ratio(rate[best], rate[0]),
+    }
+
+
 def project(dense_s: float, draft_s: float, verify_s: dict[int, float], acceptance: float) -> tuple[int, float, dict]:
     """(best gamma, its projected speedup, speedup of every gamma) by the cost model."""
     by_gamma = {g: expected_tokens(acceptance, g) * dense_s / (g * draft_s + v) for g, v in sorted(verify_s.items())}
@@ -919,9 +1282,13 @@ def profile_random_init(
     acceptance: Sequence[float] = ACCEPTANCE_RATES,
     bandwidth_bytes: int | None = None,
     seed: int = 0,
+    decode_tokens: int = 0,
+    decode_rounds: int = 2,
     progress: Progress = None,
 ) -> dict[str, Any]:
     """Step costs of the real architecture with random weights against their floors, and the projected speedup.
+    With decode_tokens > 0, each point also decodes that many tokens per sequence densely, with every fixed gamma
+    and with gamma auto, on synthetic prompts, and reports the measured speeds (DECODE_LABEL).
 
     Points that do not fit in the device's free memory (weights are checked before the model is built, each
     context x batch point before its caches are allocated) are skipped with a note, never attempted.
@@ -967,10 +1334,14 @@ def profile_random_init(
     for context in contexts:
         for batch in batches:
             _say(progress, f"context {context}, batch {batch}")
-            points.append(
-                _profile_point(model, shape, weights_read, bandwidth["bytes_per_s"], context, batch, list(ks),
-                               sorted(gammas), text_tokens, iters, warmup, seed)
-            )
+            point = _profile_point(model, shape, weights_read, bandwidth["bytes_per_s"], context, batch, list(ks),
+                                   sorted(gammas), text_tokens, iters, warmup, seed)
+            if decode_tokens and not point["skipped"]:
+                _say(progress, f"context {context}, batch {batch}: decoding")
+                point["decode"] = _decode_point(model, context, batch, ks[0], sorted(gammas), text_tokens,
+                                                decode_tokens, decode_rounds, seed)
+                _release(torch_device)
+            points.append(point)
     del model
     _release(torch_device)
     return {
@@ -1007,6 +1378,7 @@ def profile_random_init(
         "bandwidth": bandwidth,
         "points": points,
         "projection": projection(points, acceptance),
+        **({"decode_label": DECODE_LABEL} if decode_tokens else {}),
     }
 
 
@@ -1184,4 +1556,74 @@ def profile_tables(report: dict) -> list:
                 for a in proj["acceptance"]
             ),
         )
-    return [steps, table]
+    return [steps, table, *_decode_table(report)]
+
+
+def _decode_table(report: dict) -> list:
+    from rich.table import Table
+
+    points = [p for p in report["points"] if p.get("decode")]
+    if not points:
+        return []
+    table = Table(title=report["decode_label"], caption="tok/s per gamma (0 = dense); identical: sequences equal to "
+                  "the dense ones, token for token")
+    for column in ("context", "batch", "tok/s by γ", "auto γ used", "accept", "auto ×best fixed", "auto ×dense",
+                   "identical"):
+        table.add_column(column, justify="right")
+    for p in points:
+        d = p["decode"]
+        by = {c["gamma"]: c for c in d["configs"]}
+        auto = by[AUTO]
+        table.add_row(
+            str(p["context"]), str(p["batch"]),
+            " ".join(f"{g}:{c['tokens_per_s']:.0f}" for g, c in by.items()),
+            " ".join(f"{g}×{n}" for g, n in auto["gammas"].items()),
+            _fmt(auto["random_model_acceptance"]),
+            f"{_fmt(d['auto_vs_best_fixed'])} (γ{d['best_fixed_gamma']})", _fmt(d["auto_vs_dense"]),
+            ", ".join(f"{g}:{c['identical_to_dense']}/{c['total']}" for g, c in by.items() if g != 0),
+        )
+    return [table]
+
+
+def batch_tables(report: dict) -> list:
+    """Rich tables of a bench_batches report: throughput per configuration, then every answer that differs from
+    transformers generate's (none: no second table)."""
+    from rich.table import Table
+
+    settings = report["settings"]
+    speed = Table(
+        title=f"stdcli bench --batch-size: {report['model']['name']} on "
+        f"{report['environment']['device_name'] or report['model']['device']} ({report['model']['dtype']}), "
+        f"{len(report['inputs'])} input(s), max {settings['max_new_tokens']} new tokens, K {settings['k']}, "
+        f"{settings['rounds']} round(s) after a warm-up",
+        caption="Whole passes over the inputs, wall clock (video reading, prompts and prefill included). "
+        "decoded tok/s: new tokens after each answer's first. ×gen: answers/min over transformers generate one at a "
+        "time; ×dense: over our dense path at the same batch size. identical: answers equal to generate's (text and "
+        "token count).",
+    )
+    for column in ("method", "γ", "batch", "answers", "failed", "s", "answers/min", "decoded tok/s", "×gen",
+                   "×dense", "accept", "identical"):
+        speed.add_column(column, justify="right")
+    for c in report["configs"]:
+        speed.add_row(
+            c["method"], _gamma_cell(c), str(c["batch_size"]), str(c["answers"]), str(c["failed"]),
+            _fmt(c["seconds"]), _fmt(c["answers_per_min"], ".1f"),
+            _fmt(c["decoded_tokens_per_s"], ".1f"), _fmt(c["speedup_vs_generate"], ".2f", "×"),
+            _fmt(c["speedup_vs_dense"], ".2f", "×"), _fmt(c["acceptance_rate"], ".2f"),
+            f"{c['identical_to_generate']}/{c['total']}",
+        )
+    differing = [(c, m) for c in report["configs"] for m in c["mismatches"]]
+    if not differing:
+        return [speed]
+    mismatches = Table(title="answers that differ from transformers generate's (or failed)")
+    for column in ("method", "γ", "batch", "round", "video", "question", "answer", "generate's answer"):
+        mismatches.add_column(column, overflow="fold")
+    for c, m in differing:
+        answer = m["answer"] if m["error"] is None else f"error: {m['error']['message']}"
+        mismatches.add_row(c["method"], _gamma_cell(c), str(c["batch_size"]), str(m["round"]), m["video"],
+                           m["question"], answer, m["generate_answer"] or "-")
+    return [speed, mismatches]
+
+
+def _gamma_cell(config: dict) -> str:
+    return str(config["gamma"]) if config["method"] == "std" else "-"

@@ -206,6 +206,13 @@ def _fixed_gammas(gammas: list[int | str] | None) -> list[int] | None:
     return gammas
 
 
+def _one_value(values: list, name: str):
+    if len(values) > 1:
+        raise benchmark.BenchError(f"{name} takes one value with --batch-size (folder runs use one setting), got "
+                                   f"{','.join(map(str, values))}")
+    return values[0]
+
+
 def _parse_gamma(text: str) -> int | str:
     if text.strip().lower() == AUTO:
         return AUTO
@@ -306,7 +313,9 @@ from . import bench as benchmark  # noqa: E402 - kept with its command
     help="Measure decoding speed on the same inputs, in one process: transformers generate vs our dense path vs StD "
     "(tokens/s, speedups, acceptance, identical answers, peak memory); a table on stderr, --json FILE for all of "
     "it. With --random-init: step costs of a real-size architecture with random weights against their bandwidth "
-    "floors, and the speedup the cost model projects (labelled as a projection; no acceptance is ever claimed)."
+    "floors, and the speedup the cost model projects (labelled as a projection; no acceptance is ever claimed). "
+    "With --batch-size (no --random-init): folder throughput as `stdcli ask --batch-size` runs it, answers/min of "
+    "generate one at a time vs our dense path and StD at each batch size."
 )
 def bench(
     videos: Annotated[Optional[list[str]], typer.Argument(metavar="VIDEO", help="Video files or folders (default: samples/).", show_default=False)] = None,
@@ -316,14 +325,15 @@ def bench(
     gamma: Annotated[Optional[str], typer.Option(help=f"StD: drafts per cycle, comma-separated list, auto among them or not (default {DEFAULT_GAMMA}; with --random-init 1..9).", show_default=False)] = None,
     frames: Annotated[Optional[str], typer.Option(help="Frame counts, comma-separated list (default: the model's own sampling).")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = benchmark.DEFAULT_MAX_NEW_TOKENS,
-    repeat: Annotated[Optional[int], typer.Option(help="Rounds over the inputs (default 1); with --random-init: timed iterations per step (default 10).", show_default=False)] = None,
+    repeat: Annotated[Optional[int], typer.Option(help="Rounds over the inputs (default 1; with --batch-size: timed passes after one warm-up); with --random-init: timed iterations per step (default 10).", show_default=False)] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
     json_file: Annotated[Optional[str], typer.Option("--json", metavar="FILE", help="Write the results as JSON to FILE (- for stdout).")] = None,
     random_init: Annotated[bool, typer.Option("--random-init", help="Profile the real architecture of --model at real scale with random weights (nothing downloaded).")] = False,
+    decode: Annotated[bool, typer.Option("--decode", help="--random-init: also decode --max-new-tokens tokens per sequence densely, with each --gamma and with auto, on synthetic prompts, and compare their measured speeds.")] = False,
     scale: Annotated[Optional[str], typer.Option(help="--random-init: 7b (default), 2b (qwen2-vl-2b) or tiny.", show_default=False)] = None,
     context: Annotated[Optional[str], typer.Option(help="--random-init: context lengths in tokens (default 16384,65536).", show_default=False)] = None,
-    batch_size: Annotated[Optional[str], typer.Option(help="--random-init: batch sizes (default 1,8).", show_default=False)] = None,
+    batch_size: Annotated[Optional[str], typer.Option(help="Batch sizes, comma-separated list: videos decoded together (folder throughput; one --k and one --frames value at most); with --random-init: profiled batch sizes (default 1,8).", show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr (the tables and errors still).")] = False,
 ) -> None:
     progress = None if quiet else (lambda message: say(f"bench: {message}"))
@@ -349,20 +359,31 @@ def bench(
                 ks=ks,
                 gammas=_fixed_gammas(gammas) or benchmark.PROFILE_GAMMAS,
                 iters=repeat or benchmark.DEFAULT_ITERS,
+                decode_tokens=max_new_tokens if decode else 0,
                 progress=progress,
             )
             tables = benchmark.profile_tables(report)
         else:
-            if scale or context or batch_size:
-                raise benchmark.BenchError("--scale, --context and --batch-size go with --random-init")
+            if scale or context or decode:
+                raise benchmark.BenchError("--scale, --context and --decode go with --random-init")
             frame_counts = benchmark.parse_int_list(frames, "--frames") or [None]
+            batch_sizes = benchmark.parse_int_list(batch_size, "--batch-size")
             items = benchmark.load_items(videos, questions)
-            lm = load_model(model or DEFAULT_MODEL, device=device, dtype=dtype)
-            report = benchmark.bench_model(
-                lm, items, ks=ks, gammas=gammas or [DEFAULT_GAMMA], frames=frame_counts,
-                max_new_tokens=max_new_tokens, repeat=repeat or 1, progress=progress,
-            )
-            tables = benchmark.model_tables(report)
+            if batch_sizes:
+                one_k, one_frames = _one_value(ks, "--k"), _one_value(frame_counts, "--frames")  # before the load
+                lm = load_model(model or DEFAULT_MODEL, device=device, dtype=dtype)
+                report = benchmark.bench_batches(
+                    lm, items, batch_sizes=batch_sizes, gammas=gammas or [DEFAULT_GAMMA], k=one_k, frames=one_frames,
+                    max_new_tokens=max_new_tokens, rounds=repeat or 1, progress=progress,
+                )
+                tables = benchmark.batch_tables(report)
+            else:
+                lm = load_model(model or DEFAULT_MODEL, device=device, dtype=dtype)
+                report = benchmark.bench_model(
+                    lm, items, ks=ks, gammas=gammas or [DEFAULT_GAMMA], frames=frame_counts,
+                    max_new_tokens=max_new_tokens, repeat=repeat or 1, progress=progress,
+                )
+                tables = benchmark.model_tables(report)
     except (benchmark.BenchError, ModelLoadError) as error:
         raise fail(str(error))
     except KeyboardInterrupt:
@@ -381,7 +402,10 @@ def bench(
     failed = report.get("skipped") or []
     if failed:
         say(f"{len(failed)} input(s) could not be read and were skipped (see 'skipped' in the JSON)")
-    raise typer.Exit(EXIT_FAILED if failed else 0)
+    failed_answers = sum(c.get("failed", 0) for c in report.get("configs", []))  # batch runs: answers that failed
+    if failed_answers:
+        say(f"{failed_answers} answer(s) failed (see 'mismatches' in the JSON)")
+    raise typer.Exit(EXIT_FAILED if failed or failed_answers else 0)
 
 
 def main() -> None:

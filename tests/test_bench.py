@@ -143,6 +143,27 @@ def test_random_init_profile_cli(tmp_path, monkeypatch):
     assert "PROJECTION" in result.stderr and "floor" in result.stderr
 
 
+def test_random_init_decoding_compares_auto_with_fixed_gammas_and_dense():
+    report = bench.profile_random_init(
+        "qwen2-vl", scale="tiny", device="cpu", contexts=[160], batches=[1, 2], ks=[16], gammas=[1, 3], iters=1,
+        warmup=0, decode_tokens=12, decode_rounds=1,
+    )
+    assert "MEASURED" in report["decode_label"] and "not a prediction" in report["decode_label"]
+    for point in report["points"]:
+        decode = point["decode"]
+        assert [c["gamma"] for c in decode["configs"]] == [0, 1, 3, "auto"]
+        for config in decode["configs"]:
+            # float32: every gamma (and auto's choices) gives the dense tokens, for every sequence
+            assert config["identical_to_dense"] == config["total"] == point["batch"]
+            assert config["decoded_tokens"] == 11 * point["batch"] and config["tokens_per_s"] > 0
+        fixed = {c["gamma"]: c for c in decode["configs"]}
+        assert fixed[3]["gammas"].get("3", 0) > 0 and fixed[3]["random_model_acceptance"] is not None
+        assert decode["best_fixed_gamma"] in (1, 3)
+        rate = lambda g: fixed[g]["tokens_per_s"]  # noqa: E731
+        assert decode["auto_vs_dense"] == pytest.approx(rate("auto") / rate(0), abs=1e-3)
+        assert decode["auto_vs_best_fixed"] == pytest.approx(rate("auto") / rate(decode["best_fixed_gamma"]), abs=1e-3)
+
+
 def test_points_that_do_not_fit_are_skipped_with_a_note(monkeypatch):
     real = bench.free_memory_bytes
     calls = []
@@ -209,3 +230,125 @@ def test_usage_errors_exit_2(videos):
         result = invoke(arguments)
         assert result.exit_code == 2, arguments
         assert len(result.stderr.strip().splitlines()) == 1 and "error" in result.stderr
+
+
+BATCH_CONFIG_KEYS = {"method", "gamma", "batch_size", "runs", "answers", "failed", "seconds", "answers_per_min",
+                     "decoded_tokens", "decoded_tokens_per_s", "drafted", "accepted", "acceptance_rate", "gammas",
+                     "identical_to_generate", "total", "mismatches", "speedup_vs_generate", "speedup_vs_dense"}
+BATCH_SETTINGS_KEYS = {"batch_sizes", "gamma", "k", "frames", "max_new_tokens", "rounds", "questions", "timing",
+                       "identical"}
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tiny_checkpoint):
+    from stdcli.models import load_model
+
+    return load_model(str(tiny_checkpoint("qwen2-vl")), device="cpu", dtype="float32")
+
+
+def test_batch_bench_answers_equal_generate_at_every_batch_size(tiny_lm, videos, tmp_path):
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    items = bench.load_items([*videos, str(broken)])
+    # batch 4 is more than the 2 readable videos; K = 2 keeps drafting sparse
+    report = bench.bench_batches(tiny_lm, items, batch_sizes=[1, 4], gammas=["auto", 2], k=2, frames=4,
+                                 max_new_tokens=5, rounds=1)
+    assert set(report) == {"schema", "kind", "environment", "model", "settings", "inputs", "configs", "skipped"}
+    assert report["schema"] == bench.SCHEMA and report["kind"] == "batch"
+    assert set(report["environment"]) == ENVIRONMENT_KEYS and set(report["settings"]) == BATCH_SETTINGS_KEYS
+    assert report["settings"]["rounds"] == 1 and report["settings"]["frames"] == 4
+    # the unreadable video is skipped, with its reason, and left out of the timed passes
+    assert [(Path(s["video"]).name, bool(s["error"])) for s in report["skipped"]] == [("broken.mp4", True)]
+    assert [i["video"] for i in report["inputs"]] == videos
+    assert all(i["generate_answer"] and i["generate_new_tokens"] >= 1 for i in report["inputs"])
+    configs = report["configs"]
+    assert [(c["method"], c["batch_size"], c["gamma"]) for c in configs] == [
+        ("generate", 1, None), ("dense", 1, 0), ("std", 1, "auto"), ("std", 1, 2),
+        ("dense", 4, 0), ("std", 4, "auto"), ("std", 4, 2),
+    ]
+    decoded = sum(i["generate_new_tokens"] - 1 for i in report["inputs"])
+    for c in configs:
+        assert set(c) == BATCH_CONFIG_KEYS
+        assert c["runs"] == c["total"] == c["answers"] == 2 and c["failed"] == 0
+        # float32: every batched answer, dense or StD, is generate's answer
+        assert c["identical_to_generate"] == 2 and c["mismatches"] == []
+        assert c["decoded_tokens"] == decoded
+        rounding = 1e-3 + 1e-4 / c["seconds"]  # seconds are rounded to 4 decimals in the report
+        assert c["seconds"] > 0 and c["answers_per_min"] == pytest.approx(60 * 2 / c["seconds"], rel=rounding)
+        assert c["decoded_tokens_per_s"] == pytest.approx(decoded / c["seconds"], rel=rounding)
+        assert (c["speedup_vs_generate"] is None) == (c["method"] == "generate")
+        assert (c["speedup_vs_dense"] is None) == (c["method"] != "std")
+        if c["method"] != "std":
+            assert c["drafted"] is c["accepted"] is c["acceptance_rate"] is c["gammas"] is None
+    for c in configs:
+        if c["gamma"] == 2:
+            assert c["drafted"] > 0 and 0 <= c["accepted"] <= c["drafted"]
+            assert c["acceptance_rate"] == pytest.approx(c["accepted"] / c["drafted"], abs=1e-4)
+            assert c["drafted"] == 2 * c["gammas"]["2"]
+        if c["method"] == "std":
+            dense = next(d for d in configs if d["method"] == "dense" and d["batch_size"] == c["batch_size"])
+            assert c["speedup_vs_dense"] == pytest.approx(c["answers_per_min"] / dense["answers_per_min"], rel=1e-3)
+    tables = bench.batch_tables(report)
+    assert len(tables) == 1  # no mismatch table when every answer is identical
+
+
+def test_batch_summary_lists_every_answer_that_differs():
+    def record(video, answer, new_tokens, error=None):
+        return {"video": video, "question": "q", "answer": answer, "new_tokens": new_tokens, "error": error,
+                "gammas": {"0": 1, "3": 2}, "acceptance_rate": 0.5}
+
+    keys = [("a", "q"), ("b", "q"), ("c", "q")]
+    reference = {k: record(k[0], "a red circle", 4) for k in keys}
+    failed = {"type": "RuntimeError", "message": "out of memory"}
+    batched = {
+        ("a", "q"): record("a", "a red circle", 4),
+        ("b", "q"): record("b", "a red circle", 5),  # same text, one more token: not identical
+        ("c", "q"): record("c", None, None, failed),
+    }
+    rounds = [(2.0, batched), (2.0, {**batched, ("a", "q"): record("a", "a blue circle", 4)})]
+    summary = bench._batch_summary(bench.BatchConfig("std", 2, 3), rounds, [(1.0, reference)] * 2, keys)
+    assert summary["identical_to_generate"] == 1 and summary["total"] == summary["runs"] == 6
+    assert summary["answers"] == 4 and summary["failed"] == 2
+    assert [(m["round"], m["video"], m["error"]) for m in summary["mismatches"]] == [
+        (1, "b", None), (1, "c", failed), (2, "a", None), (2, "b", None), (2, "c", failed)
+    ]
+    assert summary["drafted"] == 24 and summary["accepted"] == 12 and summary["gammas"] == {"0": 4, "3": 8}
+    assert summary["answers_per_min"] == 60 and summary["decoded_tokens"] == 14
+    report = {"model": {"name": "m", "dtype": "float32", "device": "cpu"}, "environment": {"device_name": "cpu"},
+              "settings": {"max_new_tokens": 8, "k": 2, "rounds": 1}, "inputs": [],
+              "configs": bench._with_speedups([{**summary, "method": "generate", "gamma": None}, summary,
+                                               {**summary, "method": "dense", "gamma": 0}])}
+    assert len(bench.batch_tables(report)) == 2  # the mismatches get a table of their own
+
+
+def test_batch_bench_cli_writes_json(tiny_checkpoint, videos, tmp_path):
+    out = tmp_path / "batch.json"
+    result = invoke([
+        "bench", *videos, "--batch-size", "1,2", "--model", str(tiny_checkpoint("qwen2-vl")), "--device", "cpu",
+        "--dtype", "float32", "--frames", "4", "--k", "2", "--gamma", "3", "--max-new-tokens", "4", "--repeat", "1",
+        "--json", str(out), "-q",
+    ])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["kind"] == "batch" and report["settings"]["batch_sizes"] == [1, 2]
+    assert report["settings"]["gamma"] == [3] and report["settings"]["k"] == 2 and report["settings"]["rounds"] == 1
+    assert [(c["method"], c["batch_size"]) for c in report["configs"]] == [
+        ("generate", 1), ("dense", 1), ("std", 1), ("dense", 2), ("std", 2)
+    ]
+    assert all(c["identical_to_generate"] == c["total"] == 2 for c in report["configs"])
+    assert "answers/min" in result.stderr and "2/2" in result.stderr
+
+
+def test_batch_bench_bad_values_exit_2(videos):
+    for arguments, message in (
+        (["--batch-size", "0"], "at least 1"),
+        (["--batch-size", "2,x"], "whole numbers"),
+        (["--batch-size", "1,2", "--frames", "4,8"], "--frames takes one value"),
+        (["--batch-size", "2", "--k", "2,4"], "--k takes one value"),
+        (["--batch-size", "2", "--gamma", "0"], "at least 1"),
+        (["--batch-size", "2", "--context", "1024"], "--random-init"),
+    ):
+        result = invoke(["bench", videos[0], *arguments])
+        assert result.exit_code == 2, arguments
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "error" in lines[0] and message in lines[0], (arguments, lines)
