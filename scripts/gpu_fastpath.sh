@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The GPU figures of the fast path and of gamma auto / batching, in one device call of at most 10 minutes.
+# Usage: scripts/gpu_fastpath.sh OUT_DIR [PART...]; parts (default: all, in this order):
+#   tests    the engine's exactness tests on the GPU: float32, through the CUDA graphs and the decode kernel
+#   profile  Qwen2-VL-7B shape, random bf16 weights: dense / draft / verify steps against their floors,
+#            16K and 64K context, batch 1 and 8, and measured decoding: dense vs fixed gammas vs auto
+#   kernels  where a 7B dense and StD step's GPU time goes, kernel by kernel (scripts/profile_step.py)
+#   builtin  the built-in model at 64 and 256 frames: generate vs dense vs gamma 2, 4 and auto
+#   batch    the built-in model, folder throughput at batch 1, 4, 8: generate vs dense vs gamma 4 and auto
+set -uo pipefail
+out="${1:?usage: scripts/gpu_fastpath.sh OUT_DIR [PART...]}"
+shift
+parts="${*:-tests profile kernels builtin batch}"
+mkdir -p "$out"
+python -c 'import torch, transformers; print(torch.cuda.get_device_name(0), torch.__version__, transformers.__version__)' \
+  | tee "$out/device.txt"
+show() { grep -v "^stdcli: bench" "$1" | grep -v "CUDAGraph.cpp" | head -"${2:-40}"; }
+for part in $parts; do
+  case "$part" in
+  tests)
+    STDCLI_TEST_DEVICE=cuda timeout 240 python -m pytest -q -x -p no:cacheprovider tests/test_kernels.py \
+      tests/test_std.py tests/test_batch.py > "$out/tests_cuda.txt" 2>&1
+    tail -12 "$out/tests_cuda.txt" ;;
+  profile)
+    for context in 16384 65536; do
+      timeout 240 python -m stdcli bench --random-init --model qwen2-vl --device cuda --context "$context" \
+        --batch-size 1,8 --gamma 1,2,4,6,8 --decode --max-new-tokens 128 \
+        --json "$out/random_init_qwen2-vl-7b_${context}.json" 2> "$out/random_init_${context}.txt"
+      show "$out/random_init_${context}.txt" 60 | grep -v "^│ *[0-9]* │ *[0-9] │ *512 │"
+    done ;;
+  kernels)
+    timeout 150 python scripts/profile_step.py --context 16384 --json "$out/step_kernels.json" 2> "$out/step_kernels.txt"
+    show "$out/step_kernels.txt" ;;
+  builtin)
+    timeout 150 python -m stdcli bench --device cuda --frames 64,256 --gamma auto,2,4 --max-new-tokens 96 --repeat 2 \
+      --json "$out/builtin_cuda_gamma.json" 2> "$out/builtin_cuda_gamma.txt"
+    show "$out/builtin_cuda_gamma.txt" ;;
+  batch)
+    timeout 150 python -m stdcli bench --device cuda --batch-size 1,4,8 --gamma auto,4 --max-new-tokens 96 --repeat 2 \
+      --json "$out/builtin_cuda_batch.json" 2> "$out/builtin_cuda_batch.txt"
+    show "$out/builtin_cuda_batch.txt" ;;
+  *) echo "unknown part: $part" >&2; exit 2 ;;
+  esac
+done

@@ -1,0 +1,82 @@
+"""Where one decoding step's GPU time goes: kernels of a graphed dense step (and a draft step) of the Qwen2-VL-7B
+shape with random bf16 weights, by the PyTorch profiler. Tells launch-bound from bandwidth-bound.
+
+    python scripts/profile_step.py --context 16384 --steps 20 [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from stdcli.bench import _fill_random, _fresh_slots  # noqa: E402
+from stdcli.build import build_random_model, make_config  # noqa: E402
+from stdcli.std import Decoder, DecodeOptions, synchronize  # noqa: E402
+
+
+def kernels_of(decoder: Decoder, gamma: int, steps: int, context: int, sparse_len: int) -> tuple[list, float]:
+    """[(kernel name, calls per step, GPU us per step)] and the wall ms per step, over `steps` steps."""
+    for _ in range(3):  # capture and warm up
+        _fresh_slots(decoder, context, sparse_len, [1])
+        decoder.step(gamma)
+    synchronize(decoder.device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        _fresh_slots(decoder, context, sparse_len, [1])
+        decoder.step(gamma)
+    synchronize(decoder.device)
+    wall_ms = (time.perf_counter() - started) * 1e3 / steps
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            _fresh_slots(decoder, context, sparse_len, [1])
+            decoder.step(gamma)
+        synchronize(decoder.device)
+    per_kernel: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            entry = per_kernel[event.name[:90]]
+            entry[0] += 1
+            entry[1] += event.device_time
+    rows = sorted(((name, n / steps, us / steps) for name, (n, us) in per_kernel.items()), key=lambda r: -r[2])
+    return rows, wall_ms
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--context", type=int, default=16384)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--compile", action="store_true", help="torch.compile each step shape before capture")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    config = make_config("qwen2-vl", "7b")
+    model = build_random_model("qwen2-vl", config, dtype=torch.bfloat16, device="cuda")
+    report = {}
+    for label, gamma in (("dense step", 0), ("draft 4 + verify 5", 4)):
+        options = DecodeOptions(gamma=gamma, k=512, compile=args.compile)
+        with Decoder(model, options, max_len=args.context + 16, sparse_cap=640) as decoder:
+            c = decoder.cache
+            _fill_random(c.dense_k, c.dense_v, c.sparse_k, c.sparse_v)
+            rows, wall_ms = kernels_of(decoder, gamma, args.steps, args.context, 576)
+        total = sum(us for _, _, us in rows)
+        calls = sum(n for _, n, _ in rows)
+        print(f"{label}: {wall_ms:.2f} ms per step, {calls:.0f} kernels, {total / 1e3:.2f} ms of kernel time",
+              file=sys.stderr)
+        for name, n, us in rows[:14]:
+            print(f"  {us:8.1f} us  {n:5.0f}x  {name}", file=sys.stderr)
+        report[label] = {"wall_ms": wall_ms, "kernels": calls, "kernel_ms": total / 1e3,
+                         "top": [{"name": name, "calls": n, "us": us} for name, n, us in rows[:30]]}
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
