@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -408,8 +409,15 @@ def bench(
     raise typer.Exit(EXIT_FAILED if failed or failed_answers else 0)
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"stdcli: warning: {str(message).splitlines()[0] if str(message) else category.__name__}\n"
+
+
 def main() -> None:
-    """Console entry point: unexpected errors become one line (STDCLI_DEBUG=1 shows the traceback)."""
+    """Console entry point: unexpected errors become one line (STDCLI_DEBUG=1 shows the traceback), and so do
+    Python warnings (e.g. decoding without CUDA graphs)."""
+    if not os.environ.get("STDCLI_DEBUG"):
+        warnings.formatwarning = _one_line_warning
     try:
         app()
     except Exception as error:  # noqa: BLE001 - the last line of defence against tracebacks

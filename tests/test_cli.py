@@ -480,3 +480,11 @@ def test_ctrl_c_keeps_finished_records(model, good, tmp_path):
     # stdout has the same records, but perhaps the last: the signal may come between writing the file and stdout
     printed = [json.loads(line) for line in (tmp_path / "out").read_text().splitlines()]
     assert printed in (records, records[:-1])
+
+
+def test_python_warnings_print_as_one_line():
+    from stdcli.cli import _one_line_warning
+
+    text = _one_line_warning(RuntimeWarning("decoding without CUDA graphs (slower): X\nsecond line"), RuntimeWarning,
+                             "/a/b.py", 3)
+    assert text == "stdcli: warning: decoding without CUDA graphs (slower): X\n"
