@@ -4,13 +4,14 @@
 #   tests    the engine's exactness tests on the GPU: float32, through the CUDA graphs and the decode kernel
 #   profile  Qwen2-VL-7B shape, random bf16 weights: dense / draft / verify steps against their floors,
 #            16K and 64K context, batch 1 and 8, and measured decoding: dense vs fixed gammas vs auto
+#   profile-batches  the same step costs and projection at batch 1, 4, 8 and 16 (no decoding)
 #   kernels  where a 7B dense and StD step's GPU time goes, kernel by kernel (scripts/profile_step.py)
 #   builtin  the built-in model at 64 and 256 frames: generate vs dense vs gamma 2, 4 and auto
 #   batch    the built-in model, folder throughput at batch 1, 4, 8: generate vs dense vs gamma 4 and auto
 set -uo pipefail
 out="${1:?usage: scripts/gpu_fastpath.sh OUT_DIR [PART...]}"
 shift
-parts="${*:-tests profile kernels builtin batch}"
+parts="${*:-tests profile profile-batches kernels builtin batch}"
 mkdir -p "$out"
 python -c 'import torch, transformers; print(torch.cuda.get_device_name(0), torch.__version__, transformers.__version__)' \
   | tee "$out/device.txt"
@@ -28,6 +29,11 @@ for part in $parts; do
         --json "$out/random_init_qwen2-vl-7b_${context}.json" 2> "$out/random_init_${context}.txt"
       show "$out/random_init_${context}.txt" 60 | grep -v "^│ *[0-9]* │ *[0-9] │ *512 │"
     done ;;
+  profile-batches)
+    timeout 280 python -m stdcli bench --random-init --model qwen2-vl --device cuda --context 16384,65536 \
+      --batch-size 1,4,8,16 --gamma 1,2,4,6,8 --json "$out/random_init_qwen2-vl-7b_batches.json" \
+      2> "$out/random_init_batches.txt"
+    show "$out/random_init_batches.txt" 60 ;;
   kernels)
     timeout 150 python scripts/profile_step.py --context 16384 --json "$out/step_kernels.json" 2> "$out/step_kernels.txt"
     show "$out/step_kernels.txt" ;;
