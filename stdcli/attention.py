@@ -23,7 +23,6 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from . import kernels
-from .kernels import decode_attention
 
 ATTENTION_NAME = "stdcli"
 
@@ -129,14 +128,14 @@ def engine_attention_forward(module, query, key, value, attention_mask, scaling=
             ctx.scoring_s += _clock(query) - started
         return out.transpose(1, 2), None
     if ctx.mask is None:
-        return decode_attention(query, key, value, ctx.base_len, scaling), None
+        return kernels.decode_attention(query, key, value, ctx.base_len, scaling), None
     return masked_attention(query, key, value, ctx.mask, scaling), None
 
 
 def step_context(mode: str, base_len: torch.Tensor, length: int, num_keys: int, head_dim: int) -> StepContext:
     """The context of a dense or sparse step of `length` new tokens over a buffer of `num_keys` keys: the decode
-    kernel where it runs (CUDA, head_dim a multiple of 16), else a mask for SDPA."""
-    if kernels.available(base_len.device) and head_dim % 16 == 0:
+    kernel where it runs (CUDA; head_dim a power of two from 16, as its block shapes need), else a mask for SDPA."""
+    if kernels.available(base_len.device) and head_dim >= 16 and head_dim & (head_dim - 1) == 0:
         return StepContext(mode, base_len=base_len)
     return StepContext(mode, base_len=base_len, mask=ragged_causal_mask(base_len, length, num_keys))
 

@@ -18,6 +18,14 @@ cuda = pytest.mark.skipif(not kernels.available(torch.device("cuda")) or not tor
                           reason="needs a CUDA GPU and Triton")
 
 
+@cuda
+def test_step_context_uses_the_kernel_only_where_it_can_run():
+    base = torch.tensor([3, 0], device="cuda")
+    assert step_context("dense", base, 1, 10, head_dim=128).mask is None
+    assert step_context("dense", base, 1, 10, head_dim=80).mask is not None  # not a power of two
+    assert step_context("dense", base, 1, 10, head_dim=8).mask is not None
+
+
 def test_step_context_uses_a_mask_without_the_kernel():
     base = torch.tensor([3, 0, 7])
     ctx = step_context("dense", base, 2, 10, head_dim=64)
