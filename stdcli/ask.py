@@ -17,7 +17,7 @@ from typing import Any
 
 from .models import FrameDefaults, LoadedModel, build_inputs, frame_defaults
 from .records import empty_record, error_record
-from .std import DecodeOptions, DecodeStats, Generation, generate
+from .std import DecodeOptions, DecodeStats, Generation, gamma_counts, generate
 from .video import VIDEO_EXTENSIONS, sample_frames
 
 
@@ -163,7 +163,7 @@ def answer_record(
         gamma=options.decode.gamma if options.mode == "std" else None,
         compare=compare,
         warnings=list(sampled.warnings),
-        gammas={str(g): n for g, n in sorted(stats.gammas.items())} if options.mode == "std" else None,
+        gammas=gamma_counts([stats.gammas]) if options.mode == "std" else None,
         dense_share=_round(stats.dense_share) if options.mode == "std" else None,
     )
     record["timings"] = {

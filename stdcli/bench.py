@@ -115,6 +115,7 @@ from .std import (
     cache_capacity,
     cache_dims,
     eos_token_ids,
+    gamma_counts,
     generate,
     policy_cycle,
     prompt_layout,
@@ -645,8 +646,7 @@ def _summarize(lm, frames, k, gamma, prepared: list[Prepared], gen: dict, dense:
         draft_s=_round(sum(r.stats.draft_s for r in std_runs) / len(std_runs)),
         verify_s=_round(sum(r.stats.verify_s for r in std_runs) / len(std_runs)),
         **{key: sum(getattr(r.stats, key) for r in std_runs) for key in ("dense_steps", "cycles", "drafted", "accepted")},
-        gammas={str(g): sum(r.stats.gammas.get(g, 0) for r in std_runs)
-                for g in sorted({g for r in std_runs for g in r.stats.gammas})},
+        gammas=gamma_counts(r.stats.gammas for r in std_runs),
     )
     s["dense_share"] = _ratio(s["dense_steps"], sum(r.decoded_tokens for r in std_runs))
     committed = sum(r.decoded_tokens - r.stats.dense_steps for r in std_runs)
@@ -784,10 +784,6 @@ def _batch_summary(config: BatchConfig, passes: list[tuple[float, dict]], genera
     drafted = sum(_drafted(record) for record in std)
     accepted = sum(round((record["acceptance_rate"] or 0) * _drafted(record)) for record in std)
     decoded = sum(max(record["new_tokens"] - 1, 0) for record in answered)
-    gammas: dict[int, int] = {}
-    for record in std:
-        for g, n in record["gammas"].items():
-            gammas[int(g)] = gammas.get(int(g), 0) + n
     return {
         "method": config.method,
         "gamma": config.gamma,
@@ -802,7 +798,7 @@ def _batch_summary(config: BatchConfig, passes: list[tuple[float, dict]], genera
         "drafted": drafted if std else None,
         "accepted": accepted if std else None,
         "acceptance_rate": _round(accepted / drafted) if drafted else None,
-        "gammas": {str(g): n for g, n in sorted(gammas.items())} if std else None,
+        "gammas": gamma_counts(record["gammas"] for record in std) if std else None,
         "identical_to_generate": sum(_same_answer(record, reference) for _, record, reference in runs),
         "total": len(runs),
         "mismatches": [
@@ -1202,10 +1198,6 @@ def _decode_point(model, context: int, batch: int, k: int, gammas: Sequence[int]
         seconds = sum(t for t, _ in runs[method])
         decoded = sum(s.stats.decoded_tokens for s in slots)
         drafted, accepted = sum(s.stats.drafted for s in slots), sum(s.stats.accepted for s in slots)
-        gammas_used: dict[int, int] = {}
-        for s in slots:
-            for g, n in s.stats.gammas.items():
-                gammas_used[g] = gammas_used.get(g, 0) + n
         configs.append({
             "gamma": method,
             "seconds": _round(seconds),
@@ -1214,7 +1206,7 @@ def _decode_point(model, context: int, batch: int, k: int, gammas: Sequence[int]
             # named apart from a model's acceptance rate: this is a random model's, on a synthetic prompt
             "random_model_acceptance": _round(accepted / drafted) if drafted else None,
             "dense_share": _ratio(sum(s.stats.dense_steps for s in slots), decoded),
-            "gammas": {str(g): n for g, n in sorted(gammas_used.items())},
+            "gammas": gamma_counts(s.stats.gammas for s in slots),
             "identical_to_dense": sum(s.tokens == d for s, d in zip(slots, dense_tokens)),
             "total": len(slots),
         })

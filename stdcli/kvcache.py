@@ -71,7 +71,6 @@ class EngineCache(Cache):
         self.mode = "dense"
         self.slot = 0
         self.write_pos: torch.Tensor | None = None  # [B, L] where the new entries go
-        self.view_len = 0  # entries attention reads: the whole buffer of the mode
 
     @property
     def batch(self) -> int:
@@ -88,11 +87,16 @@ class EngineCache(Cache):
 
     def set_step(self, mode: str, write_pos: torch.Tensor) -> None:
         """A decoding step of `mode` ("dense" or "sparse") whose new entries go to write_pos [B, L]."""
-        self.mode, self.write_pos, self.view_len = mode, write_pos, self.buffer_len(mode)
+        self.mode, self.write_pos = mode, write_pos
+
+    @property
+    def view_len(self) -> int:
+        """Entries a decoding step's attention reads: the whole buffer of its mode (0 for a prefill)."""
+        return 0 if self.mode == "prefill" else self.buffer_len(self.mode)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         # transformers asks this to tell prefill (0) from decoding; decoding positions are always given explicitly
-        return 0 if self.mode == "prefill" else self.view_len
+        return self.view_len
 
     def write(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.mode == "prefill":

@@ -23,7 +23,8 @@ from __future__ import annotations
 import random
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -122,6 +123,16 @@ class DecodeStats:
         if self.dense_step_s is None or self.decode_s <= 0 or not self.cycles:
             return None
         return self.decoded_tokens * self.dense_step_s / self.decode_s
+
+
+def gamma_counts(histograms: Iterable[Mapping[int | str, int]]) -> dict[str, int]:
+    """Cycles per gamma summed over histograms (DecodeStats.gammas, or records' "gammas"), as records write them:
+    {"gamma": cycles} in order of gamma, "0" counting plain dense steps."""
+    total: Counter[int] = Counter()
+    for histogram in histograms:
+        for gamma, cycles in histogram.items():
+            total[int(gamma)] += cycles
+    return {str(gamma): cycles for gamma, cycles in sorted(total.items())}
 
 
 @dataclass
@@ -270,10 +281,9 @@ class Decoder:
         layers, kv_heads, head_dim, dtype = cache_dims(model)
         cap = sparse_cap if options.drafting else 1
         self.cache = EngineCache(layers, batch, kv_heads, head_dim, max_len, cap, dtype, self.device)
-        self.eos = frozenset(eos_token_ids(model) if eos is None else eos)
-        self.visual_ids = tuple(visual_token_ids(model) if visual_ids is None else visual_ids)
         self.mrope = uses_mrope(model)
-        self.slots: list[Slot | None] = [None] * batch
+        self.generator = torch.Generator(self.device)
+        self.restart(options, eos, visual_ids)
         self.last_draft_s = self.last_verify_s = 0.0
         self.last_captured = False  # whether the last step captured a graph (its time is not a step's cost)
         self.graphs: dict[tuple[str, int], CapturedStep] | None = None
@@ -283,8 +293,6 @@ class Decoder:
             self.graphs, self._graph_pool = {}, torch.cuda.graph_pool_handle()
             if options.compile:
                 self._step_fn = torch.compile(self._model_step, dynamic=False)
-        seed = options.seed if options.seed is not None else random.randrange(2**63)
-        self.generator = torch.Generator(self.device).manual_seed(seed)
 
     def fits(self, options: DecodeOptions, batch: int, max_len: int, sparse_cap: int) -> bool:
         """Whether a run with these needs can reuse this decoder (and its CUDA graphs)."""
@@ -296,7 +304,8 @@ class Decoder:
         )
 
     def restart(self, options: DecodeOptions, eos: Sequence[int] | None, visual_ids: Sequence[int] | None) -> None:
-        """Empty every slot for a new run with these options; the caches and captured graphs stay."""
+        """Empty every slot for a run with these options (a new decoder's first, or a reused one's next); the caches
+        and captured graphs stay."""
         self.options = options
         self.eos = frozenset(eos_token_ids(self.model) if eos is None else eos)
         self.visual_ids = tuple(visual_token_ids(self.model) if visual_ids is None else visual_ids)
