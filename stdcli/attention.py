@@ -127,15 +127,21 @@ def engine_attention_forward(module, query, key, value, attention_mask, scaling=
             )
             ctx.scoring_s += _clock(query) - started
         return out.transpose(1, 2), None
+    return step_attention(query, key, value, ctx, scaling), None
+
+
+def step_attention(query, key, value, ctx: StepContext, scaling: float) -> torch.Tensor:
+    """Attention of a dense or sparse step: query [B,Hq,L,D] over whole cache buffers key/value [B,Hkv,N,D]
+    -> [B, L, Hq, D]; the decode kernel where the context has no mask, else SDPA with it."""
     if ctx.mask is None:
-        return kernels.decode_attention(query, key, value, ctx.base_len, scaling), None
-    return masked_attention(query, key, value, ctx.mask, scaling), None
+        return kernels.decode_attention(query, key, value, ctx.base_len, scaling)
+    return masked_attention(query, key, value, ctx.mask, scaling)
 
 
 def step_context(mode: str, base_len: torch.Tensor, length: int, num_keys: int, head_dim: int) -> StepContext:
     """The context of a dense or sparse step of `length` new tokens over a buffer of `num_keys` keys: the decode
-    kernel where it runs (CUDA; head_dim a power of two from 16, as its block shapes need), else a mask for SDPA."""
-    if kernels.available(base_len.device) and head_dim >= 16 and head_dim & (head_dim - 1) == 0:
+    kernel where it runs (kernels.supports), else a mask for SDPA."""
+    if kernels.supports(base_len.device, head_dim):
         return StepContext(mode, base_len=base_len)
     return StepContext(mode, base_len=base_len, mask=ragged_causal_mask(base_len, length, num_keys))
 

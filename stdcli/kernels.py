@@ -1,6 +1,6 @@
-"""GPU attention for decoding: split-KV ("flash-decoding") over a preallocated cache with per-sequence lengths.
+"""The Triton kernels of a decoding step on a GPU: attention, and the parts of a decoder layer that fused.py fuses.
 
-One kernel serves every decoding step: a dense step (1 new token), a sparse draft step (1 token, over the sparse
+Attention is split-KV ("flash-decoding") over a preallocated cache with per-sequence lengths. One kernel serves every decoding step: a dense step (1 new token), a sparse draft step (1 token, over the sparse
 view) and a verify pass (gamma+1 new tokens, causal among themselves). The new tokens' keys are already in the
 cache at base_len .. base_len+L-1, so "all old keys + causal among the new ones" is a per-row length: row i of
 sequence b sees keys [0, base_len[b] + i]. Lengths live on the device, so the launch shapes are static and the
@@ -9,6 +9,10 @@ step can be captured in a CUDA graph.
 The keys are split across many programs (a 7B model at batch 1 has only 4 KV heads: without the split, 4 programs
 would read the whole cache); each program handles all query heads of its KV head group and all new tokens, and a
 second small kernel merges the partial results by their log-sum-exp.
+
+The layer kernels (add + RMSNorm, RoPE + cache write, SiLU x up, a skinny matmul for the wide projections) have
+PyTorch counterparts in fused.py, which the CPU runs and the tests compare them with; in Triton's interpreter
+(TRITON_INTERPRET=1) they also run on the CPU, which is how CI tests them.
 """
 
 from __future__ import annotations
@@ -26,6 +30,11 @@ except ImportError:  # CPU-only installs: the engine uses PyTorch's SDPA there
 
 def available(device: torch.device) -> bool:
     return triton is not None and device.type == "cuda"
+
+
+def supports(device: torch.device, head_dim: int) -> bool:
+    """Whether the kernels run here for this head size (their block shapes need a power of two from 16)."""
+    return available(device) and head_dim >= 16 and head_dim & (head_dim - 1) == 0
 
 
 if triton is not None:
@@ -114,13 +123,157 @@ if triton is not None:
         i = row % LEN
         tl.store(OUT + b * stride_outb + i * stride_outl + (kv_head * GROUP + g) * stride_outh + dims, out)
 
+    # The element-wise parts of a decoder layer, one kernel each instead of the several that the layers' PyTorch code
+    # launches (a 7B dense step was ~960 small kernels). Each rounds to the model dtype where PyTorch's ops do, so
+    # results match the model's own forward up to the order of the norm's sum.
+
+    @triton.jit
+    def _add_rms_norm_kernel(HIDDEN, DELTA, WEIGHT, OUT, width, eps, HAS_DELTA: tl.constexpr, BLOCK: tl.constexpr):
+        row = tl.program_id(0)
+        cols = tl.arange(0, BLOCK)
+        valid = cols < width
+        h = tl.load(HIDDEN + row * width + cols, mask=valid, other=0.0)
+        if HAS_DELTA:  # the residual add: rounded as `residual + out` is, and kept for the next one
+            d = tl.load(DELTA + row * width + cols, mask=valid, other=0.0)
+            h = (h.to(tl.float32) + d.to(tl.float32)).to(HIDDEN.dtype.element_ty)
+            tl.store(HIDDEN + row * width + cols, h, mask=valid)
+        x = h.to(tl.float32)
+        variance = tl.sum(x * x, axis=0) / width
+        normed = (x * tl.math.rsqrt(variance + eps)).to(HIDDEN.dtype.element_ty)
+        w = tl.load(WEIGHT + cols, mask=valid, other=0.0)
+        out = w.to(tl.float32) * normed.to(tl.float32)
+        tl.store(OUT + row * width + cols, out.to(OUT.dtype.element_ty), mask=valid)
+
+    @triton.jit
+    def _rope_to_cache_kernel(
+        QKV, COS, SIN, Q_OUT, K_CACHE, V_CACHE, WRITE_POS,
+        stride_qkv, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
+        LEN: tl.constexpr, Q_HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
+    ):
+        row = tl.program_id(0)  # token: b * LEN + i
+        head = tl.program_id(1)  # query heads, then KV heads
+        half: tl.constexpr = HEAD_DIM // 2
+        dims = tl.arange(0, half)
+        dtype = QKV.dtype.element_ty
+        c1 = tl.load(COS + row * HEAD_DIM + dims).to(tl.float32)
+        c2 = tl.load(COS + row * HEAD_DIM + half + dims).to(tl.float32)
+        s1 = tl.load(SIN + row * HEAD_DIM + dims).to(tl.float32)
+        s2 = tl.load(SIN + row * HEAD_DIM + half + dims).to(tl.float32)
+        src = QKV + row * stride_qkv + head * HEAD_DIM
+        x1 = tl.load(src + dims).to(tl.float32)
+        x2 = tl.load(src + half + dims).to(tl.float32)
+        # x * cos + rotate_half(x) * sin, each product rounded to the model dtype as PyTorch's ops do
+        o1 = ((x1 * c1).to(dtype).to(tl.float32) + (-x2 * s1).to(dtype).to(tl.float32)).to(dtype)
+        o2 = ((x2 * c2).to(dtype).to(tl.float32) + (x1 * s2).to(dtype).to(tl.float32)).to(dtype)
+        if head < Q_HEADS:
+            dst = Q_OUT + (row * Q_HEADS + head) * HEAD_DIM
+            tl.store(dst + dims, o1)
+            tl.store(dst + half + dims, o2)
+        else:
+            kv_head = head - Q_HEADS
+            b = row // LEN
+            pos = tl.load(WRITE_POS + row)
+            k_dst = K_CACHE + b * stride_kb + kv_head * stride_kh + pos * stride_kn
+            tl.store(k_dst + dims, o1.to(K_CACHE.dtype.element_ty))
+            tl.store(k_dst + half + dims, o2.to(K_CACHE.dtype.element_ty))
+            v_src = QKV + row * stride_qkv + (Q_HEADS + KV_HEADS + kv_head) * HEAD_DIM
+            v_dst = V_CACHE + b * stride_vb + kv_head * stride_vh + pos * stride_vn
+            tl.store(v_dst + dims, tl.load(v_src + dims))
+            tl.store(v_dst + half + dims, tl.load(v_src + half + dims))
+
+    @triton.jit
+    def _silu_mul_kernel(GATE_UP, OUT, width, BLOCK: tl.constexpr):
+        row = tl.program_id(0)
+        cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        valid = cols < width
+        gate = tl.load(GATE_UP + row * 2 * width + cols, mask=valid, other=0.0)
+        up = tl.load(GATE_UP + row * 2 * width + width + cols, mask=valid, other=0.0)
+        g = gate.to(tl.float32)
+        act = (g / (1.0 + tl.exp(-g))).to(gate.dtype)  # silu, rounded before the product as act_fn(x) * up is
+        tl.store(OUT + row * width + cols, (act.to(tl.float32) * up.to(tl.float32)).to(gate.dtype), mask=valid)
+
+    @triton.jit
+    def _skinny_linear_kernel(X, W, OUT, rows, width, depth, stride_x, stride_out,
+                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        rows_ = tl.arange(0, BLOCK_M)
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        for k0 in range(0, depth, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            x = tl.load(X + rows_[:, None] * stride_x + ks[None, :], mask=(rows_[:, None] < rows) & (ks[None, :] < depth),
+                        other=0.0)
+            w = tl.load(W + cols[:, None] * depth + ks[None, :], mask=(cols[:, None] < width) & (ks[None, :] < depth),
+                        other=0.0)
+            acc = tl.dot(x, tl.trans(w), acc)
+        tl.store(OUT + rows_[:, None] * stride_out + cols[None, :], acc.to(OUT.dtype.element_ty),
+                 mask=(rows_[:, None] < rows) & (cols[None, :] < width))
+
+
+SKINNY_ROWS = 16  # the most rows skinny_linear takes: one tile of them, so the weight is read once
+
+
+def use_skinny_linear(x: torch.Tensor) -> bool:
+    """For the wide projections (gate/up, lm_head) of a decoding step in 16-bit: a few rows against a weight much
+    taller than wide, where cuBLAS reads the weight 5-10% slower (scripts/tune_kernels.py; cuBLAS wins for the
+    q/k/v, o and down projections, which keep it)."""
+    return x.dtype in (torch.bfloat16, torch.float16) and x.shape[0] <= SKINNY_ROWS and available(x.device)
+
+
+def skinny_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x [M, K] @ weight [N, K].T for M <= SKINNY_ROWS (no bias), fp32 accumulation."""
+    rows, depth = x.shape
+    width = weight.shape[0]
+    out = torch.empty(rows, width, device=x.device, dtype=x.dtype)
+    block_n, block_k = (32, 256) if rows == 1 else (64, 128)
+    _skinny_linear_kernel[(triton.cdiv(width, block_n),)](
+        x, weight, out, rows, width, depth, x.stride(0), out.stride(0),
+        BLOCK_M=SKINNY_ROWS, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4, num_stages=4,
+    )
+    return out
+
+
+def add_rms_norm(hidden: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm(hidden + delta) * weight for hidden [M, W] (contiguous); hidden becomes hidden + delta in place."""
+    rows, width = hidden.shape
+    out = torch.empty(rows, width, device=hidden.device, dtype=torch.promote_types(hidden.dtype, weight.dtype))
+    _add_rms_norm_kernel[(rows,)](
+        hidden, hidden if delta is None else delta, weight, out, width, eps,
+        HAS_DELTA=delta is not None, BLOCK=triton.next_power_of_2(width), num_warps=8,
+    )
+    return out
+
+
+def rope_to_cache(
+    qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+    write_pos: torch.Tensor, q_heads: int, kv_heads: int,
+) -> torch.Tensor:
+    """Rotate the queries and keys of qkv [B*L, (Hq + 2 Hkv) * D] by cos/sin [B, L, D]; store keys and values in
+    the layer's cache keys/values [B, Hkv, N, D] at write_pos [B, L]. Returns the queries [B, Hq, L, D]."""
+    batch, length, head_dim = cos.shape
+    query = torch.empty(batch, length, q_heads, head_dim, device=qkv.device, dtype=qkv.dtype)
+    _rope_to_cache_kernel[(batch * length, q_heads + kv_heads)](
+        qkv, cos.contiguous(), sin.contiguous(), query, keys, values, write_pos.contiguous(),
+        qkv.stride(0), keys.stride(0), keys.stride(1), keys.stride(2), values.stride(0), values.stride(1),
+        values.stride(2), LEN=length, Q_HEADS=q_heads, KV_HEADS=kv_heads, HEAD_DIM=head_dim, num_warps=1,
+    )
+    return query.transpose(1, 2)
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up for gate_up [M, 2I] (the fused gate and up projections) -> [M, I]."""
+    rows, width = gate_up.shape[0], gate_up.shape[1] // 2
+    out = torch.empty(rows, width, device=gate_up.device, dtype=gate_up.dtype)
+    block = min(1024, triton.next_power_of_2(width))
+    _silu_mul_kernel[(rows, triton.cdiv(width, block))](gate_up, out, width, BLOCK=block, num_warps=4)
+    return out
+
 
 @functools.cache
 def _sm_count(device_index: int | None) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def split_count(num_keys: int, batch: int, kv_heads: int, sm_count: int, min_keys: int = 256) -> int:
+def split_count(num_keys: int, batch: int, kv_heads: int, sm_count: int, min_keys: int = 128) -> int:
     """Enough programs to fill the GPU a few times over, each reading at least `min_keys` keys."""
     wanted = max(1, (4 * sm_count) // max(1, batch * kv_heads))
     return max(1, min(wanted, -(-num_keys // min_keys)))

@@ -104,11 +104,17 @@ class EngineCache(Cache):
             self.dense_k[layer, self.slot, :, :length] = key[0]
             self.dense_v[layer, self.slot, :, :length] = value[0]
             return key, value
-        keys, values = (self.dense_k, self.dense_v) if self.mode == "dense" else (self.sparse_k, self.sparse_v)
+        keys, values = self.step_buffers(layer)
         # advanced indices around a slice put [B, L] first: the target is [B, L, Hkv, D]
-        keys[layer][self.batch_index, :, self.write_pos] = key.transpose(1, 2)
-        values[layer][self.batch_index, :, self.write_pos] = value.transpose(1, 2)
-        return keys[layer], values[layer]
+        keys[self.batch_index, :, self.write_pos] = key.transpose(1, 2)
+        values[self.batch_index, :, self.write_pos] = value.transpose(1, 2)
+        return keys, values
+
+    def step_buffers(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys and values [B, Hkv, N, D] of one layer that the current decoding step writes and reads."""
+        if self.mode == "dense":
+            return self.dense_k[layer], self.dense_v[layer]
+        return self.sparse_k[layer], self.sparse_v[layer]
 
     def build_sparse(self, slot: int, kept_visual: torch.Tensor | None, text_positions: torch.Tensor) -> int:
         """Fill the sparse view of `slot` from its prefilled dense cache; returns its length.

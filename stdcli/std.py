@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .attention import StepContext, engine_attention, step_context
+from .fused import decode_forward, fused_text_model
 from .graphs import CapturedStep
 from .kvcache import EngineCache
 from .policy import AUTO, MAX_AUTO_GAMMA, GammaPolicy, memory_key
@@ -53,6 +54,8 @@ class DecodeOptions:
     # Experimental, on a CUDA device: torch.compile each step shape before capturing it. It halves the kernels of a
     # step, but today the cache writes compile to whole-buffer copies and a 7B step is 2x slower (docs/benchmarks.md)
     compile: bool = False
+    # Qwen2-family language models: decoding steps run our fused forward (fused.py); False: transformers' forward
+    fused: bool = True
 
     def __post_init__(self) -> None:
         if not (self.gamma == AUTO or (isinstance(self.gamma, int) and self.gamma >= 0)):
@@ -288,6 +291,7 @@ class Decoder:
         self.last_captured = False  # whether the last step captured a graph (its time is not a step's cost)
         self.graphs: dict[tuple[str, int], CapturedStep] | None = None
         self.graph_failure: str | None = None
+        self.fused = fused_text_model(model) if options.fused else None
         self._step_fn = self._model_step
         if options.cuda_graphs and self.device.type == "cuda":
             self.graphs, self._graph_pool = {}, torch.cuda.graph_pool_handle()
@@ -298,6 +302,7 @@ class Decoder:
         """Whether a run with these needs can reuse this decoder (and its CUDA graphs)."""
         return (
             self.cache is not None
+            and options.fused == self.options.fused  # the captured graphs are of one forward or the other
             and self.cache.batch == batch
             and self.cache.max_len >= max_len
             and self.cache.sparse_cap >= (sparse_cap if options.drafting else 1)
@@ -331,6 +336,9 @@ class Decoder:
         length = tokens.shape[1]
         self.cache.set_step(mode, base_len[:, None] + torch.arange(length, device=self.device))
         ctx = step_context(mode, base_len, length, self.cache.buffer_len(mode), self.cache.dense_k.shape[-1])
+        if self.fused is not None:
+            buffers = [self.cache.step_buffers(layer) for layer in range(len(self.fused.layers))]
+            return decode_forward(self.fused, tokens, positions, buffers, self.cache.write_pos, ctx)
         out = self.model(
             input_ids=tokens, position_ids=positions, past_key_values=self.cache, use_cache=True, std_step=ctx
         )

@@ -11,6 +11,13 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 # gamma auto remembers step costs on disk: never in the user's home during tests
 os.environ["STDCLI_CACHE_DIR"] = tempfile.mkdtemp(prefix="stdcli-test-cache-")
 
+import torch  # noqa: E402
+
+# Without a GPU, Triton's interpreter runs the GPU kernels on the CPU, so their tests run in CI too (the engine
+# itself only launches them on CUDA). It must be set before stdcli.kernels is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402

@@ -1,8 +1,9 @@
-"""The GPU fast path: the split-KV decode kernel against PyTorch's SDPA, and CUDA graph capture and replay.
+"""The GPU fast path: the Triton kernels against their PyTorch counterparts, and CUDA graph capture and replay.
 
-These need a CUDA GPU and are skipped elsewhere; run them there with
-`STDCLI_TEST_DEVICE=cuda python -m pytest tests/test_kernels.py tests/test_std.py tests/test_batch.py`, which also
-runs the engine's exactness tests through the graphs and the kernel.
+The kernels also run without a GPU, in Triton's interpreter (conftest.py turns it on), except in bfloat16. The rest
+needs a CUDA GPU and is skipped elsewhere; run it there with
+`STDCLI_TEST_DEVICE=cuda python -m pytest tests/test_kernels.py tests/test_fused.py tests/test_std.py
+tests/test_batch.py`, which also runs the engine's exactness tests through the graphs and the kernels.
 """
 
 from __future__ import annotations
@@ -10,9 +11,22 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stdcli import kernels
+from stdcli import fused, kernels
 from stdcli.attention import masked_attention, ragged_causal_mask, step_context
 from stdcli.graphs import CapturedStep
+
+triton_missing = pytest.mark.skipif(kernels.triton is None, reason="needs Triton (a GPU, or its CPU interpreter)")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# Triton's interpreter converts to bfloat16 by truncating, not rounding: 16-bit results are checked on a GPU only.
+DTYPES = [torch.float32, pytest.param(torch.bfloat16, marks=pytest.mark.skipif(
+    DEVICE == "cpu", reason="Triton's interpreter truncates to bfloat16; checked on a GPU"))]
+
+
+def close(got: torch.Tensor, want: torch.Tensor) -> None:
+    """Equal up to the order of a sum: float32 to 1e-5, 16-bit to one rounding step."""
+    tolerance = 1e-5 if got.dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(got.float(), want.float(), atol=tolerance, rtol=tolerance)
+
 
 cuda = pytest.mark.skipif(not kernels.available(torch.device("cuda")) or not torch.cuda.is_available(),
                           reason="needs a CUDA GPU and Triton")
@@ -53,6 +67,69 @@ def test_decode_kernel_matches_sdpa(dtype, batch, q_heads, kv_heads, length, key
     want = masked_attention(query, key, value, ragged_causal_mask(base, length, keys), head_dim**-0.5)
     tolerance = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(got, want, atol=tolerance, rtol=tolerance)
+
+
+@triton_missing
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("with_delta", [False, True])
+def test_add_rms_norm_kernel(dtype, with_delta):
+    torch.manual_seed(0)
+    hidden = torch.randn(5, 200, device=DEVICE, dtype=dtype)
+    delta = torch.randn_like(hidden) if with_delta else None
+    weight = torch.randn(200, device=DEVICE, dtype=dtype)
+    hidden_ref = hidden.clone()
+    want = fused.add_rms_norm(hidden_ref, delta, weight, 1e-6)
+    got = kernels.add_rms_norm(hidden, delta, weight, 1e-6)
+    assert torch.equal(hidden, hidden_ref)  # the residual add, in place, rounded alike
+    close(got, want)
+
+
+@triton_missing
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rope_to_cache_kernel(dtype):
+    torch.manual_seed(0)
+    batch, length, q_heads, kv_heads, head_dim, slots = 2, 3, 4, 2, 32, 12
+    qkv = torch.randn(batch * length, (q_heads + 2 * kv_heads) * head_dim, device=DEVICE, dtype=dtype)
+    angles = torch.rand(batch, length, head_dim // 2, device=DEVICE) * 6
+    cos, sin = (torch.cat([f(angles)] * 2, -1).to(dtype) for f in (torch.cos, torch.sin))
+    write_pos = torch.tensor([[4, 5, 6], [0, 1, 2]], device=DEVICE)
+    caches = [torch.zeros(batch, kv_heads, slots, head_dim, device=DEVICE, dtype=dtype) for _ in range(4)]
+    want = fused.rope_to_cache(qkv, cos, sin, caches[0], caches[1], write_pos, q_heads, kv_heads)
+    got = kernels.rope_to_cache(qkv, cos, sin, caches[2], caches[3], write_pos, q_heads, kv_heads)
+    assert got.shape == (batch, q_heads, length, head_dim)
+    close(got, want)
+    close(caches[2], caches[0])
+    assert torch.equal(caches[3], caches[1])  # values are copied, not rotated
+    assert caches[2][0, :, :4].abs().sum() == 0  # nothing written outside write_pos
+
+
+@triton_missing
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_silu_mul_kernel(dtype):
+    torch.manual_seed(0)
+    gate_up = torch.randn(3, 2 * 1500, device=DEVICE, dtype=dtype) * 4
+    close(kernels.silu_mul(gate_up), fused.silu_mul(gate_up))
+
+
+@triton_missing
+@pytest.mark.parametrize("rows", [1, 5, 16])
+def test_skinny_linear_kernel(rows):
+    torch.manual_seed(0)
+    dtype = torch.bfloat16 if DEVICE == "cuda" else torch.float32  # as the engine uses it on a GPU; exact elsewhere
+    weight = torch.randn(1000, 300, device=DEVICE, dtype=dtype)
+    x = torch.randn(rows, 300, device=DEVICE, dtype=dtype) / 300**0.5  # outputs of about unit size
+    close(kernels.skinny_linear(x, weight), torch.nn.functional.linear(x.float(), weight.float()).to(dtype))
+
+
+@triton_missing
+@pytest.mark.parametrize("batch,q_heads,kv_heads,length,keys", [(3, 4, 2, 5, 300), (2, 4, 1, 1, 33)])
+def test_decode_attention_kernel(batch, q_heads, kv_heads, length, keys):
+    torch.manual_seed(0)
+    query = torch.randn(batch, q_heads, length, 32, device=DEVICE)
+    key, value = torch.randn(2, batch, kv_heads, keys, 32, device=DEVICE)
+    base = torch.randint(0, keys - length + 1, (batch,), device=DEVICE)
+    got = kernels.decode_attention(query, key, value, base, 32**-0.5, splits=3)
+    close(got, masked_attention(query, key, value, ragged_causal_mask(base, length, keys), 32**-0.5))
 
 
 @cuda

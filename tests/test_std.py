@@ -2,9 +2,10 @@
 
 Randomized cases over the three families, float32 on the CPU: tiny random checkpoints, random videos of one to a
 dozen frames (or none), random questions, K from 1 to beyond the visual token count, gamma 0..8 and auto, EOS
-landing inside a draft, max_new_tokens ending inside one; and random gamma schedules mixing dense steps and cycles. Each family runs its cases in one test that lists every failing
-case with its parameters, then checks from the aggregate statistics that drafts were both accepted and rejected:
-with only one of the two, agreement would prove nothing about verification.
+landing inside a draft, max_new_tokens ending inside one; and random gamma schedules mixing dense steps and cycles.
+Most cases decode through our fused forward (fused.py), a tenth through transformers' own. Each family runs its
+cases in one test that lists every failing case with its parameters, then checks from the aggregate statistics that
+drafts were both accepted and rejected: with only one of the two, agreement would prove nothing about verification.
 """
 
 from __future__ import annotations
@@ -90,10 +91,11 @@ def run_case(lm, make_video, seed: int) -> list[tuple[dict, list[int], list[int]
     gamma = 0 if kind == 0 else "auto" if kind == 7 else rng.randint(1, 8)
     calibration = rng.randint(1, 3) if kind == 3 else 0
     with_eos = kind in (4, 5, 6)
+    fused = kind != 8  # a tenth of the cases decode through transformers' forward instead of ours (fused.py)
     max_new_tokens = rng.randint(8 if with_eos else 1, 24)
     params = {"seed": seed, "frames": frames, "visual": visual, "prompt": inputs["input_ids"].shape[1], "k": k,
-              "gamma": gamma, "calibration": calibration, "max_new_tokens": max_new_tokens}
-    options = DecodeOptions(max_new_tokens, k, gamma, calibration_steps=calibration)
+              "gamma": gamma, "calibration": calibration, "max_new_tokens": max_new_tokens, "fused": fused}
+    options = DecodeOptions(max_new_tokens, k, gamma, calibration_steps=calibration, fused=fused)
     # StD runs before the reference of its own prompt, so it cannot lean on model state that generate() leaves
     result = std(lm.model, inputs, options)
     expected = reference(lm.model, inputs, max_new_tokens)
@@ -119,6 +121,7 @@ def test_greedy_std_matches_generate(family, lms, make_video):
             seen.update(
                 dense=params["gamma"] == 0,
                 auto=params["gamma"] == "auto",
+                transformers_forward=not params["fused"],
                 text_only=params["frames"] == 0,
                 one_frame=params["frames"] == 1,
                 k_is_1=params["k"] == 1 and params["visual"] > 1,
@@ -131,7 +134,7 @@ def test_greedy_std_matches_generate(family, lms, make_video):
     rejected = totals["drafted"] - totals["accepted"]
     print(f"{family}: {dict(totals)}, rejected {rejected}; runs covering {dict(seen)}")
     assert totals["accepted"] >= 100 and rejected >= 100, dict(totals)
-    for what in ("dense", "auto", "text_only", "one_frame", "k_is_1", "k_above_visual", "calibrated",
+    for what in ("dense", "auto", "transformers_forward", "text_only", "one_frame", "k_is_1", "k_above_visual", "calibrated",
                  "eos_inside_draft", "limit_inside_draft"):
         assert seen[what] >= 2, f"too few {family} runs with {what}: {dict(seen)}"
 

@@ -1,0 +1,215 @@
+"""Our own decoding forward for the Qwen2-family language models (Qwen2-VL, Qwen2.5-VL, LLaVA-OneVision's Qwen2).
+
+A decoding step of transformers' forward is ~47 kernels per layer (a 7B step: 1,326), most of them tiny element-wise
+ones; the step then takes twice what reading the weights needs. Here a step is a plain function over the model's own
+weights (gpt-fast style), per layer:
+
+    add + RMSNorm -> one QKV matmul -> RoPE and cache write -> attention -> o_proj
+    add + RMSNorm -> one gate/up matmul -> SiLU * up -> down_proj
+
+On a CUDA GPU the element-wise parts are Triton kernels (kernels.py); elsewhere the same functions in PyTorch, so
+the CPU suite tests this forward against `model.generate`. Only decoding steps use it; the prompt (with the vision
+tower) still runs through transformers' forward.
+
+The q/k/v and gate/up projections are concatenated once: their weights are re-pointed to views of the concatenated
+tensor (same values, no second copy), so transformers' forward and `generate` keep working on the same memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import kernels
+from .attention import StepContext, step_attention
+
+# Decoder layers whose forward is exactly the one written out in `decode_forward`.
+SUPPORTED_LAYERS = ("Qwen2DecoderLayer", "Qwen2VLDecoderLayer", "Qwen2_5_VLDecoderLayer")
+FUSED_ATTRIBUTE = "_stdcli_fused"
+
+
+@dataclass
+class FusedLayer:
+    input_norm: torch.Tensor
+    post_attention_norm: torch.Tensor
+    qkv_weight: torch.Tensor  # [(Hq + 2 Hkv) * D, hidden]
+    qkv_bias: torch.Tensor | None
+    o_weight: torch.Tensor
+    gate_up_weight: torch.Tensor  # [2 * intermediate, hidden]
+    down_weight: torch.Tensor
+
+
+@dataclass
+class FusedTextModel:
+    embed: torch.Tensor
+    layers: list[FusedLayer]
+    norm: torch.Tensor
+    lm_head: torch.Tensor
+    rotary: nn.Module  # the model's own rotary embedding: cos/sin exactly as its forward computes them
+    eps: float
+    q_heads: int
+    kv_heads: int
+    head_dim: int
+
+    @property
+    def scaling(self) -> float:
+        return self.head_dim**-0.5
+
+
+def language_model(model) -> nn.Module | None:
+    return getattr(getattr(model, "model", None), "language_model", None)
+
+
+def unsupported_reason(model) -> str | None:
+    """Why `decode_forward` cannot stand in for this model's language model (None: it can)."""
+    lm = language_model(model)
+    if lm is None or not hasattr(lm, "layers") or not hasattr(lm, "rotary_emb"):
+        return "no language_model with layers and rotary_emb"
+    config = lm.config
+    if getattr(config, "hidden_act", None) != "silu":
+        return f"activation {getattr(config, 'hidden_act', None)!r}"
+    if any(kind != "full_attention" for kind in getattr(config, "layer_types", None) or ()):
+        return "sliding-window layers"
+    head = getattr(model, "lm_head", None)
+    if type(head) is not nn.Linear or head.bias is not None:
+        return "lm_head"
+    parameters = [*lm.parameters(), head.weight]
+    if len({(p.device, p.dtype) for p in parameters}) != 1 or parameters[0].device.type == "meta":
+        return "weights spread over devices or dtypes (offloaded, quantized or mixed)"
+    for layer in lm.layers:
+        if type(layer).__name__ not in SUPPORTED_LAYERS:
+            return f"layer {type(layer).__name__}"
+        attn, mlp = layer.self_attn, layer.mlp
+        linears = (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj)
+        if any(type(m) is not nn.Linear for m in linears):
+            return "projections that are not plain nn.Linear (quantized?)"
+        if len({attn.q_proj.bias is None, attn.k_proj.bias is None, attn.v_proj.bias is None}) != 1:
+            return "q/k/v projections with and without bias"
+        if any(m.bias is not None for m in (attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj)):
+            return "biased o/gate/up/down projections"
+    return None
+
+
+def _concatenate_rows(*linears: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One weight (and bias) for several projections of the same input; each projection's own parameters become
+    views of it, so no memory is duplicated."""
+    with torch.inference_mode(False), torch.no_grad():
+        weight = torch.cat([m.weight.detach() for m in linears])
+        bias = None if linears[0].bias is None else torch.cat([m.bias.detach() for m in linears])
+        start = 0
+        for m in linears:
+            end = start + m.weight.shape[0]
+            m.weight = nn.Parameter(weight[start:end], requires_grad=m.weight.requires_grad)
+            if bias is not None:
+                m.bias = nn.Parameter(bias[start:end], requires_grad=m.bias.requires_grad)
+            start = end
+    return weight, bias
+
+
+def fused_text_model(model) -> FusedTextModel | None:
+    """The model's language model as `decode_forward` takes it (built once, kept on the model), or None when its
+    architecture is not one `decode_forward` reproduces (then the engine uses transformers' forward)."""
+    fused = getattr(model, FUSED_ATTRIBUTE, None)
+    if fused is not None:
+        return fused
+    if unsupported_reason(model) is not None:
+        return None
+    lm = language_model(model)
+    layers = []
+    for layer in lm.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        qkv_weight, qkv_bias = _concatenate_rows(attn.q_proj, attn.k_proj, attn.v_proj)
+        gate_up_weight, _ = _concatenate_rows(mlp.gate_proj, mlp.up_proj)
+        layers.append(FusedLayer(
+            input_norm=layer.input_layernorm.weight, post_attention_norm=layer.post_attention_layernorm.weight,
+            qkv_weight=qkv_weight, qkv_bias=qkv_bias, o_weight=attn.o_proj.weight,
+            gate_up_weight=gate_up_weight, down_weight=mlp.down_proj.weight,
+        ))
+    config = lm.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    fused = FusedTextModel(
+        embed=lm.embed_tokens.weight, layers=layers, norm=lm.norm.weight, lm_head=model.lm_head.weight,
+        rotary=lm.rotary_emb, eps=config.rms_norm_eps, q_heads=config.num_attention_heads,
+        kv_heads=config.num_key_value_heads, head_dim=head_dim,
+    )
+    setattr(model, FUSED_ATTRIBUTE, fused)
+    return fused
+
+
+# ---- the element-wise parts in PyTorch: the CPU path, and the reference the kernels are tested against ----------
+
+def add_rms_norm(hidden: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm(hidden + delta) * weight, as the models' RMSNorm computes it; hidden becomes hidden + delta."""
+    if delta is not None:
+        hidden.add_(delta)
+    x = hidden.float()
+    normed = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * normed.to(hidden.dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def rope_to_cache(
+    qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+    write_pos: torch.Tensor, q_heads: int, kv_heads: int,
+) -> torch.Tensor:
+    """Rotate queries and keys; store keys and values in the cache at write_pos [B, L]; queries [B, Hq, L, D]."""
+    batch, length, head_dim = cos.shape
+    heads = qkv.view(batch, length, q_heads + 2 * kv_heads, head_dim).transpose(1, 2)
+    query, key, value = heads.split((q_heads, kv_heads, kv_heads), dim=1)
+    cos, sin = cos[:, None], sin[:, None]
+    query = query * cos + rotate_half(query) * sin
+    key = key * cos + rotate_half(key) * sin
+    batch_index = torch.arange(batch, device=qkv.device)[:, None]
+    # advanced indices around a slice put [B, L] first: the target is [B, L, Hkv, D]
+    keys[batch_index, :, write_pos] = key.transpose(1, 2)
+    values[batch_index, :, write_pos] = value.transpose(1, 2)
+    return query
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+def decode_forward(
+    fused: FusedTextModel,
+    tokens: torch.Tensor,
+    positions: torch.Tensor,
+    buffers: list[tuple[torch.Tensor, torch.Tensor]],
+    write_pos: torch.Tensor,
+    ctx: StepContext,
+) -> torch.Tensor:
+    """Logits [B, L, V] of L new tokens per sequence: their keys and values go to each layer's cache buffers
+    [B, Hkv, N, D] at write_pos [B, L]; attention reads those buffers as `ctx` says. positions: what the model's
+    forward takes as position_ids ([3, B, L] for M-RoPE)."""
+    on_gpu = kernels.supports(tokens.device, fused.head_dim)
+    norm_fn = kernels.add_rms_norm if on_gpu else add_rms_norm
+    rope_fn = kernels.rope_to_cache if on_gpu else rope_to_cache
+    silu_mul_fn = kernels.silu_mul if on_gpu else silu_mul
+    batch, length = tokens.shape
+    hidden = F.embedding(tokens, fused.embed)
+    cos, sin = fused.rotary(hidden, positions)
+    hidden = hidden.view(batch * length, -1)
+    delta = None
+    for layer, (keys, values) in zip(fused.layers, buffers):
+        x = norm_fn(hidden, delta, layer.input_norm, fused.eps)
+        qkv = F.linear(x, layer.qkv_weight, layer.qkv_bias)
+        query = rope_fn(qkv, cos, sin, keys, values, write_pos, fused.q_heads, fused.kv_heads)
+        attended = step_attention(query, keys, values, ctx, fused.scaling)  # [B, L, Hq, D]
+        delta = F.linear(attended.reshape(batch * length, -1), layer.o_weight)
+        x = norm_fn(hidden, delta, layer.post_attention_norm, fused.eps)
+        delta = F.linear(silu_mul_fn(wide_linear(x, layer.gate_up_weight)), layer.down_weight)
+    x = norm_fn(hidden, delta, fused.norm, fused.eps)
+    return wide_linear(x, fused.lm_head).view(batch, length, -1)
+
+
+def wide_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x @ weight.T for the wide projections (gate/up, lm_head): Triton's skinny matmul where it is faster."""
+    return kernels.skinny_linear(x, weight) if kernels.use_skinny_linear(x) else F.linear(x, weight)

@@ -1,0 +1,67 @@
+"""Our fused decoding forward (fused.py): step by step against transformers' forward of the same model, and its
+weight concatenation must leave the model unchanged. Its kernels are tested in test_kernels.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stdcli import build, fused
+from stdcli.models import build_inputs, load_model
+from stdcli.std import Decoder, DecodeOptions, cache_capacity, prompt_layout, visual_token_ids
+
+
+@pytest.fixture(scope="module")
+def fresh_lm(tiny_checkpoint, test_device):
+    """A newly loaded tiny checkpoint per call (fusing re-points its weights, so tests do not share one)."""
+    return lambda family: load_model(str(tiny_checkpoint(family)), device=test_device, dtype="float32")
+
+
+@pytest.mark.parametrize("family", build.FAMILIES)
+def test_fusing_keeps_the_weights_and_shares_their_memory(family, fresh_lm):
+    lm = fresh_lm(family)
+    assert fused.unsupported_reason(lm.model) is None
+    before = {name: p.clone() for name, p in lm.model.named_parameters()}
+    text = fused.fused_text_model(lm.model)
+    assert fused.fused_text_model(lm.model) is text  # built once per model
+    after = dict(lm.model.named_parameters())
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[name], after[name]) for name in before)
+    attn = fused.language_model(lm.model).layers[0].self_attn
+    layer = text.layers[0]
+    assert attn.k_proj.weight.data_ptr() == layer.qkv_weight[attn.q_proj.weight.shape[0]:].data_ptr()
+    assert attn.v_proj.bias.data_ptr() == layer.qkv_bias[-attn.v_proj.bias.shape[0]:].data_ptr()
+
+
+def test_unsupported_architectures_are_named(fresh_lm):
+    lm = fresh_lm("qwen2-vl")
+    fused.language_model(lm.model).config.hidden_act = "gelu"
+    assert fused.unsupported_reason(lm.model) == "activation 'gelu'"
+    assert fused.fused_text_model(lm.model) is None
+    assert Decoder(lm.model, DecodeOptions(), max_len=8, sparse_cap=8).fused is None  # transformers' forward then
+
+
+@pytest.mark.parametrize("family", build.FAMILIES)
+@pytest.mark.parametrize("mode,length", [("dense", 1), ("dense", 4), ("sparse", 1)])
+def test_fused_step_matches_transformers_forward(family, mode, length, fresh_lm, make_video):
+    lm = fresh_lm(family)
+    inputs = build_inputs(lm, make_video(4), "what happens?")
+    options = DecodeOptions(8, k=3, gamma=4, calibration_steps=0)
+    prompt, visual = prompt_layout(inputs, visual_token_ids(lm.model))
+    max_len, sparse_cap = cache_capacity(prompt, visual, options)
+    logits = {}
+    for use_fused in (False, True):
+        with Decoder(lm.model, DecodeOptions(8, k=3, gamma=4, fused=use_fused), max_len=max_len,
+                     sparse_cap=sparse_cap) as decoder:
+            assert (decoder.fused is not None) == use_fused
+            decoder.prefill(0, inputs)
+            on_device = decoder._slot_tensors()
+            tokens = torch.arange(3, 3 + length, device=decoder.device)[None]
+            base = on_device.dense_len if mode == "dense" else on_device.sparse_len
+            with torch.inference_mode():
+                logits[use_fused] = decoder._model_step(mode, tokens, decoder._positions(on_device, length), base)
+            written = decoder.cache.step_buffers(0)[0][0, :, int(base[0]):int(base[0]) + length].clone()
+        logits[use_fused, "written"] = written
+    torch.testing.assert_close(logits[True], logits[False], atol=1e-5, rtol=1e-5)
+    # the new keys, rotated, where the step put them
+    torch.testing.assert_close(logits[True, "written"], logits[False, "written"], atol=1e-5, rtol=1e-5)
