@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The GPU figures of the fast path and of gamma auto / batching, in one device call of at most 10 minutes.
 # Usage: scripts/gpu_fastpath.sh OUT_DIR [PART...]; parts (default: all, in this order):
-#   tests    the engine's exactness tests on the GPU: float32, through the CUDA graphs and the decode kernel
+#   tests    the kernels in bfloat16, and the engine's exactness tests on the GPU: float32, through the CUDA graphs
+#            and the kernels
 #   profile  Qwen2-VL-7B shape, random bf16 weights: dense / draft / verify steps against their floors,
 #            16K and 64K context, batch 1 and 8, and measured decoding: dense vs fixed gammas vs auto
 #   profile-batches  the same step costs and projection at batch 1, 4, 8 and 16 (no decoding)
 #   kernels  where a 7B dense and StD step's GPU time goes, kernel by kernel (scripts/profile_step.py)
 #   builtin  the built-in model at 64 and 256 frames: generate vs dense vs gamma 2, 4 and auto
 #   batch    the built-in model, folder throughput at batch 1, 4, 8: generate vs dense vs gamma 4 and auto
+# A device call returns at most 8 files (device.txt plus two per part): name at most three parts per call.
 set -uo pipefail
 out="${1:?usage: scripts/gpu_fastpath.sh OUT_DIR [PART...]}"
 shift
@@ -19,8 +21,8 @@ show() { grep -v "^stdcli: bench" "$1" | grep -v "CUDAGraph.cpp" | head -"${2:-4
 for part in $parts; do
   case "$part" in
   tests)
-    STDCLI_TEST_DEVICE=cuda timeout 240 python -m pytest -q -x -p no:cacheprovider tests/test_kernels.py \
-      tests/test_std.py tests/test_batch.py > "$out/tests_cuda.txt" 2>&1
+    STDCLI_TEST_DEVICE=cuda timeout 300 python -m pytest -q -x -p no:cacheprovider tests/test_kernels.py \
+      tests/test_fused.py tests/test_std.py tests/test_batch.py > "$out/tests_cuda.txt" 2>&1
     tail -12 "$out/tests_cuda.txt" ;;
   profile)
     for context in 16384 65536; do
