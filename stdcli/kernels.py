@@ -219,15 +219,19 @@ def use_skinny_linear(x: torch.Tensor) -> bool:
     return x.dtype in (torch.bfloat16, torch.float16) and x.shape[0] <= SKINNY_ROWS and available(x.device)
 
 
-def skinny_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x [M, K] @ weight [N, K].T for M <= SKINNY_ROWS (no bias), fp32 accumulation."""
+def skinny_linear(x: torch.Tensor, weight: torch.Tensor,
+                  config: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+    """x [M, K] @ weight [N, K].T for M <= SKINNY_ROWS (no bias), fp32 accumulation. config: (block of N, block of
+    K, warps, pipeline stages); by default the best measured at the 7B shape for one row, or for several."""
     rows, depth = x.shape
+    if rows > SKINNY_ROWS:  # one program covers every row: more would be silently left out
+        raise ValueError(f"skinny_linear takes at most {SKINNY_ROWS} rows, got {rows}")
     width = weight.shape[0]
     out = torch.empty(rows, width, device=x.device, dtype=x.dtype)
-    block_n, block_k = (32, 256) if rows == 1 else (64, 128)
+    block_n, block_k, warps, stages = config or ((32, 256, 4, 4) if rows == 1 else (64, 128, 4, 4))
     _skinny_linear_kernel[(triton.cdiv(width, block_n),)](
         x, weight, out, rows, width, depth, x.stride(0), out.stride(0),
-        BLOCK_M=SKINNY_ROWS, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4, num_stages=4,
+        BLOCK_M=SKINNY_ROWS, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages,
     )
     return out
 

@@ -119,6 +119,8 @@ def test_skinny_linear_kernel(rows):
     weight = torch.randn(1000, 300, device=DEVICE, dtype=dtype)
     x = torch.randn(rows, 300, device=DEVICE, dtype=dtype) / 300**0.5  # outputs of about unit size
     close(kernels.skinny_linear(x, weight), torch.nn.functional.linear(x.float(), weight.float()).to(dtype))
+    with pytest.raises(ValueError, match="at most 16 rows"):
+        kernels.skinny_linear(torch.zeros(17, 300, device=DEVICE, dtype=dtype), weight)
 
 
 @triton_missing
