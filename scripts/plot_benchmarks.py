@@ -81,6 +81,9 @@ def profiles_7b(reports: list[dict]) -> dict[str, dict]:
         group["rows"] += (r.get("projection") or {}).get("rows") or []
     for group in out.values():
         group["points"] = dict(sorted(group["points"].items()))
+        # a point measured in several files: the last file's rows stand, as its points do
+        group["rows"] = list({(r["context"], r["batch"], r["k"], r["basis"], r["acceptance"]): r
+                              for r in group["rows"]}.values())
     return out
 
 
@@ -122,15 +125,18 @@ def save(fig, path: Path) -> None:
     print(f"wrote {shown(path)} ({path.stat().st_size // 1024} KB)")
 
 
-def plot_step_costs(groups: dict[str, dict], out: Path) -> None:
-    rows = [(name, g) for name, g in groups.items() if live(g["points"])]
-    if not rows:
+def plot_step_costs(groups: dict[str, dict], out: Path, per_row: int = 4) -> None:
+    live_groups = [(name, g) for name, g in groups.items() if live(g["points"])]
+    if not live_groups:
         return
-    ncols = max(len(live(g["points"])) for _, g in rows)
+    # each group's points, in rows of at most `per_row` panels
+    rows = [(name, group, items[i:i + per_row]) for name, group in live_groups
+            for items in [list(live(group["points"]).items())] for i in range(0, len(items), per_row)]
+    ncols = max(len(points) for _, _, points in rows)
     fig, axes = plt.subplots(len(rows), ncols, figsize=(3.2 * ncols, 3.9 * len(rows)), squeeze=False)
-    for r, (name, group) in enumerate(rows):
+    for r, (name, group, points) in enumerate(rows):
         ks = group["reports"][0]["settings"]["k"]
-        for c, ((context, batch), p) in enumerate(live(group["points"]).items()):
+        for c, ((context, batch), p) in enumerate(points):
             ax = axes[r][c]
             steps = [("dense", p["dense_step"])]
             steps += [(f"draft\nK={d['k']}", d) for d in p["draft_steps"] if d["k"] in ks]
@@ -144,17 +150,17 @@ def plot_step_costs(groups: dict[str, dict], out: Path) -> None:
             ax.bar([i + 0.2 for i in x], floor, 0.4, color="#bbbbbb", hatch="//", edgecolor="#777777",
                    label="bandwidth floor")
             for i, (_, s) in enumerate(steps):
-                ax.annotate(f"×{s['s'] / s['floor_s']:.1f}", (i - 0.2, s["s"] * 1e3), ha="center", va="bottom",
+                ax.annotate(f"×{s['s'] / s['floor_s']:.2f}", (i - 0.2, s["s"] * 1e3), ha="center", va="bottom",
                             fontsize=8, xytext=(0, 2), textcoords="offset points")
             ax.set_xticks(list(x), [label for label, _ in steps], fontsize=8)
             ax.set_title(point_label(context, batch), fontsize=9)
             ax.set_ylim(0, max(measured) * 1.15)
             ax.grid(axis="y", alpha=0.3)
             if c == 0:
-                ax.set_ylabel(f"{name}: ms per step" if len(rows) > 1 else "ms per step")
-        for c in range(len(live(group["points"])), ncols):
+                ax.set_ylabel(f"{name}: ms per step" if len(live_groups) > 1 else "ms per step")
+        for c in range(len(points), ncols):
             axes[r][c].axis("off")
-    names = ", ".join(device_label(g["reports"]) for _, g in rows)
+    names = ", ".join(device_label(g["reports"]) for _, g in live_groups)
     fig.suptitle(f"Qwen2-VL-7B shape, random bf16 weights ({names}): step cost vs bandwidth floor "
                  "(×N = measured / floor)", fontsize=10)
     handles, labels = axes[0][0].get_legend_handles_labels()
