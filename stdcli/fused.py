@@ -113,7 +113,7 @@ def fused_text_model(model) -> FusedTextModel | None:
     """The model's language model as `decode_forward` takes it (built once, kept on the model), or None when its
     architecture is not one `decode_forward` reproduces (then the engine uses transformers' forward)."""
     fused = getattr(model, FUSED_ATTRIBUTE, None)
-    if fused is not None:
+    if fused is not None and _still_shared(model, fused):
         return fused
     if unsupported_reason(model) is not None:
         return None
@@ -137,6 +137,13 @@ def fused_text_model(model) -> FusedTextModel | None:
     )
     setattr(model, FUSED_ATTRIBUTE, fused)
     return fused
+
+
+def _still_shared(model, fused: FusedTextModel) -> bool:
+    """Whether the model's weights are still the views `fused` was built on: moving or casting the model
+    (`model.to(...)`) gives its parameters new storage, and the fused weights must then be built again."""
+    attn = language_model(model).layers[0].self_attn
+    return attn.q_proj.weight.data_ptr() == fused.layers[0].qkv_weight.data_ptr()
 
 
 # ---- the element-wise parts in PyTorch: the CPU path, and the reference the kernels are tested against ----------

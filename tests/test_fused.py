@@ -33,6 +33,16 @@ def test_fusing_keeps_the_weights_and_shares_their_memory(family, fresh_lm):
     assert attn.v_proj.bias.data_ptr() == layer.qkv_bias[-attn.v_proj.bias.shape[0]:].data_ptr()
 
 
+def test_a_moved_model_is_fused_again(fresh_lm):
+    lm = fresh_lm("qwen2-vl")
+    first = fused.fused_text_model(lm.model)
+    lm.model.to(torch.float64)  # new storage for every parameter, as a move to another device gives
+    again = fused.fused_text_model(lm.model)
+    assert again is not first and again.layers[0].qkv_weight.dtype == torch.float64
+    attn = fused.language_model(lm.model).layers[0].self_attn
+    assert attn.q_proj.weight.data_ptr() == again.layers[0].qkv_weight.data_ptr()
+
+
 def test_unsupported_architectures_are_named(fresh_lm):
     lm = fresh_lm("qwen2-vl")
     fused.language_model(lm.model).config.hidden_act = "gelu"
