@@ -51,8 +51,9 @@ class DecodeOptions:
     # StD sequences start with this many plain dense steps: their measured cost is the baseline of `speedup_est`.
     calibration_steps: int = 2
     cuda_graphs: bool = True  # on a CUDA device: each step shape is captured once and replayed
-    # Experimental, on a CUDA device: torch.compile each step shape before capturing it. It halves the kernels of a
-    # step, but today the cache writes compile to whole-buffer copies and a 7B step is 2x slower (docs/benchmarks.md)
+    # Experimental, on a CUDA device: torch.compile each step shape before capturing it. Measured on transformers'
+    # forward it halved the kernels of a step but compiled the cache writes to whole-buffer copies, 2x slower
+    # (docs/benchmarks.md); not measured with the fused forward, which already has few kernels
     compile: bool = False
     # Qwen2-family language models: decoding steps run our fused forward (fused.py); False: transformers' forward
     fused: bool = True
