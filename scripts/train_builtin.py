@@ -290,10 +290,11 @@ def losses(model, probe: RegionProbe, batch: dict, mean, std, device) -> tuple[t
     batch["pixel_values_videos"] = pixel_values(batch.pop("frames"), mean, std)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         logits = model(**batch).logits[:, :-1]
-    targets, weights = labels[:, 1:], weights[:, 1:]
-    mask = targets != -100
-    token_loss = torch.nn.functional.cross_entropy(logits[mask].float(), targets[mask], reduction="none")
-    lm_loss = (token_loss * weights[mask]).sum() / weights[mask].sum()
+    targets, weights = labels[:, 1:].flatten(), weights[:, 1:].flatten()
+    # every position, not logits[targets != -100]: boolean indexing would make the host wait for the GPU each step.
+    # Positions without an answer token have weight 0 and lose nothing (ignore_index gives them loss 0).
+    token_loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets, reduction="none")
+    lm_loss = (token_loss * weights).sum() / weights.sum()
     return lm_loss, probe.loss(regions)
 
 
@@ -343,7 +344,8 @@ def main() -> None:
     std = torch.tensor(processor.video_processor.image_std, device=device)
     probe = RegionProbe(model).to(device)
     trained = list(model.parameters()) + list(probe.parameters())
-    optimizer = torch.optim.AdamW(trained, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.05)
+    optimizer = torch.optim.AdamW(trained, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.05,
+                                  fused=device.type == "cuda")
     step, trained_s, resumes = 0, 0.0, 0
     state_path = args.out / "state.pt"
     if args.resume and state_path.exists():
@@ -366,13 +368,15 @@ def main() -> None:
         Batches(args.seed + 7919 * resumes, args.tokens, time.time() + args.short_first * (args.minutes * 60 - trained_s)),
         batch_size=None, num_workers=args.workers,
         prefetch_factor=4 if args.workers else None, persistent_workers=bool(args.workers),
+        pin_memory=device.type == "cuda",
     )
     budget = args.minutes * 60
     last_save = time.perf_counter()
     started = time.perf_counter() - trained_s
-    window: list[float] = []
-    region_window: list[float] = []
-    sequences = skipped = 0
+    # Sums kept on the device and read every 25 steps: a read per step (.item(), a finite check) would make the host
+    # wait for the GPU at every step instead of queueing the next one.
+    loss_sum, region_sum, updates, skipped = (torch.zeros((), device=device) for _ in range(4))
+    sequences = 0
     waited = 0.0
     fetched = time.perf_counter()
     for batch in loader:
@@ -386,12 +390,16 @@ def main() -> None:
         loss = lm_loss + args.region_weight * region_loss
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(trained, 1.0)
-        if torch.isfinite(loss) and torch.isfinite(norm):
-            optimizer.step()
-            window.append(lm_loss.item())
-            region_window.append(region_loss.item())
-        else:  # a rare bf16 overflow must not poison the weights
-            skipped += 1
+        finite = torch.isfinite(loss) & torch.isfinite(norm)
+        # a rare bf16 overflow must not poison the weights: its gradients become zeros (Adam's moments only decay)
+        for p in trained:
+            if p.grad is not None:
+                p.grad = torch.where(finite, p.grad, 0.0)
+        optimizer.step()
+        loss_sum += torch.where(finite, lm_loss.detach(), 0.0)
+        region_sum += torch.where(finite, region_loss.detach(), 0.0)
+        updates += finite
+        skipped += ~finite
         optimizer.zero_grad(set_to_none=True)
         step += 1
         sequences += batch["input_ids"].shape[0]
@@ -401,15 +409,14 @@ def main() -> None:
                 with torch.no_grad():
                     blank = dict(batch, frames=torch.zeros_like(batch["frames"]))
                     blind = round(losses(model, probe, blank, mean, std, device)[0].item(), 4)
+            count = max(int(updates), 1)
             record({"step": step, "elapsed_s": round(elapsed, 1),
-                    "loss": round(sum(window) / len(window), 4) if window else None,
-                    "region_loss": round(sum(region_window) / len(region_window), 4) if region_window else None,
+                    "loss": round(float(loss_sum) / count, 4), "region_loss": round(float(region_sum) / count, 4),
                     "last_loss": round(lm_loss.item(), 4), "last_loss_blank_frames": blind,
                     "lr": round(optimizer.param_groups[0]["lr"], 6), "grad_norm": round(float(norm), 3),
-                    "batch": list(batch["input_ids"].shape), "sequences": sequences, "skipped": skipped,
+                    "batch": list(batch["input_ids"].shape), "sequences": sequences, "skipped": int(skipped),
                     "data_wait_s": round(waited, 1)})
-            window.clear()
-            region_window.clear()
+            loss_sum.zero_(), region_sum.zero_(), updates.zero_()
         if time.perf_counter() - last_save > args.save_every * 60:
             torch.save({"model": model.state_dict(), "probe": probe.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                         "trained_s": time.perf_counter() - started, "resumes": resumes}, state_path)
