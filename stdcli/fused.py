@@ -12,7 +12,9 @@ the CPU suite tests this forward against `model.generate`. Only decoding steps u
 tower) still runs through transformers' forward.
 
 The q/k/v and gate/up projections are concatenated once: their weights are re-pointed to views of the concatenated
-tensor (same values, no second copy), so transformers' forward and `generate` keep working on the same memory.
+tensor (same values, no second copy), so transformers' forward and `generate` keep working on the same memory. The
+parameters are new objects then: code that holds the old ones (an optimizer built before) should decode with
+`DecodeOptions(fused=False)`.
 """
 
 from __future__ import annotations
