@@ -29,8 +29,8 @@ from .std import DEFAULT_GAMMA, DEFAULT_K, DecodeOptions
 
 BUILTIN_NOTE = (
     "The built-in model (the default) was trained only on generated videos of coloured shapes that move, "
-    "appear, disappear and change colour (see samples/); for real footage pass --model with real weights, "
-    "e.g. --model qwen2-vl."
+    "appear, disappear and change colour (see samples/), and understands questions phrased as in "
+    "samples/truth.jsonl; for real footage pass --model with real weights, e.g. --model qwen2-vl."
 )
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
