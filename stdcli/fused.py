@@ -24,9 +24,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
 from . import kernels
 from .attention import StepContext, step_attention
+from .kvcache import store_step_entries
 
 # Decoder layers whose forward is exactly the one written out in `decode_forward`.
 SUPPORTED_LAYERS = ("Qwen2DecoderLayer", "Qwen2VLDecoderLayer", "Qwen2_5_VLDecoderLayer")
@@ -159,11 +161,6 @@ def add_rms_norm(hidden: torch.Tensor, delta: torch.Tensor | None, weight: torch
     return weight * normed.to(hidden.dtype)
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 def rope_to_cache(
     qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
     write_pos: torch.Tensor, q_heads: int, kv_heads: int,
@@ -172,13 +169,8 @@ def rope_to_cache(
     batch, length, head_dim = cos.shape
     heads = qkv.view(batch, length, q_heads + 2 * kv_heads, head_dim).transpose(1, 2)
     query, key, value = heads.split((q_heads, kv_heads, kv_heads), dim=1)
-    cos, sin = cos[:, None], sin[:, None]
-    query = query * cos + rotate_half(query) * sin
-    key = key * cos + rotate_half(key) * sin
-    batch_index = torch.arange(batch, device=qkv.device)[:, None]
-    # advanced indices around a slice put [B, L] first: the target is [B, L, Hkv, D]
-    keys[batch_index, :, write_pos] = key.transpose(1, 2)
-    values[batch_index, :, write_pos] = value.transpose(1, 2)
+    query, key = apply_rotary_pos_emb(query, key, cos, sin)  # the models' own function
+    store_step_entries(keys, values, key, value, write_pos)
     return query
 
 

@@ -20,6 +20,15 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 
+def store_step_entries(keys: torch.Tensor, values: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                       write_pos: torch.Tensor) -> None:
+    """Store a step's new key/value [B, Hkv, L, D] into one layer's buffers [B, Hkv, N, D] at write_pos [B, L]."""
+    batch_index = torch.arange(keys.shape[0], device=keys.device)[:, None]
+    # advanced indices around a slice put [B, L] first: the target is [B, L, Hkv, D]
+    keys[batch_index, :, write_pos] = key.transpose(1, 2)
+    values[batch_index, :, write_pos] = value.transpose(1, 2)
+
+
 class EngineCacheLayer(CacheLayerMixin):
     """One decoder layer's window onto the engine cache; all storage lives in `EngineCache`."""
 
@@ -105,9 +114,7 @@ class EngineCache(Cache):
             self.dense_v[layer, self.slot, :, :length] = value[0]
             return key, value
         keys, values = self.step_buffers(layer)
-        # advanced indices around a slice put [B, L] first: the target is [B, L, Hkv, D]
-        keys[self.batch_index, :, self.write_pos] = key.transpose(1, 2)
-        values[self.batch_index, :, self.write_pos] = value.transpose(1, 2)
+        store_step_entries(keys, values, key, value, self.write_pos)
         return keys, values
 
     def step_buffers(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
