@@ -24,7 +24,7 @@ from stdcli import kernels  # noqa: E402
 
 
 def bench(fn, iters: int = 200) -> float:
-    """Median-free mean us per call of fn, replayed from a CUDA graph (as the engine runs it)."""
+    """Mean us per call of fn, replayed from a CUDA graph (as the engine runs it)."""
     fn()
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()

@@ -214,8 +214,9 @@ SKINNY_ROWS = 16  # the most rows skinny_linear takes: one tile of them, so the 
 
 def use_skinny_linear(x: torch.Tensor) -> bool:
     """For the wide projections (gate/up, lm_head) of a decoding step in 16-bit: a few rows against a weight much
-    taller than wide, where cuBLAS reads the weight 5-10% slower (scripts/tune_kernels.py; cuBLAS wins for the
-    q/k/v, o and down projections, which keep it)."""
+    taller than wide, where cuBLAS reads the weight 5-10% slower (scripts/tune_kernels.py). The q/k/v, o and down
+    projections keep cuBLAS: it won for q/k/v and down, and the o projection of one row, faster here in isolation,
+    was tried only together with a fused down projection that made the step slower (docs/benchmarks.md)."""
     return x.dtype in (torch.bfloat16, torch.float16) and x.shape[0] <= SKINNY_ROWS and available(x.device)
 
 
