@@ -19,6 +19,8 @@ import os
 import random
 import sys
 import time
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -45,7 +47,7 @@ EVAL_SEED_BASE = 10_000_000
 BUILTIN_TEXT = {
     "hidden_size": 256,
     "intermediate_size": 1024,
-    "num_hidden_layers": 6,
+    "num_hidden_layers": 8,
     "num_attention_heads": 4,
     "num_key_value_heads": 2,
     "initializer_range": 0.02,
@@ -75,9 +77,10 @@ def builtin_processor(tokenizer):
     )
 
 
-def builtin_config(tokenizer):
+def builtin_config(tokenizer, layers: int = BUILTIN_TEXT["num_hidden_layers"]):
     return make_config(
-        "qwen2-vl", "tiny", tokenizer=tokenizer, text_config=BUILTIN_TEXT, vision_config=BUILTIN_VISION,
+        "qwen2-vl", "tiny", tokenizer=tokenizer, text_config=dict(BUILTIN_TEXT, num_hidden_layers=layers),
+        vision_config=BUILTIN_VISION,
         tie_word_embeddings=True,
     )
 
@@ -95,23 +98,33 @@ def first_turn(processor, question: str) -> str:
 
 
 def model_frames(clip, timestamps: list[float], realistic: bool) -> torch.Tensor:
-    """uint8 [T, 3, 112, 112]: rendered at 224 and resized like the processor does (realistic), or drawn at 112."""
+    """uint8 [T, 112, 112, 3]: rendered at 224 and resized like the processor does (realistic), or drawn at 112."""
     if not realistic:
-        return torch.from_numpy(render_frames(clip, timestamps, MODEL_EDGE)).permute(0, 3, 1, 2).contiguous()
+        return torch.from_numpy(render_frames(clip, timestamps, MODEL_EDGE))
     frames = torch.from_numpy(render_frames(clip, timestamps, FRAME_EDGE)).permute(0, 3, 1, 2)
-    return resize(frames, [MODEL_EDGE, MODEL_EDGE], interpolation=InterpolationMode.BICUBIC, antialias=True)
+    return resize(frames, [MODEL_EDGE, MODEL_EDGE], interpolation=InterpolationMode.BICUBIC, antialias=True).permute(0, 2, 3, 1)
 
 
 def pixel_values(frames: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """The Qwen2-VL video processor's rescale, normalize and patchify, for frames already at 112x112.
 
-    frames uint8 [T, 3, 112, 112] (T even) -> [T/2 * 8 * 8, 3 * 2 * 14 * 14], patches in the processor's order.
+    frames [T, 112, 112, 3] (T even; uint8, or float in 0..255) -> [T/2 * 8 * 8, 3 * 2 * 14 * 14], patches in the
+    processor's order.
     """
-    x = (frames.float() / 255 - mean[:, None, None]) / std[:, None, None]
+    x = (frames.permute(0, 3, 1, 2).float() / 255 - mean[:, None, None]) / std[:, None, None]
     t, c = x.shape[0] // 2, x.shape[1]
     g = MODEL_EDGE // 14
-    x = x.view(t, 2, c, g // 2, 2, 14, g // 2, 2, 14)
+    x = x.reshape(t, 2, c, g // 2, 2, 14, g // 2, 2, 14)
     return x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8).reshape(t * g * g, c * 2 * 14 * 14)
+
+
+def add_noise(frames: torch.Tensor, noisy: torch.Tensor, sigma: float = 2.0) -> torch.Tensor:
+    """Mild sensor/codec noise on the frames flagged `noisy` ([T] bool), so decoded H.264 frames look familiar.
+
+    On the training device: drawn in the data workers it cost them three quarters of their time (long clips have
+    hundreds of frames)."""
+    noise = torch.randn(frames.shape, device=frames.device) * (sigma * noisy.float()[:, None, None, None])
+    return (frames.float() + noise).round().clamp(0, 255)
 
 
 def region_targets(clip, timestamps: list[float]) -> torch.Tensor:
@@ -138,7 +151,7 @@ class Conversation:
     predictable descriptions would drown the one-word answers that can only be got right by looking.
     """
 
-    def __init__(self, tokenizer, prompt: str, frames: torch.Tensor, qas: list[QA], regions: torch.Tensor):
+    def __init__(self, tokenizer, prompt: str, frames: torch.Tensor, noisy: bool, qas: list[QA], regions: torch.Tensor):
         tokens = (frames.shape[0] // 2) * (MODEL_EDGE // 28) ** 2
         pad = tokenizer.convert_tokens_to_ids("<|video_pad|>")
         ids = []
@@ -159,6 +172,7 @@ class Conversation:
                 labels += [-100] * len(sep)
                 weights += [0.0] * len(sep)
         self.ids, self.labels, self.weights, self.frames, self.regions = ids, labels, weights, frames, regions
+        self.noisy = noisy
 
 
 def make_example(processor, seed: int, rng: random.Random, long_share: float = 0.2) -> Conversation:
@@ -167,9 +181,7 @@ def make_example(processor, seed: int, rng: random.Random, long_share: float = 0
     fps = 2.0 if rng.random() < 0.8 else rng.uniform(1.0, 3.0)
     timestamps = sample_timestamps(clip.duration, fps)
     frames = model_frames(clip, timestamps, realistic=kind == "short" and rng.random() < 0.4)
-    if rng.random() < 0.5:  # mild sensor/codec noise so decoded H.264 frames look familiar
-        noise = torch.randn(frames.shape, generator=torch.Generator().manual_seed(seed)) * 2.0
-        frames = (frames + noise).round().clamp(0, 255).to(torch.uint8)
+    noisy = rng.random() < 0.5  # the noise itself is drawn on the training device (add_noise)
     qas = questions_for(clip, rng)
     rng.shuffle(qas)
     describe_qa = [q for q in qas if q.qtype == "describe"]
@@ -179,7 +191,7 @@ def make_example(processor, seed: int, rng: random.Random, long_share: float = 0
         chosen.insert(rng.randrange(len(chosen) + 1), describe_qa[0])
     chosen = chosen or qas[:1]
     prompt = first_turn(processor, chosen[0].question)
-    return Conversation(processor.tokenizer, prompt, frames, chosen, region_targets(clip, timestamps))
+    return Conversation(processor.tokenizer, prompt, frames, noisy, chosen, region_targets(clip, timestamps))
 
 
 def rope_indexer(tokenizer):
@@ -207,6 +219,7 @@ def collate(examples: list[Conversation], pad_id: int, video_id: int, rope_index
         "weights": weights,
         "mm_token_type_ids": (ids == video_id).long() * 2,
         "frames": torch.cat([e.frames for e in examples]),
+        "noisy": torch.cat([torch.full((e.frames.shape[0],), e.noisy) for e in examples]),
         "regions": torch.cat([e.regions for e in examples]),
         "video_grid_thw": torch.tensor([[e.frames.shape[0] // 2, g, g] for e in examples]),
     }
@@ -259,7 +272,7 @@ def check_against_processor(processor) -> None:
         text=[prompt], videos=[render_frames(clip, timestamps, FRAME_EDGE)], return_tensors="pt",
         videos_kwargs={"do_sample_frames": False},
     )
-    ours = Conversation(processor.tokenizer, prompt, model_frames(clip, timestamps, realistic=True), [qa],
+    ours = Conversation(processor.tokenizer, prompt, model_frames(clip, timestamps, realistic=True), False, [qa],
                         region_targets(clip, timestamps))
     mean = torch.tensor(processor.video_processor.image_mean)
     std = torch.tensor(processor.video_processor.image_std)
@@ -287,9 +300,9 @@ def losses(model, probe: RegionProbe, batch: dict, mean, std, device) -> tuple[t
     """(language loss: mean over answers of their mean token loss, region loss of the visual tokens) of one batch."""
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     regions, labels, weights = batch.pop("regions"), batch.pop("labels"), batch.pop("weights")
-    batch["pixel_values_videos"] = pixel_values(batch.pop("frames"), mean, std)
+    batch["pixel_values_videos"] = pixel_values(add_noise(batch.pop("frames"), batch.pop("noisy")), mean, std)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        logits = model(**batch).logits[:, :-1]
+        logits = model(**batch, use_cache=False).logits[:, :-1]
     targets, weights = labels[:, 1:].flatten(), weights[:, 1:].flatten()
     # every position, not logits[targets != -100]: boolean indexing would make the host wait for the GPU each step.
     # Positions without an answer token have weight 0 and lose nothing (ignore_index gives them loss 0).
@@ -298,9 +311,14 @@ def losses(model, probe: RegionProbe, batch: dict, mean, std, device) -> tuple[t
     return lm_loss, probe.loss(regions)
 
 
+def blank_frames(batch: dict) -> dict:
+    """The batch with black, noiseless frames: its loss tells whether the answers still depend on what is seen."""
+    return dict(batch, frames=torch.zeros_like(batch["frames"]), noisy=torch.zeros_like(batch["noisy"]))
+
+
 def vision_in_float32(model) -> None:
     """Keep the vision tower out of bfloat16 autocast: in bf16 its gradients overflowed to NaN at the peak learning
-    rate (half the steps of a run were skipped); it is a small share of the compute."""
+    rate (half the steps of a run were skipped). Its matmuls use TF32 (main)."""
     visual = model.model.visual
     forward = visual.forward
 
@@ -309,6 +327,80 @@ def vision_in_float32(model) -> None:
             return forward(hidden_states.float(), *args, **kwargs)
 
     visual.forward = float32_forward
+
+
+@dataclass
+class Trainer:
+    """Everything a training step touches: the model, its training-only region probe, the optimizer over both, and
+    the processor's normalization constants on the device."""
+
+    processor: object
+    model: torch.nn.Module
+    probe: RegionProbe
+    optimizer: torch.optim.Optimizer
+    mean: torch.Tensor
+    std: torch.Tensor
+    device: torch.device
+
+    @classmethod
+    def build(cls, layers: int, lr: float, seed: int, device: torch.device) -> "Trainer":
+        # TF32 tensor cores for the float32 vision tower (vision_in_float32): float32's range at tensor-core speed.
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        tokenizer = builtin_tokenizer()
+        processor = builtin_processor(tokenizer)
+        check_against_processor(processor)
+        model = build_random_model("qwen2-vl", builtin_config(tokenizer, layers), seed=seed, device=str(device)).train()
+        use_packed_vision_attention(model)
+        vision_in_float32(model)
+        probe = RegionProbe(model).to(device)
+        optimizer = torch.optim.AdamW(list(model.parameters()) + list(probe.parameters()), lr=lr, betas=(0.9, 0.98),
+                                      weight_decay=0.05, fused=device.type == "cuda")
+        mean = torch.tensor(processor.video_processor.image_mean, device=device)
+        std = torch.tensor(processor.video_processor.image_std, device=device)
+        return cls(processor, model, probe, optimizer, mean, std, device)
+
+    @property
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+
+def train_step(trainer: Trainer, batch: dict, region_weight: float):
+    """One optimizer step. Returns (language loss, region loss, gradient norm, finite), all still on the device:
+    reading them here would make the host wait for the GPU at every step instead of queueing the next one."""
+    lm_loss, region_loss = losses(trainer.model, trainer.probe, batch, trainer.mean, trainer.std, trainer.device)
+    loss = lm_loss + region_weight * region_loss
+    loss.backward()
+    trained = trainer.parameters
+    norm = torch.nn.utils.clip_grad_norm_(trained, 1.0)
+    finite = torch.isfinite(loss) & torch.isfinite(norm)
+    # a rare bf16 overflow must not poison the weights: its gradients become zeros (Adam's moments only decay)
+    for p in trained:
+        if p.grad is not None:
+            p.grad = torch.where(finite, p.grad, 0.0)
+    trainer.optimizer.step()
+    trainer.optimizer.zero_grad(set_to_none=True)
+    return lm_loss.detach(), region_loss.detach(), norm, finite
+
+
+@contextmanager
+def profile_to(path: Path, label: str, steps: int):
+    """Profile the block (`steps` training steps) with torch.profiler; append its per-op CPU and CUDA times and the
+    wall time per step (device synchronized at both ends) to `path`."""
+    cuda = torch.cuda.is_available()
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+    if cuda:
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    with torch.profiler.profile(activities=activities) as profiler:
+        yield
+        if cuda:
+            torch.cuda.synchronize()
+    wall = (time.perf_counter() - started) / steps
+    table = profiler.key_averages()
+    with path.open("a") as f:
+        f.write(f"== {label}: {steps} steps, {wall * 1000:.1f} ms per step (profiled)\n")
+        for key in (["self_cuda_time_total"] if cuda else []) + ["self_cpu_time_total"]:
+            f.write(table.table(sort_by=key, row_limit=25) + "\n")
 
 
 def learning_rate(progress: float, peak: float, warmup: float = 0.05) -> float:
@@ -322,30 +414,25 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/builtin"))
     parser.add_argument("--minutes", type=float, default=7.0, help="training time budget")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tokens", type=int, default=24_000, help="padded tokens per batch")
+    parser.add_argument("--tokens", type=int, default=48_000, help="padded tokens per batch")
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--layers", type=int, default=BUILTIN_TEXT["num_hidden_layers"], help="language model layers")
     parser.add_argument("--region-weight", type=float, default=1.0, help="weight of the vision tower's region loss")
     parser.add_argument("--short-first", type=float, default=0.35, help="share of the time on short clips only")
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
     parser.add_argument("--save-every", type=float, default=2.0, help="minutes between checkpoints")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile 5 steps on short clips (from step 200) and 5 on mixed ones (from 70%% of the time) "
+                             "into OUT/profile.txt")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)
 
-    tokenizer = builtin_tokenizer()
-    processor = builtin_processor(tokenizer)
-    check_against_processor(processor)
-    model = build_random_model("qwen2-vl", builtin_config(tokenizer), seed=args.seed, device=str(device)).train()
-    use_packed_vision_attention(model)
-    vision_in_float32(model)
-    mean = torch.tensor(processor.video_processor.image_mean, device=device)
-    std = torch.tensor(processor.video_processor.image_std, device=device)
-    probe = RegionProbe(model).to(device)
-    trained = list(model.parameters()) + list(probe.parameters())
-    optimizer = torch.optim.AdamW(trained, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.05,
-                                  fused=device.type == "cuda")
+    trainer = Trainer.build(args.layers, args.lr, args.seed, device)
+    model, probe, optimizer, mean, std = trainer.model, trainer.probe, trainer.optimizer, trainer.mean, trainer.std
+    processor = trainer.processor
     step, trained_s, resumes = 0, 0.0, 0
     state_path = args.out / "state.pt"
     if args.resume and state_path.exists():
@@ -379,36 +466,34 @@ def main() -> None:
     sequences = 0
     waited = 0.0
     fetched = time.perf_counter()
+    window, windows = None, []  # an open profiling window; the steps windows started at
     for batch in loader:
         waited += time.perf_counter() - fetched
         elapsed = time.perf_counter() - started
         if elapsed >= budget:
             break
+        if window is not None and step == windows[-1] + 5:
+            window.close()
+            window = None
+        if args.profile and window is None and len(windows) < 2 and (
+                elapsed >= 0.7 * budget if windows else step >= 200):
+            windows.append(step)
+            window = ExitStack()
+            window.enter_context(profile_to(args.out / "profile.txt", f"from step {step}", 5))
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(elapsed / budget, args.lr)
-        lm_loss, region_loss = losses(model, probe, batch, mean, std, device)
-        loss = lm_loss + args.region_weight * region_loss
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(trained, 1.0)
-        finite = torch.isfinite(loss) & torch.isfinite(norm)
-        # a rare bf16 overflow must not poison the weights: its gradients become zeros (Adam's moments only decay)
-        for p in trained:
-            if p.grad is not None:
-                p.grad = torch.where(finite, p.grad, 0.0)
-        optimizer.step()
-        loss_sum += torch.where(finite, lm_loss.detach(), 0.0)
-        region_sum += torch.where(finite, region_loss.detach(), 0.0)
+        lm_loss, region_loss, norm, finite = train_step(trainer, batch, args.region_weight)
+        loss_sum += torch.where(finite, lm_loss, 0.0)
+        region_sum += torch.where(finite, region_loss, 0.0)
         updates += finite
         skipped += ~finite
-        optimizer.zero_grad(set_to_none=True)
         step += 1
         sequences += batch["input_ids"].shape[0]
         if step % 25 == 0:
             blind = None
             if step % 100 == 0:  # does the language loss still depend on the frames? (blank frames, same batch)
                 with torch.no_grad():
-                    blank = dict(batch, frames=torch.zeros_like(batch["frames"]))
-                    blind = round(losses(model, probe, blank, mean, std, device)[0].item(), 4)
+                    blind = round(losses(model, probe, blank_frames(batch), mean, std, device)[0].item(), 4)
             count = max(int(updates), 1)
             record({"step": step, "elapsed_s": round(elapsed, 1),
                     "loss": round(float(loss_sum) / count, 4), "region_loss": round(float(region_sum) / count, 4),
@@ -424,7 +509,7 @@ def main() -> None:
         fetched = time.perf_counter()
     with torch.no_grad():  # the batch the time budget stopped at: not trained on
         seeing = losses(model, probe, batch, mean, std, device)[0].item()
-        blind = losses(model, probe, dict(batch, frames=torch.zeros_like(batch["frames"])), mean, std, device)[0].item()
+        blind = losses(model, probe, blank_frames(batch), mean, std, device)[0].item()
     record({"event": "done", "step": step, "elapsed_s": round(time.perf_counter() - started, 1),
             "loss_with_frames": round(seeing, 4), "loss_with_blank_frames": round(blind, 4)})
     final = args.out / "final"

@@ -1,0 +1,67 @@
+"""The built-in model's training script (scripts/train_builtin.py): its inputs are the inference path's, and a step
+learns. The GPU run itself is in docs/model.md; these keep the script working between runs."""
+
+import random
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+
+import train_builtin as tb  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def trainer():
+    torch.manual_seed(0)
+    # check_against_processor runs inside: token expansion and pixel values equal the processor's
+    return tb.Trainer.build(layers=2, lr=1e-3, seed=0, device=torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def batch(trainer):
+    rng = random.Random(0)
+    examples = [tb.make_example(trainer.processor, seed, rng, long_share=0.0) for seed in (1, 2)]
+    tokenizer = trainer.processor.tokenizer
+    pad_id, video_id = (tokenizer.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|video_pad|>"))
+    return tb.collate(examples, pad_id, video_id, tb.rope_indexer(tokenizer))
+
+
+def test_noise_only_on_flagged_frames_and_stays_in_pixel_range():
+    frames = torch.full((4, 112, 112, 3), 128, dtype=torch.uint8)
+    frames[1] = 0
+    noisy = torch.tensor([True, True, False, False])
+    out = tb.add_noise(frames, noisy)
+    assert torch.equal(out[2:], frames[2:].float())
+    assert not torch.equal(out[0], frames[0].float())
+    assert out.min() >= 0 and out.max() <= 255 and torch.equal(out, out.round())
+
+
+def test_pixel_values_take_float_frames_like_uint8(batch, trainer):
+    frames = batch["frames"][:2]
+    assert torch.equal(tb.pixel_values(frames, trainer.mean, trainer.std),
+                       tb.pixel_values(frames.float(), trainer.mean, trainer.std))
+
+
+def test_batch_layout(batch):
+    rows, length = batch["input_ids"].shape
+    assert rows == 2 and batch["position_ids"].shape == (3, rows, length)
+    assert batch["frames"].shape[1:] == (112, 112, 3) and batch["noisy"].shape == batch["frames"].shape[:1]
+    visual_tokens = int((batch["mm_token_type_ids"] == 2).sum())
+    assert visual_tokens == batch["regions"].shape[0] == int(batch["video_grid_thw"].prod(-1).sum()) // 4
+    assert (batch["weights"] > 0).sum() == (batch["labels"] != -100).sum()
+
+
+def test_steps_learn_on_one_batch(batch, trainer):
+    first = None
+    for _ in range(6):
+        lm_loss, region_loss, norm, finite = tb.train_step(trainer, batch, region_weight=1.0)
+        assert bool(finite) and torch.isfinite(norm)
+        first = first if first is not None else (float(lm_loss), float(region_loss))
+    assert float(lm_loss) < first[0] and float(region_loss) < first[1]
+    with torch.no_grad():
+        blank = tb.losses(trainer.model, trainer.probe, tb.blank_frames(batch), trainer.mean, trainer.std,
+                          trainer.device)[0]
+    assert torch.isfinite(blank)
