@@ -460,6 +460,8 @@ def test_ctrl_c_keeps_finished_records(model, good, tmp_path):
             [sys.executable, "-m", "stdcli", "ask", "-", QUESTION, "--model", model, "--output", str(log), "--jsonl",
              "--max-new-tokens", "24"],
             stdin=stdin, stdout=out, stderr=err, env=process_env(),
+            # as from a terminal: a runner started in the background (nohup, `&`) passes SIGINT on as ignored
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         try:
             deadline = time.monotonic() + 240
