@@ -25,21 +25,19 @@ from stdcli.std import Decoder, DecodeOptions, synchronize  # noqa: E402
 
 def kernels_of(decoder: Decoder, gamma: int, steps: int, context: int, sparse_len: int) -> tuple[list, float]:
     """[(kernel name, calls per step, GPU us per step)] and the wall ms per step, over `steps` steps."""
-    for _ in range(3):  # capture and warm up
-        _fresh_slots(decoder, context, sparse_len, [1])
-        decoder.step(gamma)
-    synchronize(decoder.device)
-    started = time.perf_counter()
-    for _ in range(steps):
-        _fresh_slots(decoder, context, sparse_len, [1])
-        decoder.step(gamma)
-    synchronize(decoder.device)
-    wall_ms = (time.perf_counter() - started) * 1e3 / steps
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(steps):
+
+    def run(count: int) -> None:  # `count` steps from the same context, then wait for the GPU
+        for _ in range(count):
             _fresh_slots(decoder, context, sparse_len, [1])
             decoder.step(gamma)
         synchronize(decoder.device)
+
+    run(3)  # capture and warm up
+    started = time.perf_counter()
+    run(steps)
+    wall_ms = (time.perf_counter() - started) * 1e3 / steps
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        run(steps)
     per_kernel: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
     for event in prof.events():
         if event.device_type == torch.autograd.DeviceType.CUDA:
