@@ -102,7 +102,8 @@ def model_frames(clip, timestamps: list[float], realistic: bool) -> torch.Tensor
     if not realistic:
         return torch.from_numpy(render_frames(clip, timestamps, MODEL_EDGE))
     frames = torch.from_numpy(render_frames(clip, timestamps, FRAME_EDGE)).permute(0, 3, 1, 2)
-    return resize(frames, [MODEL_EDGE, MODEL_EDGE], interpolation=InterpolationMode.BICUBIC, antialias=True).permute(0, 2, 3, 1)
+    resized = resize(frames, [MODEL_EDGE, MODEL_EDGE], interpolation=InterpolationMode.BICUBIC, antialias=True)
+    return resized.permute(0, 2, 3, 1)
 
 
 def pixel_values(frames: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,10 @@
 """The Triton kernels of a decoding step on a GPU: attention, and the parts of a decoder layer that fused.py fuses.
 
-Attention is split-KV ("flash-decoding") over a preallocated cache with per-sequence lengths. One kernel serves every decoding step: a dense step (1 new token), a sparse draft step (1 token, over the sparse
-view) and a verify pass (gamma+1 new tokens, causal among themselves). The new tokens' keys are already in the
-cache at base_len .. base_len+L-1, so "all old keys + causal among the new ones" is a per-row length: row i of
-sequence b sees keys [0, base_len[b] + i]. Lengths live on the device, so the launch shapes are static and the
+Attention is split-KV ("flash-decoding") over a preallocated cache with per-sequence lengths. One kernel serves
+every decoding step: a dense step (1 new token), a sparse draft step (1 token, over the sparse view) and a verify
+pass (gamma+1 new tokens, causal among themselves). The new tokens' keys are already in the cache at
+base_len .. base_len+L-1, so "all old keys + causal among the new ones" is a per-row length: row i of sequence b
+sees keys [0, base_len[b] + i]. Lengths live on the device, so the launch shapes are static and the
 step can be captured in a CUDA graph.
 
 The keys are split across many programs (a 7B model at batch 1 has only 4 KV heads: without the split, 4 programs
