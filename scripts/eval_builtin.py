@@ -2,6 +2,7 @@
 
     python scripts/eval_builtin.py                          # the installed built-in model, on the CPU
     python scripts/eval_builtin.py --model runs/builtin/final --device cuda --json docs/model-eval.json
+    python scripts/eval_builtin.py --samples samples    # the samples' example questions (samples/truth.jsonl)
 
 Each held-out clip (seeds from 10,000,000 up: never seen in training) is written as an 8 fps 224x224 H.264 file,
 then read back by `sample_frames` with the model family's default sampling, prompted with `build_inputs`, and
@@ -29,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from stdcli.ask import FrameOptions, decode_answer, sampling_arguments  # noqa: E402
 from stdcli.models import build_inputs, frame_defaults, load_model  # noqa: E402
 from stdcli.video import sample_frames  # noqa: E402
-from stdcli.world import generate_clip, is_correct, questions_for, write_video  # noqa: E402
+from stdcli.world import QA, generate_clip, is_correct, questions_for, write_video  # noqa: E402
 
 EVAL_SEED_BASE = 10_000_000
 
@@ -54,20 +55,52 @@ def left_padded(batch: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, 
     return out
 
 
+def score_samples(folder: Path, answer) -> None:
+    """The example questions of the samples (folder/truth.jsonl), answered and checked like the held-out clips."""
+    right = total = 0
+    for line in (folder / "truth.jsonl").read_text(encoding="utf-8").splitlines():
+        truth = json.loads(line)
+        clip = generate_clip(truth["seed"], truth["kind"])
+        qas = [QA(q["question"], q["answer"], q["type"]) for q in truth["questions"]]
+        for qa, said in zip(qas, answer(str(folder / truth["file"]), qas)):
+            ok = is_correct(qa, said, clip)
+            right, total = right + ok, total + 1
+            print(f"{'right' if ok else 'WRONG'}  {truth['file']}: {qa.question} -> {said}  (truth: {qa.answer})")
+    print(f"{right} of {total} sample questions answered correctly")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="builtin")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--short", type=int, default=150, help="held-out short clips")
     parser.add_argument("--long", type=int, default=60, help="held-out long clips (60-300 s, one key event)")
+    parser.add_argument("--start", type=int, default=0,
+                        help="index of the first clip of each kind: --start 150 --short 50 --start-long 60 --long 15 "
+                             "is a validation set apart from the default evaluation's clips")
+    parser.add_argument("--start-long", type=int, default=0, help="index of the first long clip")
     parser.add_argument("--workers", type=int, default=4, help="processes writing the clips")
+    parser.add_argument("--samples", type=Path, help="instead, answer the example questions of samples/truth.jsonl")
     parser.add_argument("--json", type=Path, help="write the figures (and every answer) here")
     args = parser.parse_args()
     lm = load_model(args.model, device=args.device, dtype="float32")
     pad_id = lm.tokenizer.convert_tokens_to_ids("<|endoftext|>")
     sampling = sampling_arguments(frame_defaults(lm.family), FrameOptions())
-    jobs = [(EVAL_SEED_BASE + i, "short") for i in range(args.short)]
-    jobs += [(EVAL_SEED_BASE + 500_000 + i, "long") for i in range(args.long)]
+
+    def answer(path: str, qas: list[QA]) -> list[str]:
+        """Greedy answers to the questions, each asked alone about the video, as one left-padded batch."""
+        video = sample_frames(path, **sampling)
+        batch = left_padded([build_inputs(lm, video, qa.question) for qa in qas], pad_id)
+        with torch.inference_mode():
+            out = lm.model.generate(**batch, max_new_tokens=96, do_sample=False, pad_token_id=pad_id)
+        return [decode_answer(lm.tokenizer, [t for t in row if t != pad_id])
+                for row in out[:, batch["input_ids"].shape[1] :].tolist()]
+
+    if args.samples:
+        score_samples(args.samples, answer)
+        return
+    jobs = [(EVAL_SEED_BASE + i, "short") for i in range(args.start, args.start + args.short)]
+    jobs += [(EVAL_SEED_BASE + 500_000 + i, "long") for i in range(args.start_long, args.start_long + args.long)]
     correct: dict[tuple[str, str], list[bool]] = defaultdict(list)
     answers = []
     started = time.perf_counter()
@@ -75,17 +108,12 @@ def main() -> None:
         paths = pool.map(write_clip, [(seed, kind, f"{tmp}/{kind}-{seed}.mp4") for seed, kind in jobs])
         for (seed, kind), path in zip(jobs, paths):
             clip = generate_clip(seed, kind)
-            video = sample_frames(path, **sampling)
             qas = questions_for(clip, random.Random(seed))
-            batch = left_padded([build_inputs(lm, video, qa.question) for qa in qas], pad_id)
-            with torch.inference_mode():
-                out = lm.model.generate(**batch, max_new_tokens=96, do_sample=False, pad_token_id=pad_id)
-            for qa, row in zip(qas, out[:, batch["input_ids"].shape[1] :].tolist()):
-                answer = decode_answer(lm.tokenizer, [t for t in row if t != pad_id])
-                ok = is_correct(qa, answer, clip)
+            for qa, said in zip(qas, answer(path, qas)):
+                ok = is_correct(qa, said, clip)
                 correct[(kind, qa.qtype)].append(ok)
                 answers.append({"seed": seed, "kind": kind, "qtype": qa.qtype, "question": qa.question,
-                                "truth": qa.answer, "answer": answer, "correct": ok})
+                                "truth": qa.answer, "answer": said, "correct": ok})
     table = {f"{kind}/{qtype}": {"n": len(v), "accuracy": round(sum(v) / len(v), 4)} for (kind, qtype), v in sorted(correct.items())}
     short_answers = [ok for (kind, qtype), v in correct.items() if kind == "short" and qtype != "describe" for ok in v]
     long_answers = [ok for (kind, _), v in correct.items() if kind == "long" for ok in v]

@@ -1,12 +1,13 @@
 """Train the built-in Video-LLM: a small Qwen2-VL on clips of the generated world (stdcli.world).
 
-    python scripts/train_builtin.py --out runs/builtin --minutes 7.5           # one H100/H200
-    python scripts/train_builtin.py --out runs/builtin --minutes 7.5 --resume  # continue after an interruption
+    python scripts/train_builtin.py --out runs/builtin --seed 1           # one H100/H200, 7 minutes
+    python scripts/train_builtin.py --out runs/builtin --seed 1 --resume  # continue after an interruption
 
 Seeded and resumable (a checkpoint every --save-every minutes holds model, optimizer, step and time). Frames go
 through exactly the inference path: rendered at the samples' 224x224, sampled at the timestamps `sample_frames`
 would pick in an 8 fps video (2 fps, even count, linspace indices), then the model's own processor. Each clip is
-one multi-turn conversation of several questions; the loss is on the answers (and their <|im_end|>) only.
+one sequence: the video once, then each of its questions as a branch that sees only the video and itself (Example);
+the loss is on the answers (and their <|im_end|>), plus a probe of the visual tokens (region_targets).
 Writes OUT/train.log (JSON lines), OUT/final/ (the checkpoint, float16 safetensors).
 """
 
@@ -41,6 +42,13 @@ MODEL_EDGE = 112
 MODEL_PIXELS = MODEL_EDGE * MODEL_EDGE
 GRID = MODEL_EDGE // 28  # merged visual tokens per frame side
 LOOKS = len(SHAPES) * len(COLORS)  # classes of the auxiliary region targets
+MOTION = ("left", "right", "up", "down")
+# Normalized displacement between the two frames of a token that counts as moving: moves cover at least 0.033 per
+# half second, the slow drift of long clips' still objects at most 0.0004.
+MOTION_THRESHOLD = 0.008
+# Questions of each type per training clip (the evaluation asks 2): each is a branch of ~25 tokens on a video prefix
+# of hundreds to thousands, so more questions are nearly free supervision.
+QUESTIONS_PER_TYPE = 3
 TRAIN_SEED_BASE = 0  # training clips use seeds below EVAL_SEED_BASE
 EVAL_SEED_BASE = 10_000_000
 
@@ -129,70 +137,91 @@ def add_noise(frames: torch.Tensor, noisy: torch.Tensor, sigma: float = 2.0) -> 
 
 
 def region_targets(clip, timestamps: list[float]) -> torch.Tensor:
-    """[T/2 * GRID * GRID, LOOKS] multi-hot: which (shape, color) has its center in each merged token's region.
+    """[T/2 * GRID * GRID, LOOKS + 4] multi-hot targets of each merged visual token's region: which (shape, color)
+    has its center there (LOOKS columns), and which way an object centered there moves between the two frames of
+    the token (MOTION: left, right, up, down).
 
     Training-only supervision of the vision tower: a ViT trained from scratch through the language loss alone
     learns to see far too slowly (the language model first learns to guess from the question), so the
-    visual tokens are also asked, through a linear probe discarded after training, what they show.
+    visual tokens are also asked, through a linear probe discarded after training, what they show. Motion is asked
+    because nothing else carries it: the vision tower sees the two frames of a token together, but the language
+    model's M-RoPE gives horizontal places rotations of at most 0.01 rad (they get its lowest frequencies), so it
+    cannot tell where a token is, and without this a model learned everything but which way things move.
     """
-    targets = torch.zeros(len(timestamps) // 2, GRID, GRID, LOOKS)
-    for i, t in enumerate(timestamps):
+    groups = len(timestamps) // 2
+    targets = torch.zeros(groups, GRID, GRID, LOOKS + len(MOTION))
+    for g in range(groups):
+        pair = timestamps[2 * g : 2 * g + 2]
         for obj, o in enumerate(clip.objects):
-            visible, x, y, color = object_state_at(clip, obj, t)
-            if visible:
+            states = [object_state_at(clip, obj, t) for t in pair]
+            dx, dy = states[1][1] - states[0][1], states[1][2] - states[0][2]
+            moving = max(abs(dx), abs(dy)) > MOTION_THRESHOLD
+            way = (("right" if dx > 0 else "left") if abs(dx) >= abs(dy) else ("down" if dy > 0 else "up"))
+            for visible, x, y, color in states:
+                if not visible:
+                    continue
                 row, col = min(int(y * GRID), GRID - 1), min(int(x * GRID), GRID - 1)
-                targets[i // 2, row, col, SHAPES.index(o.shape) * len(COLORS) + COLORS.index(color)] = 1
+                cell = targets[g, row, col]
+                cell[SHAPES.index(o.shape) * len(COLORS) + COLORS.index(color)] = 1
+                if moving:
+                    cell[LOOKS + MOTION.index(way)] = 1
     return targets.flatten(0, 2)
 
 
-class Conversation:
-    """Token ids, labels, loss weights, frames and region targets of one clip's multi-turn conversation.
+def split_prompt(prompt: str) -> tuple[str, str]:
+    """(the prompt up to the end of the video, the rest: question and assistant header)."""
+    cut = prompt.index("<|vision_end|>") + len("<|vision_end|>")
+    return prompt[:cut], prompt[cut:]
 
-    Every answer weighs the same in the loss, whatever its length: counted per token, the long, mostly
-    predictable descriptions would drown the one-word answers that can only be got right by looking.
+
+class Example:
+    """One clip with its questions, as token ids, labels, loss weights and branch ids, plus frames and region targets.
+
+    The video prefix (system prompt, user turn up to the end of the video) comes once; then every question with its
+    answer is a branch (``branches``: 0 for the prefix, k for the k-th question) that sees the prefix and itself
+    only, at the positions it would have if asked alone (``offsets``: place within its branch). `ask` and the
+    evaluation put one question to a video at a time. Asked as one multi-turn conversation, later answers could be
+    copied from earlier turns instead of seen: "Does the red circle move left before the square turns blue?" tells
+    which way the circle moves, and its color.
+
+    Every answer sentence weighs the same in the loss, whatever its length: counted per token, the long, mostly
+    predictable descriptions would drown the one-word answers that can only be got right by looking; a description
+    of three events weighs as much as three short answers.
     """
 
-    def __init__(self, tokenizer, prompt: str, frames: torch.Tensor, noisy: bool, qas: list[QA], regions: torch.Tensor):
+    def __init__(self, processor, frames: torch.Tensor, noisy: bool, qas: list[QA], regions: torch.Tensor):
+        tokenizer = processor.tokenizer
         tokens = (frames.shape[0] // 2) * (MODEL_EDGE // 28) ** 2
         pad = tokenizer.convert_tokens_to_ids("<|video_pad|>")
-        ids = []
-        for token in tokenizer(prompt, add_special_tokens=False).input_ids:  # expanded as the processor does
-            ids += [token] * (tokens if token == pad else 1)
-        labels = [-100] * len(ids)
-        weights = [0.0] * len(ids)
         end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-        for i, qa in enumerate(qas):
+        prefix, _ = split_prompt(first_turn(processor, ""))
+        ids = []
+        for token in tokenizer(prefix, add_special_tokens=False).input_ids:  # expanded as the processor does
+            ids += [token] * (tokens if token == pad else 1)
+        self.prefix_len = len(ids)
+        labels, weights, branches, offsets = [-100] * len(ids), [0.0] * len(ids), [0] * len(ids), list(range(len(ids)))
+        for k, qa in enumerate(qas, start=1):
+            question = tokenizer(split_prompt(first_turn(processor, qa.question))[1], add_special_tokens=False).input_ids
             answer = tokenizer(qa.answer, add_special_tokens=False).input_ids + [end]
-            ids += answer
-            labels += answer
-            weights += [1.0 / len(answer)] * len(answer)
-            if i + 1 < len(qas):
-                turn = f"\n<|im_start|>user\n{qas[i + 1].question}<|im_end|>\n<|im_start|>assistant\n"
-                sep = tokenizer(turn, add_special_tokens=False).input_ids
-                ids += sep
-                labels += [-100] * len(sep)
-                weights += [0.0] * len(sep)
-        self.ids, self.labels, self.weights, self.frames, self.regions = ids, labels, weights, frames, regions
-        self.noisy = noisy
+            sentences = max(1, qa.answer.count("."))
+            ids += question + answer
+            labels += [-100] * len(question) + answer
+            weights += [0.0] * len(question) + [sentences / len(answer)] * len(answer)
+            branches += [k] * (len(question) + len(answer))
+            offsets += list(range(len(question) + len(answer)))
+        self.ids, self.labels, self.weights, self.branches, self.offsets = ids, labels, weights, branches, offsets
+        self.frames, self.noisy, self.regions = frames, noisy, regions
 
 
-def make_example(processor, seed: int, rng: random.Random, long_share: float = 0.2) -> Conversation:
+def make_example(processor, seed: int, rng: random.Random, long_share: float = 0.2) -> Example:
     kind = "long" if rng.random() < long_share else "short"
     clip = generate_clip(seed, kind)
     fps = 2.0 if rng.random() < 0.8 else rng.uniform(1.0, 3.0)
     timestamps = sample_timestamps(clip.duration, fps)
     frames = model_frames(clip, timestamps, realistic=kind == "short" and rng.random() < 0.4)
     noisy = rng.random() < 0.5  # the noise itself is drawn on the training device (add_noise)
-    qas = questions_for(clip, rng)
-    rng.shuffle(qas)
-    describe_qa = [q for q in qas if q.qtype == "describe"]
-    others = [q for q in qas if q.qtype != "describe"]
-    chosen = others[: rng.randint(4, 8)]  # the frames cost far more than the questions: ask many
-    if describe_qa and rng.random() < 0.6:
-        chosen.insert(rng.randrange(len(chosen) + 1), describe_qa[0])
-    chosen = chosen or qas[:1]
-    prompt = first_turn(processor, chosen[0].question)
-    return Conversation(processor.tokenizer, prompt, frames, noisy, chosen, region_targets(clip, timestamps))
+    qas = questions_for(clip, rng, per_type=QUESTIONS_PER_TYPE)
+    return Example(processor, frames, noisy, qas, region_targets(clip, timestamps))
 
 
 def rope_indexer(tokenizer):
@@ -202,18 +231,30 @@ def rope_indexer(tokenizer):
         return Qwen2VLModel(builtin_config(tokenizer)).get_rope_index
 
 
-def collate(examples: list[Conversation], pad_id: int, video_id: int, rope_index=None) -> dict[str, torch.Tensor]:
-    length = max(len(e.ids) for e in examples)
+def collate(examples: list[Example], pad_id: int, video_id: int, rope_index) -> dict[str, torch.Tensor]:
+    """Right-padded rows; ``branches`` (-1 on padding) becomes the attention mask on the device (branch_mask), and
+    ``position_ids`` are the model's own M-RoPE positions of the prefix, then each branch's text positions, from
+    where a lone question's would start."""
+    # a multiple of 16: the memory-efficient SDPA kernel wants the mask's rows aligned
+    length = -(-max(len(e.ids) for e in examples) // 16) * 16
     ids = torch.full((len(examples), length), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), length), -100, dtype=torch.long)
     weights = torch.zeros((len(examples), length))
-    for row, e in enumerate(examples):
-        ids[row, : len(e.ids)] = torch.tensor(e.ids)
-        labels[row, : len(e.labels)] = torch.tensor(e.labels)
-        weights[row, : len(e.weights)] = torch.tensor(e.weights)
+    branches = torch.full((len(examples), length), -1, dtype=torch.long)
+    positions = torch.zeros((3, len(examples), length), dtype=torch.long)
     g = MODEL_EDGE // 14
-    # No attention mask: padding is on the right, so causal attention never lets a real token see a pad, and
-    # without a mask SDPA runs its flash kernel instead of materializing [B, H, L, L] scores.
+    grid = torch.tensor([[e.frames.shape[0] // 2, g, g] for e in examples])
+    for row, e in enumerate(examples):
+        n, p = len(e.ids), e.prefix_len
+        ids[row, :n] = torch.tensor(e.ids)
+        labels[row, :n] = torch.tensor(e.labels)
+        weights[row, :n] = torch.tensor(e.weights)
+        branches[row, :n] = torch.tensor(e.branches)
+        prefix = ids[row : row + 1, :p]
+        prefix_positions = rope_index(prefix, (prefix == video_id).long() * 2, video_grid_thw=grid[row : row + 1])[0]
+        positions[:, row, :p] = prefix_positions[:, 0]
+        # text goes on from the prefix's last token (<|vision_end|>), whose three positions are equal
+        positions[:, row, p:n] = prefix_positions[0, 0, -1] + 1 + torch.tensor(e.offsets[p:])
     batch = {
         "input_ids": ids,
         "labels": labels,
@@ -222,11 +263,19 @@ def collate(examples: list[Conversation], pad_id: int, video_id: int, rope_index
         "frames": torch.cat([e.frames for e in examples]),
         "noisy": torch.cat([torch.full((e.frames.shape[0],), e.noisy) for e in examples]),
         "regions": torch.cat([e.regions for e in examples]),
-        "video_grid_thw": torch.tensor([[e.frames.shape[0] // 2, g, g] for e in examples]),
+        "video_grid_thw": grid,
+        "branches": branches,
+        "position_ids": positions,
     }
-    if rope_index is not None:
-        batch["position_ids"] = rope_index(ids, batch["mm_token_type_ids"], video_grid_thw=batch["video_grid_thw"])[0]
     return batch
+
+
+def branch_mask(branches: torch.Tensor) -> torch.Tensor:
+    """[B, 1, L, L] bool attention mask of a collated batch: token i sees tokens j <= i of the prefix (branch 0) and
+    of its own branch."""
+    causal = torch.ones(branches.shape[1], branches.shape[1], dtype=torch.bool, device=branches.device).tril()
+    visible = (branches[:, None, :] == 0) | (branches[:, None, :] == branches[:, :, None])
+    return (visible & causal)[:, None]
 
 
 class Batches(torch.utils.data.IterableDataset):
@@ -236,10 +285,9 @@ class Batches(torch.utils.data.IterableDataset):
     wall-clock time `short_until`, clips are short only: the vision tower learns to see on cheap examples first.
     """
 
-    POOL = 96
-
     def __init__(self, seed: int, tokens: int, short_until: float):
         self.seed, self.tokens, self.short_until = seed, tokens, short_until
+        self.pool_size = max(96, 96 * tokens // 48_000)  # room for a full batch of short clips from one worker
 
     def __iter__(self):
         torch.set_num_threads(1)
@@ -251,9 +299,9 @@ class Batches(torch.utils.data.IterableDataset):
         rope_index = rope_indexer(processor.tokenizer)
         rng = random.Random(self.seed * 1000 + worker)
         clip_seed = TRAIN_SEED_BASE + self.seed * 1_000_000 + worker
-        pool: list[Conversation] = []
+        pool: list[Example] = []
         while True:
-            while len(pool) < self.POOL:
+            while len(pool) < self.pool_size:
                 long_share = 0.0 if time.time() < self.short_until else 0.25
                 pool.append(make_example(processor, clip_seed, rng, long_share))
                 clip_seed += workers
@@ -268,13 +316,11 @@ def check_against_processor(processor) -> None:
     clip = generate_clip(1, "short")
     timestamps = sample_timestamps(clip.duration, 2.0)
     qa = questions_for(clip, random.Random(1))[0]
-    prompt = first_turn(processor, qa.question)
     reference = processor(
-        text=[prompt], videos=[render_frames(clip, timestamps, FRAME_EDGE)], return_tensors="pt",
-        videos_kwargs={"do_sample_frames": False},
+        text=[first_turn(processor, qa.question)], videos=[render_frames(clip, timestamps, FRAME_EDGE)],
+        return_tensors="pt", videos_kwargs={"do_sample_frames": False},
     )
-    ours = Conversation(processor.tokenizer, prompt, model_frames(clip, timestamps, realistic=True), False, [qa],
-                        region_targets(clip, timestamps))
+    ours = Example(processor, model_frames(clip, timestamps, realistic=True), False, [qa], region_targets(clip, timestamps))
     mean = torch.tensor(processor.video_processor.image_mean)
     std = torch.tensor(processor.video_processor.image_std)
     assert ours.ids[: reference["input_ids"].shape[1]] == reference["input_ids"][0].tolist(), "token ids differ"
@@ -287,20 +333,26 @@ class RegionProbe(torch.nn.Module):
 
     def __init__(self, model):
         super().__init__()
-        self.head = torch.nn.Linear(model.config.get_text_config().hidden_size, LOOKS)
+        self.head = torch.nn.Linear(model.config.get_text_config().hidden_size, LOOKS + len(MOTION))
         self.features: torch.Tensor | None = None
         model.model.visual.merger.register_forward_hook(lambda module, args, output: setattr(self, "features", output))
 
     def loss(self, targets: torch.Tensor) -> torch.Tensor:
         logits = self.head(self.features.float())
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none")
         # summed over the classes: a mean over 24 mostly-absent classes would make the signal vanishingly small
-        return torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(-1).mean()
+        looks = bce[:, :LOOKS].sum(-1).mean()
+        # motion only where an object is: over all tokens, mostly empty background, it would vanish too
+        occupied = targets[:, :LOOKS].amax(-1)
+        motion = (bce[:, LOOKS:].sum(-1) * occupied).sum() / occupied.sum().clamp(min=1)
+        return looks + motion
 
 
 def losses(model, probe: RegionProbe, batch: dict, mean, std, device) -> tuple[torch.Tensor, torch.Tensor]:
     """(language loss: mean over answers of their mean token loss, region loss of the visual tokens) of one batch."""
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     regions, labels, weights = batch.pop("regions"), batch.pop("labels"), batch.pop("weights")
+    batch["attention_mask"] = branch_mask(batch.pop("branches"))
     batch["pixel_values_videos"] = pixel_values(add_noise(batch.pop("frames"), batch.pop("noisy")), mean, std)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         logits = model(**batch, use_cache=False).logits[:, :-1]

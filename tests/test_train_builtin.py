@@ -39,6 +39,21 @@ def test_noise_only_on_flagged_frames_and_stays_in_pixel_range():
     assert out.min() >= 0 and out.max() <= 255 and torch.equal(out, out.round())
 
 
+def test_region_targets_mark_which_way_a_moving_object_goes():
+    seed = next(s for s in range(200) if [e.kind for e in tb.generate_clip(s, "short").events] == ["move"])
+    clip = tb.generate_clip(seed, "short")
+    move = clip.events[0]
+    timestamps = tb.sample_timestamps(clip.duration, 2.0)
+    targets = tb.region_targets(clip, timestamps).view(len(timestamps) // 2, -1, tb.LOOKS + len(tb.MOTION))
+    motion = targets[..., tb.LOOKS :]
+    assert motion.sum(1).nonzero()[:, 1].unique().tolist() == [tb.MOTION.index(move.direction)]
+    for g in range(len(timestamps) // 2):
+        during = timestamps[2 * g] < move.end and timestamps[2 * g + 1] > move.time
+        assert bool(motion[g].any()) == during
+    # only where the object is
+    assert not (motion.amax(-1) > targets[..., : tb.LOOKS].amax(-1)).any()
+
+
 def test_pixel_values_take_float_frames_like_uint8(batch, trainer):
     frames = batch["frames"][:2]
     assert torch.equal(tb.pixel_values(frames, trainer.mean, trainer.std),
@@ -52,6 +67,31 @@ def test_batch_layout(batch):
     visual_tokens = int((batch["mm_token_type_ids"] == 2).sum())
     assert visual_tokens == batch["regions"].shape[0] == int(batch["video_grid_thw"].prod(-1).sum()) // 4
     assert (batch["weights"] > 0).sum() == (batch["labels"] != -100).sum()
+
+
+def test_each_branch_sees_what_a_lone_question_sees(trainer):
+    """A question's branch gets the logits it would get asked alone after the video (float32): no answer can be
+    copied from another question of the same clip."""
+    rng = random.Random(3)
+    example = tb.make_example(trainer.processor, 5, rng, long_share=0.0)
+    tokenizer = trainer.processor.tokenizer
+    pad_id, video_id = (tokenizer.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|video_pad|>"))
+    batch = tb.collate([example], pad_id, video_id, tb.rope_indexer(tokenizer))
+    model = trainer.model.eval()
+    pixels = tb.pixel_values(batch["frames"], trainer.mean, trainer.std)
+    with torch.no_grad():
+        packed = model(input_ids=batch["input_ids"], mm_token_type_ids=batch["mm_token_type_ids"],
+                       pixel_values_videos=pixels, video_grid_thw=batch["video_grid_thw"],
+                       position_ids=batch["position_ids"], attention_mask=tb.branch_mask(batch["branches"])).logits
+        branches = torch.tensor(example.branches)
+        assert int(branches.max()) >= 5
+        for k in (1, 3, int(branches.max())):
+            keep = (branches == 0) | (branches == k)
+            ids = torch.tensor(example.ids)[keep][None]
+            alone = model(input_ids=ids, mm_token_type_ids=(ids == video_id).long() * 2, pixel_values_videos=pixels,
+                          video_grid_thw=batch["video_grid_thw"]).logits
+            torch.testing.assert_close(packed[0, : len(example.ids)][keep], alone[0], atol=1e-4, rtol=1e-4)
+    model.train()
 
 
 def test_steps_learn_on_one_batch(batch, trainer):

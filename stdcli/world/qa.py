@@ -528,12 +528,12 @@ _INTENTS = {
 }
 
 
-def questions_for(clip: Clip, rng: random.Random) -> list[QA]:
-    """A description QA plus up to QUESTIONS_PER_TYPE QAs of every other type that applies to the clip."""
+def questions_for(clip: Clip, rng: random.Random, per_type: int = QUESTIONS_PER_TYPE) -> list[QA]:
+    """A description QA plus up to ``per_type`` QAs of every other type that applies to the clip."""
     qas = [QA(rng.choice(DESCRIBE), describe(clip), "describe")]
     for qtype, intents_of in _INTENTS.items():
         intents = intents_of(clip, rng)
-        for intent in rng.sample(intents, min(QUESTIONS_PER_TYPE, len(intents))):
+        for intent in rng.sample(intents, min(per_type, len(intents))):
             qas.append(intent.ask(rng, qtype))
     return qas
 
