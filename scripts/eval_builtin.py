@@ -26,11 +26,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from stdcli.ask import FrameOptions, decode_answer, sampling_arguments  # noqa: E402
 from stdcli.models import build_inputs, frame_defaults, load_model  # noqa: E402
 from stdcli.video import sample_frames  # noqa: E402
 from stdcli.world import QA, generate_clip, is_correct, questions_for, write_video  # noqa: E402
+
+from make_samples import CLIPS as SAMPLE_CLIPS  # noqa: E402
 
 EVAL_SEED_BASE = 10_000_000
 
@@ -58,9 +61,10 @@ def left_padded(batch: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, 
 def score_samples(folder: Path, answer) -> None:
     """The example questions of the samples (folder/truth.jsonl), answered and checked like the held-out clips."""
     right = total = 0
+    clips = {file: (seed, kind, duration) for file, seed, kind, duration in SAMPLE_CLIPS}
     for line in (folder / "truth.jsonl").read_text(encoding="utf-8").splitlines():
         truth = json.loads(line)
-        clip = generate_clip(truth["seed"], truth["kind"])
+        clip = generate_clip(*clips[truth["file"]])  # a fixed duration draws another clip than the seed's own
         qas = [QA(q["question"], q["answer"], q["type"]) for q in truth["questions"]]
         for qa, said in zip(qas, answer(str(folder / truth["file"]), qas)):
             ok = is_correct(qa, said, clip)
