@@ -179,10 +179,11 @@ class Example:
 
     The video prefix (system prompt, user turn up to the end of the video) comes once; then every question with its
     answer is a branch (``branches``: 0 for the prefix, k for the k-th question) that sees the prefix and itself
-    only, at the positions it would have if asked alone (``offsets``: place within its branch). `ask` and the
-    evaluation put one question to a video at a time. Asked as one multi-turn conversation, later answers could be
-    copied from earlier turns instead of seen: "Does the red circle move left before the square turns blue?" tells
-    which way the circle moves, and its color.
+    only, at the positions it would have if asked alone (``offsets``: for each token after the prefix, its place
+    within its branch; the prefix keeps the model's own positions, see collate). `ask` and the evaluation put one
+    question to a video at a time. Asked as one multi-turn conversation, later answers could be copied from earlier
+    turns instead of seen: "Does the red circle move left before the square turns blue?" tells which way the circle
+    moves, and its color.
 
     Every answer sentence weighs the same in the loss, whatever its length: counted per token, the long, mostly
     predictable descriptions would drown the one-word answers that can only be got right by looking; a description
@@ -199,7 +200,7 @@ class Example:
         for token in tokenizer(prefix, add_special_tokens=False).input_ids:  # expanded as the processor does
             ids += [token] * (tokens if token == pad else 1)
         self.prefix_len = len(ids)
-        labels, weights, branches, offsets = [-100] * len(ids), [0.0] * len(ids), [0] * len(ids), list(range(len(ids)))
+        labels, weights, branches, offsets = [-100] * len(ids), [0.0] * len(ids), [0] * len(ids), []
         for k, qa in enumerate(qas, start=1):
             question = tokenizer(split_prompt(first_turn(processor, qa.question))[1], add_special_tokens=False).input_ids
             answer = tokenizer(qa.answer, add_special_tokens=False).input_ids + [end]
@@ -254,7 +255,7 @@ def collate(examples: list[Example], pad_id: int, video_id: int, rope_index) -> 
         prefix_positions = rope_index(prefix, (prefix == video_id).long() * 2, video_grid_thw=grid[row : row + 1])[0]
         positions[:, row, :p] = prefix_positions[:, 0]
         # text goes on from the prefix's last token (<|vision_end|>), whose three positions are equal
-        positions[:, row, p:n] = prefix_positions[0, 0, -1] + 1 + torch.tensor(e.offsets[p:])
+        positions[:, row, p:n] = prefix_positions[0, 0, -1] + 1 + torch.tensor(e.offsets)
     batch = {
         "input_ids": ids,
         "labels": labels,
