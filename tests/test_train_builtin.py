@@ -20,13 +20,16 @@ def trainer():
     return tb.Trainer.build(layers=2, lr=1e-3, seed=0, device=torch.device("cpu"))
 
 
-@pytest.fixture(scope="module")
-def batch(trainer):
-    rng = random.Random(0)
-    examples = [tb.make_example(trainer.processor, seed, rng, long_share=0.0) for seed in (1, 2)]
+def collated(trainer, examples):
     tokenizer = trainer.processor.tokenizer
     pad_id, video_id = (tokenizer.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|video_pad|>"))
     return tb.collate(examples, pad_id, video_id, tb.rope_indexer(tokenizer))
+
+
+@pytest.fixture(scope="module")
+def batch(trainer):
+    rng = random.Random(0)
+    return collated(trainer, [tb.make_example(trainer.processor, seed, rng, long_share=0.0) for seed in (1, 2)])
 
 
 def test_noise_only_on_flagged_frames_and_stays_in_pixel_range():
@@ -74,9 +77,8 @@ def test_each_branch_sees_what_a_lone_question_sees(trainer):
     copied from another question of the same clip."""
     rng = random.Random(3)
     example = tb.make_example(trainer.processor, 5, rng, long_share=0.0)
-    tokenizer = trainer.processor.tokenizer
-    pad_id, video_id = (tokenizer.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|video_pad|>"))
-    batch = tb.collate([example], pad_id, video_id, tb.rope_indexer(tokenizer))
+    batch = collated(trainer, [example])
+    video_id = trainer.processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")
     model = trainer.model.eval()
     pixels = tb.pixel_values(batch["frames"], trainer.mean, trainer.std)
     with torch.no_grad():
