@@ -1,13 +1,13 @@
 """Train the built-in Video-LLM: a small Qwen2-VL on clips of the generated world (stdcli.world).
 
-    python scripts/train_builtin.py --out runs/builtin --seed 1           # one H100/H200, 7 minutes
+    python scripts/train_builtin.py --out runs/builtin --seed 1           # one H100/H200, 8.5 minutes
     python scripts/train_builtin.py --out runs/builtin --seed 1 --resume  # continue after an interruption
 
 Seeded and resumable (a checkpoint every --save-every minutes holds model, optimizer, step and time). Frames go
 through exactly the inference path: rendered at the samples' 224x224, sampled at the timestamps `sample_frames`
 would pick in an 8 fps video (2 fps, even count, linspace indices), then the model's own processor. Each clip is
 one sequence: the video once, then each of its questions as a branch that sees only the video and itself (Example);
-the loss is on the answers (and their <|im_end|>), plus a probe of the visual tokens (region_targets).
+the loss is on the answers (and their <|im_end|>), plus probes of the visual tokens (region_targets, timeline_targets).
 Writes OUT/train.log (JSON lines), OUT/final/ (the checkpoint, float16 safetensors).
 """
 
@@ -34,7 +34,7 @@ from stdcli.attention import use_packed_vision_attention  # noqa: E402
 from stdcli.build import build_random_model, make_config, make_processor, make_tokenizer  # noqa: E402
 from stdcli.video import choose_frame_count, target_indices  # noqa: E402
 from stdcli.world import QA, corpus, describe, generate_clip, questions_for, render_frames  # noqa: E402
-from stdcli.world.scene import COLORS, SHAPES, object_state_at  # noqa: E402
+from stdcli.world.scene import COLORS, EVENT_KINDS, SHAPES, object_state_at  # noqa: E402
 
 SOURCE_FPS = 8.0  # the samples are written at 8 fps
 FRAME_EDGE = 224  # the samples' frame size; the processor resizes to 112
@@ -47,8 +47,9 @@ MOTION = ("left", "right", "up", "down")
 # half second, the slow drift of long clips' still objects at most 0.0004.
 MOTION_THRESHOLD = 0.008
 # Questions of each type per training clip (the evaluation asks 2): each is a branch of ~25 tokens on a video prefix
-# of hundreds to thousands, so more questions are nearly free supervision.
-QUESTIONS_PER_TYPE = 3
+# of hundreds to thousands, so more questions are nearly free supervision. Order and when questions, the ones that
+# need the times of events, get more: they were the last ones the model learned.
+QUESTIONS_PER_TYPE = {"color": 3, "shape": 3, "count": 3, "direction": 3, "order": 6, "when": 4}
 TRAIN_SEED_BASE = 0  # training clips use seeds below EVAL_SEED_BASE
 EVAL_SEED_BASE = 10_000_000
 
@@ -168,6 +169,36 @@ def region_targets(clip, timestamps: list[float]) -> torch.Tensor:
     return targets.flatten(0, 2)
 
 
+def timeline_targets(clip, timestamps: list[float]) -> torch.Tensor:
+    """[T/2 * GRID * GRID, 1 + len(EVENT_KINDS)] targets of each merged visual token, for the language model's
+    hidden states halfway through (TimelineProbe): log(1 + its frame pair's index), and which kinds of event
+    happen at its region since the previous frame pair.
+
+    Order and when questions need the time of an event, which nothing in a visual token tells: the vision tower
+    sees two frames and no time, and a token's M-RoPE time is a rotation that relative attention scores can use but
+    that does not sit in the token's own state. Left to the answers alone, the model learned to find events but
+    answered "Does A happen before B?" at chance. The index is counted from the start (a token cannot see the end of
+    the video: causal attention) and as a logarithm, so that which third of a clip a token lies in is a difference
+    with the video's own log length. Events are asked at the language model, not the vision tower, because most
+    changes happen between two frame pairs, and only the language model sees both.
+    """
+    groups = len(timestamps) // 2
+    targets = torch.zeros(groups, GRID, GRID, 1 + len(EVENT_KINDS))
+    targets[..., 0] = torch.log1p(torch.arange(groups, dtype=torch.float32))[:, None, None]
+    for g in range(groups):
+        since = timestamps[2 * g - 1] if g else -math.inf
+        pair = timestamps[2 * g : 2 * g + 2]
+        for event in clip.events:
+            if not (event.time < pair[1] and event.end > since):
+                continue
+            # where the object is, seen or not (an object that disappears is gone from the frames)
+            for t in ([since] if g else []) + pair:
+                _, x, y, _ = object_state_at(clip, event.obj, t)
+                row, col = min(int(y * GRID), GRID - 1), min(int(x * GRID), GRID - 1)
+                targets[g, row, col, 1 + EVENT_KINDS.index(event.kind)] = 1
+    return targets.flatten(0, 2)
+
+
 def split_prompt(prompt: str) -> tuple[str, str]:
     """(the prompt up to the end of the video, the rest: question and assistant header)."""
     cut = prompt.index("<|vision_end|>") + len("<|vision_end|>")
@@ -175,7 +206,8 @@ def split_prompt(prompt: str) -> tuple[str, str]:
 
 
 class Example:
-    """One clip with its questions, as token ids, labels, loss weights and branch ids, plus frames and region targets.
+    """One clip with its questions, as token ids, labels, loss weights and branch ids, plus frames and the probes'
+    targets (region_targets, timeline_targets).
 
     The video prefix (system prompt, user turn up to the end of the video) comes once; then every question with its
     answer is a branch (``branches``: 0 for the prefix, k for the k-th question) that sees the prefix and itself
@@ -190,7 +222,8 @@ class Example:
     of three events weighs as much as three short answers.
     """
 
-    def __init__(self, processor, frames: torch.Tensor, noisy: bool, qas: list[QA], regions: torch.Tensor):
+    def __init__(self, processor, frames: torch.Tensor, noisy: bool, qas: list[QA], regions: torch.Tensor,
+                 timeline: torch.Tensor):
         tokenizer = processor.tokenizer
         tokens = (frames.shape[0] // 2) * (MODEL_EDGE // 28) ** 2
         pad = tokenizer.convert_tokens_to_ids("<|video_pad|>")
@@ -211,7 +244,7 @@ class Example:
             branches += [k] * (len(question) + len(answer))
             offsets += list(range(len(question) + len(answer)))
         self.ids, self.labels, self.weights, self.branches, self.offsets = ids, labels, weights, branches, offsets
-        self.frames, self.noisy, self.regions = frames, noisy, regions
+        self.frames, self.noisy, self.regions, self.timeline = frames, noisy, regions, timeline
 
 
 def make_example(processor, seed: int, rng: random.Random, long_share: float = 0.2) -> Example:
@@ -222,7 +255,7 @@ def make_example(processor, seed: int, rng: random.Random, long_share: float = 0
     frames = model_frames(clip, timestamps, realistic=kind == "short" and rng.random() < 0.4)
     noisy = rng.random() < 0.5  # the noise itself is drawn on the training device (add_noise)
     qas = questions_for(clip, rng, per_type=QUESTIONS_PER_TYPE)
-    return Example(processor, frames, noisy, qas, region_targets(clip, timestamps))
+    return Example(processor, frames, noisy, qas, region_targets(clip, timestamps), timeline_targets(clip, timestamps))
 
 
 def rope_indexer(tokenizer):
@@ -264,6 +297,7 @@ def collate(examples: list[Example], pad_id: int, video_id: int, rope_index) -> 
         "frames": torch.cat([e.frames for e in examples]),
         "noisy": torch.cat([torch.full((e.frames.shape[0],), e.noisy) for e in examples]),
         "regions": torch.cat([e.regions for e in examples]),
+        "timeline": torch.cat([e.timeline for e in examples]),
         "video_grid_thw": grid,
         "branches": branches,
         "position_ids": positions,
@@ -321,7 +355,8 @@ def check_against_processor(processor) -> None:
         text=[first_turn(processor, qa.question)], videos=[render_frames(clip, timestamps, FRAME_EDGE)],
         return_tensors="pt", videos_kwargs={"do_sample_frames": False},
     )
-    ours = Example(processor, model_frames(clip, timestamps, realistic=True), False, [qa], region_targets(clip, timestamps))
+    ours = Example(processor, model_frames(clip, timestamps, realistic=True), False, [qa],
+                   region_targets(clip, timestamps), timeline_targets(clip, timestamps))
     mean = torch.tensor(processor.video_processor.image_mean)
     std = torch.tensor(processor.video_processor.image_std)
     assert ours.ids[: reference["input_ids"].shape[1]] == reference["input_ids"][0].tolist(), "token ids differ"
@@ -349,10 +384,46 @@ class RegionProbe(torch.nn.Module):
         return looks + motion
 
 
-def losses(model, probe: RegionProbe, batch: dict, mean, std, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(language loss: mean over answers of their mean token loss, region loss of the visual tokens) of one batch."""
+class TimelineProbe(torch.nn.Module):
+    """A linear probe on the language model's visual tokens halfway through its layers (timeline_targets), fed by a
+    forward hook: the first half works the times and events out, the second half retrieves and compares them."""
+
+    def __init__(self, model):
+        super().__init__()
+        hidden = model.config.get_text_config().hidden_size
+        # normalized like the model's own layers' inputs: the residual stream's scale grows and varies in training
+        self.head = torch.nn.Sequential(torch.nn.LayerNorm(hidden), torch.nn.Linear(hidden, 1 + len(EVENT_KINDS)))
+        self.features: torch.Tensor | None = None
+        layers = model.model.language_model.layers
+        layer = layers[len(layers) // 2 - 1]
+        layer.register_forward_hook(lambda module, args, output: setattr(self, "features", output))
+
+    def loss(self, targets: torch.Tensor, visual: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+        """`visual`: [B, L] bool, where the visual tokens are; `regions`: their region_targets."""
+        out = self.head(self.features[visual].float())
+        index = torch.nn.functional.mse_loss(out[:, 0], targets[:, 0])
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(out[:, 1:], targets[:, 1:], reduction="none")
+        # where an object or an event is, as for the motion targets
+        where = torch.maximum(regions[:, :LOOKS].amax(-1), targets[:, 1:].amax(-1))
+        events = (bce.sum(-1) * where).sum() / where.sum().clamp(min=1)
+        return index + events
+
+
+class Probes(torch.nn.Module):
+    """The training-only probes, discarded after training: region_targets on the vision tower's output,
+    timeline_targets on the language model's."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.region, self.timeline = RegionProbe(model), TimelineProbe(model)
+
+
+def losses(model, probes: Probes, batch: dict, mean, std, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(language loss: mean over answers of their mean token loss, region loss of the visual tokens, timeline loss of
+    the language model's visual tokens) of one batch."""
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     regions, labels, weights = batch.pop("regions"), batch.pop("labels"), batch.pop("weights")
+    timeline = batch.pop("timeline")
     batch["attention_mask"] = branch_mask(batch.pop("branches"))
     batch["pixel_values_videos"] = pixel_values(add_noise(batch.pop("frames"), batch.pop("noisy")), mean, std)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -362,7 +433,8 @@ def losses(model, probe: RegionProbe, batch: dict, mean, std, device) -> tuple[t
     # Positions without an answer token have weight 0 and lose nothing (ignore_index gives them loss 0).
     token_loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets, reduction="none")
     lm_loss = (token_loss * weights).sum() / weights.sum()
-    return lm_loss, probe.loss(regions)
+    visual = batch["mm_token_type_ids"] == 2
+    return lm_loss, probes.region.loss(regions), probes.timeline.loss(timeline, visual, regions)
 
 
 def blank_frames(batch: dict) -> dict:
@@ -385,12 +457,12 @@ def vision_in_float32(model) -> None:
 
 @dataclass
 class Trainer:
-    """Everything a training step touches: the model, its training-only region probe, the optimizer over both, and
-    the processor's normalization constants on the device."""
+    """Everything a training step touches: the model, its training-only probes, the optimizer over both, and the
+    processor's normalization constants on the device."""
 
     processor: object
     model: torch.nn.Module
-    probe: RegionProbe
+    probes: Probes
     optimizer: torch.optim.Optimizer
     mean: torch.Tensor
     std: torch.Tensor
@@ -406,23 +478,25 @@ class Trainer:
         model = build_random_model("qwen2-vl", builtin_config(tokenizer, layers), seed=seed, device=str(device)).train()
         use_packed_vision_attention(model)
         vision_in_float32(model)
-        probe = RegionProbe(model).to(device)
-        optimizer = torch.optim.AdamW(list(model.parameters()) + list(probe.parameters()), lr=lr, betas=(0.9, 0.98),
+        probes = Probes(model).to(device)
+        optimizer = torch.optim.AdamW(list(model.parameters()) + list(probes.parameters()), lr=lr, betas=(0.9, 0.98),
                                       weight_decay=0.05, fused=device.type == "cuda")
         mean = torch.tensor(processor.video_processor.image_mean, device=device)
         std = torch.tensor(processor.video_processor.image_std, device=device)
-        return cls(processor, model, probe, optimizer, mean, std, device)
+        return cls(processor, model, probes, optimizer, mean, std, device)
 
     @property
     def parameters(self) -> list[torch.nn.Parameter]:
         return [p for group in self.optimizer.param_groups for p in group["params"]]
 
 
-def train_step(trainer: Trainer, batch: dict, region_weight: float):
-    """One optimizer step. Returns (language loss, region loss, gradient norm, finite), all still on the device:
-    reading them here would make the host wait for the GPU at every step instead of queueing the next one."""
-    lm_loss, region_loss = losses(trainer.model, trainer.probe, batch, trainer.mean, trainer.std, trainer.device)
-    loss = lm_loss + region_weight * region_loss
+def train_step(trainer: Trainer, batch: dict, region_weight: float, timeline_weight: float):
+    """One optimizer step. Returns (language loss, region loss, timeline loss, gradient norm, finite), all still on
+    the device: reading them here would make the host wait for the GPU at every step instead of queueing the next
+    one."""
+    lm_loss, region_loss, timeline_loss = losses(trainer.model, trainer.probes, batch, trainer.mean, trainer.std,
+                                                 trainer.device)
+    loss = lm_loss + region_weight * region_loss + timeline_weight * timeline_loss
     loss.backward()
     trained = trainer.parameters
     norm = torch.nn.utils.clip_grad_norm_(trained, 1.0)
@@ -433,7 +507,7 @@ def train_step(trainer: Trainer, batch: dict, region_weight: float):
             p.grad = torch.where(finite, p.grad, 0.0)
     trainer.optimizer.step()
     trainer.optimizer.zero_grad(set_to_none=True)
-    return lm_loss.detach(), region_loss.detach(), norm, finite
+    return lm_loss.detach(), region_loss.detach(), timeline_loss.detach(), norm, finite
 
 
 @contextmanager
@@ -466,12 +540,14 @@ def learning_rate(progress: float, peak: float, warmup: float = 0.05) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/builtin"))
-    parser.add_argument("--minutes", type=float, default=7.0, help="training time budget")
+    parser.add_argument("--minutes", type=float, default=8.5, help="training time budget")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tokens", type=int, default=48_000, help="padded tokens per batch")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--layers", type=int, default=BUILTIN_TEXT["num_hidden_layers"], help="language model layers")
     parser.add_argument("--region-weight", type=float, default=1.0, help="weight of the vision tower's region loss")
+    parser.add_argument("--timeline-weight", type=float, default=1.0,
+                        help="weight of the timeline loss of the language model's visual tokens")
     parser.add_argument("--short-first", type=float, default=0.35, help="share of the time on short clips only")
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
     parser.add_argument("--save-every", type=float, default=2.0, help="minutes between checkpoints")
@@ -485,14 +561,14 @@ def main() -> None:
     torch.manual_seed(args.seed)
 
     trainer = Trainer.build(args.layers, args.lr, args.seed, device)
-    model, probe, optimizer, mean, std = trainer.model, trainer.probe, trainer.optimizer, trainer.mean, trainer.std
+    model, probes, optimizer, mean, std = trainer.model, trainer.probes, trainer.optimizer, trainer.mean, trainer.std
     processor = trainer.processor
     step, trained_s, resumes = 0, 0.0, 0
     state_path = args.out / "state.pt"
     if args.resume and state_path.exists():
         state = torch.load(state_path, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
-        probe.load_state_dict(state["probe"])
+        probes.load_state_dict(state["probes"])
         optimizer.load_state_dict(state["optimizer"])
         step, trained_s, resumes = state["step"], state["trained_s"], state["resumes"] + 1
     params = sum(p.numel() for p in model.parameters())
@@ -516,7 +592,7 @@ def main() -> None:
     started = time.perf_counter() - trained_s
     # Sums kept on the device and read every 25 steps: a read per step (.item(), a finite check) would make the host
     # wait for the GPU at every step instead of queueing the next one.
-    loss_sum, region_sum, updates, skipped = (torch.zeros((), device=device) for _ in range(4))
+    loss_sum, region_sum, timeline_sum, updates, skipped = (torch.zeros((), device=device) for _ in range(5))
     sequences = 0
     waited = 0.0
     fetched = time.perf_counter()
@@ -536,9 +612,11 @@ def main() -> None:
             window.enter_context(profile_to(args.out / "profile.txt", f"from step {step}", 5))
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(elapsed / budget, args.lr)
-        lm_loss, region_loss, norm, finite = train_step(trainer, batch, args.region_weight)
+        lm_loss, region_loss, timeline_loss, norm, finite = train_step(trainer, batch, args.region_weight,
+                                                                       args.timeline_weight)
         loss_sum += torch.where(finite, lm_loss, 0.0)
         region_sum += torch.where(finite, region_loss, 0.0)
+        timeline_sum += torch.where(finite, timeline_loss, 0.0)
         updates += finite
         skipped += ~finite
         step += 1
@@ -547,23 +625,24 @@ def main() -> None:
             blind = None
             if step % 100 == 0:  # does the language loss still depend on the frames? (blank frames, same batch)
                 with torch.no_grad():
-                    blind = round(losses(model, probe, blank_frames(batch), mean, std, device)[0].item(), 4)
+                    blind = round(losses(model, probes, blank_frames(batch), mean, std, device)[0].item(), 4)
             count = max(int(updates), 1)
             record({"step": step, "elapsed_s": round(elapsed, 1),
                     "loss": round(float(loss_sum) / count, 4), "region_loss": round(float(region_sum) / count, 4),
+                    "timeline_loss": round(float(timeline_sum) / count, 4),
                     "last_loss": round(lm_loss.item(), 4), "last_loss_blank_frames": blind,
                     "lr": round(optimizer.param_groups[0]["lr"], 6), "grad_norm": round(float(norm), 3),
                     "batch": list(batch["input_ids"].shape), "sequences": sequences, "skipped": int(skipped),
                     "data_wait_s": round(waited, 1)})
-            loss_sum.zero_(), region_sum.zero_(), updates.zero_()
+            loss_sum.zero_(), region_sum.zero_(), timeline_sum.zero_(), updates.zero_()
         if time.perf_counter() - last_save > args.save_every * 60:
-            torch.save({"model": model.state_dict(), "probe": probe.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+            torch.save({"model": model.state_dict(), "probes": probes.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                         "trained_s": time.perf_counter() - started, "resumes": resumes}, state_path)
             last_save = time.perf_counter()
         fetched = time.perf_counter()
     with torch.no_grad():  # the batch the time budget stopped at: not trained on
-        seeing = losses(model, probe, batch, mean, std, device)[0].item()
-        blind = losses(model, probe, blank_frames(batch), mean, std, device)[0].item()
+        seeing = losses(model, probes, batch, mean, std, device)[0].item()
+        blind = losses(model, probes, blank_frames(batch), mean, std, device)[0].item()
     record({"event": "done", "step": step, "elapsed_s": round(time.perf_counter() - started, 1),
             "loss_with_frames": round(seeing, 4), "loss_with_blank_frames": round(blind, 4)})
     final = args.out / "final"

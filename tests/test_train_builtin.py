@@ -57,6 +57,25 @@ def test_region_targets_mark_which_way_a_moving_object_goes():
     assert not (motion.amax(-1) > targets[..., : tb.LOOKS].amax(-1)).any()
 
 
+def test_timeline_targets_count_frame_pairs_and_mark_each_event_where_and_when_it_happens():
+    seed = next(s for s in range(200) if [e.kind for e in tb.generate_clip(s, "short").events] == ["change_color"])
+    clip = tb.generate_clip(seed, "short")
+    change = clip.events[0]
+    timestamps = tb.sample_timestamps(clip.duration, 2.0)
+    groups = len(timestamps) // 2
+    targets = tb.timeline_targets(clip, timestamps).view(groups, tb.GRID * tb.GRID, -1)
+    assert torch.allclose(targets[:, :, 0], torch.log1p(torch.arange(groups.__float__()))[:, None].expand(-1, 16))
+    events = targets[..., 1:]
+    assert events.sum(1).nonzero()[:, 1].unique().tolist() == [tb.EVENT_KINDS.index("change_color")]
+    for g in range(groups):
+        since = timestamps[2 * g - 1] if g else -1.0
+        assert bool(events[g].any()) == (since < change.end and timestamps[2 * g + 1] > change.time)
+    # at the object's place: where its region targets are
+    regions = tb.region_targets(clip, timestamps).view(groups, tb.GRID * tb.GRID, -1)
+    marked = events.amax(-1) > 0
+    assert marked.any() and not (marked & (regions[..., : tb.LOOKS].amax(-1) == 0)).any()
+
+
 def test_pixel_values_take_float_frames_like_uint8(batch, trainer):
     frames = batch["frames"][:2]
     assert torch.equal(tb.pixel_values(frames, trainer.mean, trainer.std),
@@ -69,6 +88,7 @@ def test_batch_layout(batch):
     assert batch["frames"].shape[1:] == (112, 112, 3) and batch["noisy"].shape == batch["frames"].shape[:1]
     visual_tokens = int((batch["mm_token_type_ids"] == 2).sum())
     assert visual_tokens == batch["regions"].shape[0] == int(batch["video_grid_thw"].prod(-1).sum()) // 4
+    assert batch["timeline"].shape == (visual_tokens, 1 + len(tb.EVENT_KINDS))
     assert (batch["weights"] > 0).sum() == (batch["labels"] != -100).sum()
 
 
@@ -99,11 +119,12 @@ def test_each_branch_sees_what_a_lone_question_sees(trainer):
 def test_steps_learn_on_one_batch(batch, trainer):
     first = None
     for _ in range(6):
-        lm_loss, region_loss, norm, finite = tb.train_step(trainer, batch, region_weight=1.0)
+        lm_loss, region_loss, timeline_loss, norm, finite = tb.train_step(trainer, batch, region_weight=1.0,
+                                                                          timeline_weight=1.0)
         assert bool(finite) and torch.isfinite(norm)
-        first = first if first is not None else (float(lm_loss), float(region_loss))
-    assert float(lm_loss) < first[0] and float(region_loss) < first[1]
+        first = first if first is not None else (float(lm_loss), float(region_loss), float(timeline_loss))
+    assert float(lm_loss) < first[0] and float(region_loss) < first[1] and float(timeline_loss) < first[2]
     with torch.no_grad():
-        blank = tb.losses(trainer.model, trainer.probe, tb.blank_frames(batch), trainer.mean, trainer.std,
+        blank = tb.losses(trainer.model, trainer.probes, tb.blank_frames(batch), trainer.mean, trainer.std,
                           trainer.device)[0]
     assert torch.isfinite(blank)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import combinations
 
@@ -528,12 +529,14 @@ _INTENTS = {
 }
 
 
-def questions_for(clip: Clip, rng: random.Random, per_type: int = QUESTIONS_PER_TYPE) -> list[QA]:
-    """A description QA plus up to ``per_type`` QAs of every other type that applies to the clip."""
+def questions_for(clip: Clip, rng: random.Random, per_type: int | Mapping[str, int] = QUESTIONS_PER_TYPE) -> list[QA]:
+    """A description QA plus up to ``per_type`` QAs of every other type that applies to the clip (one number for
+    all types, or one per type)."""
     qas = [QA(rng.choice(DESCRIBE), describe(clip), "describe")]
     for qtype, intents_of in _INTENTS.items():
         intents = intents_of(clip, rng)
-        for intent in rng.sample(intents, min(per_type, len(intents))):
+        count = per_type if isinstance(per_type, int) else per_type[qtype]
+        for intent in rng.sample(intents, min(count, len(intents))):
             qas.append(intent.ask(rng, qtype))
     return qas
 
