@@ -137,6 +137,11 @@ def add_noise(frames: torch.Tensor, noisy: torch.Tensor, sigma: float = 2.0) -> 
     return (frames.float() + noise).round().clamp(0, 255)
 
 
+def grid_cell(x: float, y: float) -> tuple[int, int]:
+    """(row, column) of the merged visual token whose region holds the normalized point (x, y)."""
+    return min(int(y * GRID), GRID - 1), min(int(x * GRID), GRID - 1)
+
+
 def region_targets(clip, timestamps: list[float]) -> torch.Tensor:
     """[T/2 * GRID * GRID, LOOKS + 4] multi-hot targets of each merged visual token's region: which (shape, color)
     has its center there (LOOKS columns), and which way an object centered there moves between the two frames of
@@ -161,8 +166,7 @@ def region_targets(clip, timestamps: list[float]) -> torch.Tensor:
             for visible, x, y, color in states:
                 if not visible:
                     continue
-                row, col = min(int(y * GRID), GRID - 1), min(int(x * GRID), GRID - 1)
-                cell = targets[g, row, col]
+                cell = targets[(g, *grid_cell(x, y))]
                 cell[SHAPES.index(o.shape) * len(COLORS) + COLORS.index(color)] = 1
                 if moving:
                     cell[LOOKS + MOTION.index(way)] = 1
@@ -194,8 +198,7 @@ def timeline_targets(clip, timestamps: list[float]) -> torch.Tensor:
             # where the object is, seen or not (an object that disappears is gone from the frames)
             for t in ([since] if g else []) + pair:
                 _, x, y, _ = object_state_at(clip, event.obj, t)
-                row, col = min(int(y * GRID), GRID - 1), min(int(x * GRID), GRID - 1)
-                targets[g, row, col, 1 + EVENT_KINDS.index(event.kind)] = 1
+                targets[(g, *grid_cell(x, y), 1 + EVENT_KINDS.index(event.kind))] = 1
     return targets.flatten(0, 2)
 
 
@@ -364,6 +367,11 @@ def check_against_processor(processor) -> None:
     assert error < 1e-4, f"pixel values differ by {error}"
 
 
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `values` over the tokens where `mask` (0/1, same shape) is 1; 0 where there are none."""
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
 class RegionProbe(torch.nn.Module):
     """A linear probe on the merged visual tokens, fed by a forward hook on the vision tower's merger."""
 
@@ -379,8 +387,7 @@ class RegionProbe(torch.nn.Module):
         # summed over the classes: a mean over 24 mostly-absent classes would make the signal vanishingly small
         looks = bce[:, :LOOKS].sum(-1).mean()
         # motion only where an object is: over all tokens, mostly empty background, it would vanish too
-        occupied = targets[:, :LOOKS].amax(-1)
-        motion = (bce[:, LOOKS:].sum(-1) * occupied).sum() / occupied.sum().clamp(min=1)
+        motion = masked_mean(bce[:, LOOKS:].sum(-1), targets[:, :LOOKS].amax(-1))
         return looks + motion
 
 
@@ -404,8 +411,7 @@ class TimelineProbe(torch.nn.Module):
         index = torch.nn.functional.mse_loss(out[:, 0], targets[:, 0])
         bce = torch.nn.functional.binary_cross_entropy_with_logits(out[:, 1:], targets[:, 1:], reduction="none")
         # where an object or an event is, as for the motion targets
-        where = torch.maximum(regions[:, :LOOKS].amax(-1), targets[:, 1:].amax(-1))
-        events = (bce.sum(-1) * where).sum() / where.sum().clamp(min=1)
+        events = masked_mean(bce.sum(-1), torch.maximum(regions[:, :LOOKS].amax(-1), targets[:, 1:].amax(-1)))
         return index + events
 
 

@@ -64,7 +64,8 @@ def test_timeline_targets_count_frame_pairs_and_mark_each_event_where_and_when_i
     timestamps = tb.sample_timestamps(clip.duration, 2.0)
     groups = len(timestamps) // 2
     targets = tb.timeline_targets(clip, timestamps).view(groups, tb.GRID * tb.GRID, -1)
-    assert torch.allclose(targets[:, :, 0], torch.log1p(torch.arange(groups.__float__()))[:, None].expand(-1, 16))
+    index = torch.log1p(torch.arange(groups, dtype=torch.float32))
+    assert torch.allclose(targets[:, :, 0], index[:, None].expand(-1, tb.GRID * tb.GRID))
     events = targets[..., 1:]
     assert events.sum(1).nonzero()[:, 1].unique().tolist() == [tb.EVENT_KINDS.index("change_color")]
     for g in range(groups):
