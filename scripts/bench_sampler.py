@@ -14,7 +14,6 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -23,8 +22,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from stdcli.video import sample_frames  # noqa: E402
+from stdcli.video import sample_frames
 
 WIDTH, HEIGHT, FPS, MINUTES = 1280, 720, 30, 10
 

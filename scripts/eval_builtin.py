@@ -5,7 +5,7 @@
     python scripts/eval_builtin.py --samples samples    # the samples' example questions (samples/truth.jsonl)
 
 Each held-out clip (seeds from 10,000,000 up: never seen in training) is written as an 8 fps 224x224 H.264 file,
-then read back by `sample_frames` with the model family's default sampling, prompted with `build_inputs`, and
+then read back by `sample_video` with the model family's default sampling, prompted with `build_inputs`, and
 answered greedily; answers are checked by `stdcli.world.is_correct` (exact match after normalization; "what
 happens?" descriptions are parsed and compared with the ground-truth events). The questions of one clip are
 decoded as one left-padded batch; greedy StD gives the same answers token for token.
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -25,15 +24,12 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from stdcli.ask import FrameOptions, decode_answer, sampling_arguments  # noqa: E402
-from stdcli.models import build_inputs, frame_defaults, load_model  # noqa: E402
-from stdcli.video import sample_frames  # noqa: E402
-from stdcli.world import QA, generate_clip, is_correct, questions_for, write_video  # noqa: E402
-
-from make_samples import CLIPS as SAMPLE_CLIPS  # noqa: E402
+from stdcli.ask import decode_answer, sample_video
+from stdcli.inputs import FrameOptions
+from stdcli.model.loading import load_model
+from stdcli.model.prompts import build_inputs
+from stdcli.world import QA, generate_clip, is_correct, questions_for, write_video
+from stdcli.world.samples import SAMPLE_CLIPS
 
 EVAL_SEED_BASE = 10_000_000
 
@@ -66,7 +62,7 @@ def score_samples(folder: Path, answer) -> None:
         truth = json.loads(line)
         clip = generate_clip(*clips[truth["file"]])  # a fixed duration draws another clip than the seed's own
         qas = [QA(q["question"], q["answer"], q["type"]) for q in truth["questions"]]
-        for qa, said in zip(qas, answer(str(folder / truth["file"]), qas)):
+        for qa, said in zip(qas, answer(str(folder / truth["file"]), qas), strict=True):
             ok = is_correct(qa, said, clip)
             right, total = right + ok, total + 1
             print(f"{'right' if ok else 'WRONG'}  {truth['file']}: {qa.question} -> {said}  (truth: {qa.answer})")
@@ -89,11 +85,10 @@ def main() -> None:
     args = parser.parse_args()
     lm = load_model(args.model, device=args.device, dtype="float32")
     pad_id = lm.tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    sampling = sampling_arguments(frame_defaults(lm.family), FrameOptions())
 
     def answer(path: str, qas: list[QA]) -> list[str]:
         """Greedy answers to the questions, each asked alone about the video, as one left-padded batch."""
-        video = sample_frames(path, **sampling)
+        video = sample_video(lm, path, FrameOptions())
         batch = left_padded([build_inputs(lm, video, qa.question) for qa in qas], pad_id)
         with torch.inference_mode():
             out = lm.model.generate(**batch, max_new_tokens=96, do_sample=False, pad_token_id=pad_id)
@@ -110,15 +105,16 @@ def main() -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(args.workers) as pool:
         paths = pool.map(write_clip, [(seed, kind, f"{tmp}/{kind}-{seed}.mp4") for seed, kind in jobs])
-        for (seed, kind), path in zip(jobs, paths):
+        for (seed, kind), path in zip(jobs, paths, strict=True):
             clip = generate_clip(seed, kind)
             qas = questions_for(clip, random.Random(seed))
-            for qa, said in zip(qas, answer(path, qas)):
+            for qa, said in zip(qas, answer(path, qas), strict=True):
                 ok = is_correct(qa, said, clip)
                 correct[(kind, qa.qtype)].append(ok)
                 answers.append({"seed": seed, "kind": kind, "qtype": qa.qtype, "question": qa.question,
                                 "truth": qa.answer, "answer": said, "correct": ok})
-    table = {f"{kind}/{qtype}": {"n": len(v), "accuracy": round(sum(v) / len(v), 4)} for (kind, qtype), v in sorted(correct.items())}
+    table = {f"{kind}/{qtype}": {"n": len(v), "accuracy": round(sum(v) / len(v), 4)}
+             for (kind, qtype), v in sorted(correct.items())}
     short_answers = [ok for (kind, qtype), v in correct.items() if kind == "short" and qtype != "describe" for ok in v]
     long_answers = [ok for (kind, _), v in correct.items() if kind == "long" for ok in v]
     summary = {

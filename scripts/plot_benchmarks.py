@@ -27,7 +27,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = "stdcli-bench/1"
@@ -174,7 +174,7 @@ def plot_projection(groups: dict[str, dict], out: Path) -> None:
     if not panels:
         return
     fig, axes = plt.subplots(1, len(panels), figsize=(9.6 * len(panels), 4.8), squeeze=False)
-    for ax, (name, group) in zip(axes[0], panels):
+    for ax, (_name, group) in zip(axes[0], panels, strict=False):
         k = min(row["k"] for row in group["rows"])
         keys = sorted({(row["context"], row["batch"]) for row in group["rows"] if row["k"] == k})
         for i, (context, batch) in enumerate(keys):
@@ -188,7 +188,8 @@ def plot_projection(groups: dict[str, dict], out: Path) -> None:
         ax.axhline(1.0, color="black", linewidth=0.8, label="dense decoding (1.0)")
         for a in PROFILE_ACCEPTANCE:
             ax.axvline(a, color="#999999", linewidth=0.6, linestyle=":")
-        ax.text(sum(PROFILE_ACCEPTANCE) / 2, 1.0, "paper's Qwen2-VL-7B\nacceptance range", transform=ax.get_xaxis_transform(),
+        ax.text(sum(PROFILE_ACCEPTANCE) / 2, 1.0, "paper's Qwen2-VL-7B\nacceptance range",
+                transform=ax.get_xaxis_transform(),
                 ha="center", va="top", fontsize=7, color="#555555")
         ax.set_xlabel("per-token acceptance rate (ASSUMED, not measured)")
         ax.set_ylabel("projected StD speedup over dense (×)")
@@ -207,7 +208,7 @@ def plot_verify(groups: dict[str, dict], out: Path) -> None:
     if not panels:
         return
     fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.2), squeeze=False)
-    for ax, (name, group) in zip(axes[0], panels):
+    for ax, (_name, group) in zip(axes[0], panels, strict=False):
         for i, ((context, batch), p) in enumerate(live(group["points"]).items()):
             steps = sorted(p["verify_steps"], key=lambda v: v["gamma"])
             ax.plot([v["gamma"] for v in steps], [v["s"] / p["dense_step"]["s"] for v in steps], "-o",
@@ -244,12 +245,12 @@ def plot_builtin(dirs: dict[str, list[dict]], out: Path) -> None:
     if not panels:
         return
     fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.3), squeeze=False)
-    for ax, (name, reports) in zip(axes[0], panels):
+    for ax, (name, reports) in zip(axes[0], panels, strict=False):
         configs = model_configs(reports)
         std_keys = list(dict.fromkeys(std_label(c) for cs in configs.values() for c in cs))
         series = ["generate", "dense"] + std_keys
         width = 0.8 / len(series)
-        for f, (frames, cs) in enumerate(configs.items()):
+        for f, (_frames, cs) in enumerate(configs.items()):
             values = {"generate": cs[0]["generate"], "dense": cs[0]["dense"]}
             values.update({std_label(c): c["std"] for c in cs})
             for j, key in enumerate(series):
@@ -410,7 +411,8 @@ def md_builtin(name: str, reports: list[dict], many: bool) -> str:
                            f"{g['new_tokens']:.2f} / {d['new_tokens']:.2f} / {s['new_tokens']:.2f}",
                            s.get("cycles"), s.get("dense_steps"), acc, f2(c.get("mean_accepted_length")),
                            ms(dense_ms), ms(draft_ms), ms(verify_ms),
-                           f"{c['identical_to_dense']}/{c['total']}", f"{c['dense_identical_to_generate']}/{c['total']}"])
+                           f"{c['identical_to_dense']}/{c['total']}",
+                           f"{c['dense_identical_to_generate']}/{c['total']}"])
     text = heading(name, reports, many) + table(
         ["frames", "prompt tokens", "K", "γ", "tok/s generate", "tok/s dense", "tok/s StD", "StD × generate",
          "StD × dense", "e2e StD × generate", "e2e StD × dense"], speed)

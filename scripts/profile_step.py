@@ -16,11 +16,10 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from stdcli.bench import _fill_random, _fresh_slots  # noqa: E402
-from stdcli.build import build_random_model, make_config  # noqa: E402
-from stdcli.std import Decoder, DecodeOptions, synchronize  # noqa: E402
+from stdcli.bench.profile import fill_random, seed_fresh_slots
+from stdcli.engine import DecodeOptions, Decoder, Engine, EngineConfig
+from stdcli.engine.device import synchronize
+from stdcli.model.build import build_random_model, make_config
 
 
 def kernels_of(decoder: Decoder, gamma: int, steps: int, context: int, sparse_len: int) -> tuple[list, float]:
@@ -28,7 +27,7 @@ def kernels_of(decoder: Decoder, gamma: int, steps: int, context: int, sparse_le
 
     def run(count: int) -> None:  # `count` steps from the same context, then wait for the GPU
         for _ in range(count):
-            _fresh_slots(decoder, context, sparse_len, [1])
+            seed_fresh_slots(decoder, context, sparse_len, [1])
             decoder.step(gamma)
         synchronize(decoder.device)
 
@@ -58,11 +57,12 @@ def main() -> None:
     config = make_config("qwen2-vl", "7b")
     model = build_random_model("qwen2-vl", config, dtype=torch.bfloat16, device="cuda")
     report = {}
+    engine = Engine.of(model, EngineConfig(compile=args.compile))
     for label, gamma in (("dense step", 0), ("draft 4 + verify 5", 4)):
-        options = DecodeOptions(gamma=gamma, k=512, compile=args.compile)
-        with Decoder(model, options, max_len=args.context + 16, sparse_cap=640) as decoder:
-            c = decoder.cache
-            _fill_random(c.dense_k, c.dense_v, c.sparse_k, c.sparse_v)
+        options = DecodeOptions(gamma=gamma, k=512)
+        with engine.new_decoder(options, 1, args.context + 16, 640) as decoder:
+            c = decoder.storage
+            fill_random(c.dense_k, c.dense_v, c.sparse_k, c.sparse_v)
             rows, wall_ms = kernels_of(decoder, gamma, args.steps, args.context, 576)
         total = sum(us for _, _, us in rows)
         calls = sum(n for _, n, _ in rows)

@@ -18,7 +18,6 @@ import json
 import math
 import os
 import random
-import sys
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -28,13 +27,11 @@ import torch
 from torchvision.transforms.v2.functional import InterpolationMode, resize
 from transformers import Qwen2VLModel
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from stdcli.attention import use_packed_vision_attention  # noqa: E402
-from stdcli.build import build_random_model, make_config, make_processor, make_tokenizer  # noqa: E402
-from stdcli.video import choose_frame_count, target_indices  # noqa: E402
-from stdcli.world import QA, corpus, describe, generate_clip, questions_for, render_frames  # noqa: E402
-from stdcli.world.scene import COLORS, EVENT_KINDS, SHAPES, object_state_at  # noqa: E402
+from stdcli.engine.attention import use_packed_vision_attention
+from stdcli.model.build import build_random_model, make_config, make_processor, make_tokenizer
+from stdcli.video import choose_frame_count, target_indices
+from stdcli.world import QA, corpus, describe, generate_clip, questions_for, render_frames
+from stdcli.world.scene import COLORS, EVENT_KINDS, SHAPES, object_state_at
 
 SOURCE_FPS = 8.0  # the samples are written at 8 fps
 FRAME_EDGE = 224  # the samples' frame size; the processor resizes to 112
@@ -238,7 +235,8 @@ class Example:
         self.prefix_len = len(ids)
         labels, weights, branches, offsets = [-100] * len(ids), [0.0] * len(ids), [0] * len(ids), []
         for k, qa in enumerate(qas, start=1):
-            question = tokenizer(split_prompt(first_turn(processor, qa.question))[1], add_special_tokens=False).input_ids
+            asked = split_prompt(first_turn(processor, qa.question))[1]
+            question = tokenizer(asked, add_special_tokens=False).input_ids
             answer = tokenizer(qa.answer, add_special_tokens=False).input_ids + [end]
             sentences = max(1, qa.answer.count("."))
             ids += question + answer
@@ -475,7 +473,7 @@ class Trainer:
     device: torch.device
 
     @classmethod
-    def build(cls, layers: int, lr: float, seed: int, device: torch.device) -> "Trainer":
+    def build(cls, layers: int, lr: float, seed: int, device: torch.device) -> Trainer:
         # TF32 tensor cores for the float32 vision tower (vision_in_float32): float32's range at tensor-core speed.
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         tokenizer = builtin_tokenizer()
@@ -559,7 +557,8 @@ def main() -> None:
     parser.add_argument("--save-every", type=float, default=2.0, help="minutes between checkpoints")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--profile", action="store_true",
-                        help="profile 5 steps on short clips (from step 200) and 5 on mixed ones (from 70%% of the time) "
+                        help="profile 5 steps on short clips (from step 200) and 5 on mixed ones "
+                        "(from 70%% of the time) "
                              "into OUT/profile.txt")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -588,7 +587,8 @@ def main() -> None:
     record({"event": "start", "step": step, "params": params, "device": str(device), "resumes": resumes,
             "args": {k: str(v) for k, v in vars(args).items()}})
     loader = torch.utils.data.DataLoader(
-        Batches(args.seed + 7919 * resumes, args.tokens, time.time() + args.short_first * (args.minutes * 60 - trained_s)),
+        Batches(args.seed + 7919 * resumes, args.tokens,
+                time.time() + args.short_first * (args.minutes * 60 - trained_s)),
         batch_size=None, num_workers=args.workers,
         prefetch_factor=4 if args.workers else None, persistent_workers=bool(args.workers),
         pin_memory=device.type == "cuda",
@@ -642,8 +642,8 @@ def main() -> None:
                     "data_wait_s": round(waited, 1)})
             loss_sum.zero_(), region_sum.zero_(), timeline_sum.zero_(), updates.zero_()
         if time.perf_counter() - last_save > args.save_every * 60:
-            torch.save({"model": model.state_dict(), "probes": probes.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                        "trained_s": time.perf_counter() - started, "resumes": resumes}, state_path)
+            torch.save({"model": model.state_dict(), "probes": probes.state_dict(), "optimizer": optimizer.state_dict(),
+                        "step": step, "trained_s": time.perf_counter() - started, "resumes": resumes}, state_path)
             last_save = time.perf_counter()
         fetched = time.perf_counter()
     with torch.no_grad():  # the batch the time budget stopped at: not trained on
@@ -655,7 +655,8 @@ def main() -> None:
     model.set_attn_implementation({"vision_config": "sdpa"})  # the saved config names only stock attention
     model.eval().to(torch.float16).save_pretrained(final)
     processor.save_pretrained(final)
-    record({"event": "saved", "path": str(final), "mb": round(sum(f.stat().st_size for f in final.glob("*.safetensors")) / 1e6, 2)})
+    size = sum(f.stat().st_size for f in final.glob("*.safetensors"))
+    record({"event": "saved", "path": str(final), "mb": round(size / 1e6, 2)})
 
 
 if __name__ == "__main__":

@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from stdcli import kernels  # noqa: E402
+from stdcli.engine import kernels
 
 
 def bench(fn, iters: int = 200) -> float:
@@ -58,7 +55,8 @@ def main() -> None:
         floor_us = 2 * k.numel() * 2 / 4.17e12 * 1e6
         default = kernels.split_count(context, batch, 4, 132)
         for splits in sorted({default, max(1, default // 2), max(1, default // 4), default * 2}):
-            us = bench(lambda: kernels.decode_attention(q, k, v, base, 0.088, splits=splits))
+            us = bench(lambda q=q, k=k, v=v, base=base, splits=splits: kernels.decode_attention(q, k, v, base, 0.088,
+                                                                                           splits=splits))
             report["attention"].append({"batch": batch, "context": context, "splits": splits, "us": us,
                                         "floor_us": floor_us, "default": splits == default})
             print(f"attention b{batch} {context}: splits {splits:4d}{' (default)' if splits == default else ''} "
@@ -69,13 +67,13 @@ def main() -> None:
         floor_us = w.numel() * 2 / 4.17e12 * 1e6
         for m in (1, 8, kernels.SKINNY_ROWS):
             x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
-            entry = {"n": n, "k": k, "m": m, "floor_us": floor_us, "cublas_us": bench(lambda: F.linear(x, w))}
+            entry = {"n": n, "k": k, "m": m, "floor_us": floor_us, "cublas_us": bench(lambda x=x, w=w: F.linear(x, w))}
             best = None
             for config in ((32, 256, 4, 4), (64, 128, 4, 4), (16, 512, 4, 3), (32, 512, 8, 3), (64, 256, 8, 3),
                            (128, 128, 8, 4)):
                 try:
-                    us = bench(lambda: kernels.skinny_linear(x, w, config))
-                except Exception as error:  # noqa: BLE001 - a config that does not fit is skipped
+                    us = bench(lambda x=x, w=w, config=config: kernels.skinny_linear(x, w, config))
+                except Exception as error:  # a config that does not fit is skipped
                     print("  skip", config, str(error)[:80])
                     continue
                 if best is None or us < best[0]:

@@ -5,32 +5,23 @@
     record = answer_video(lm, "samples/short_1.mp4", AskOptions(question="What happens?"))
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
+from stdcli.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-# Imported on first use: torch and transformers take seconds, and `import stdcli.world` needs neither.
-_LAZY = {
-    "AskOptions": "ask",
-    "FrameOptions": "ask",
-    "answer_video": "ask",
-    "answer_videos": "batch",
-    "load_model": "models",
-    "list_models": "models",
-    "sample_frames": "video",
-    "DecodeOptions": "std",
-    "generate": "std",
-    "release_decoder": "std",
-    "GammaPolicy": "policy",
-}
+# Imported on first use: torch and transformers take seconds, and `stdcli --help` or `import stdcli.world` need
+# neither.
+__all__, __getattr__ = lazy_exports(__name__, {
+    "inputs": ("AskOptions", "FrameOptions"),
+    "ask": ("answer_video", "answer_videos"),
+    "records": ("Record",),
+    "model.loading": ("load_model",),
+    "model.registry": ("list_models",),
+    "video": ("sample_frames",),
+    "engine.options": ("DecodeOptions", "EngineConfig"),
+    "engine.session": ("Engine", "generate"),
+    "engine.costs": ("CostMemory",),
+    "engine.policy": ("GammaPolicy",),
+})
 
-__all__ = ["__version__", *_LAZY]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ += ["__version__"]

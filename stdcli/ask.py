@@ -1,6 +1,7 @@
-"""Answer a question about one video: sample frames, build the prompt, decode, make the record.
+"""Answer a question about videos: sample frames, build the prompt, decode, make the record.
 
-Usable without the CLI:
+One video is batch size 1 of many: `answer_videos` prepares videos as the engine asks for them and hands each
+record out as its answer ends. Usable without the CLI:
 
     from stdcli import load_model, answer_video, AskOptions
     lm = load_model("builtin")
@@ -10,39 +11,18 @@ Usable without the CLI:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
-from .models import FrameDefaults, LoadedModel, build_inputs, frame_defaults
-from .records import empty_record, error_record
-from .std import DecodeOptions, DecodeStats, Generation, gamma_counts, generate
-from .video import VIDEO_EXTENSIONS, sample_frames
-
-
-@dataclass
-class FrameOptions:
-    """Frame sampling asked for on the command line; None means the model family's default."""
-
-    fps: float | None = None
-    frames: int | None = None  # exact count, exclusive with fps
-    min_frames: int | None = None
-    max_frames: int | None = None
-    max_pixels: int | None = None
-
-
-@dataclass
-class AskOptions:
-    question: str
-    system: str | None = None
-    frames: FrameOptions = field(default_factory=FrameOptions)
-    decode: DecodeOptions = field(default_factory=DecodeOptions)
-    compare: bool = False  # also decode densely and report the measured speedup
-
-    @property
-    def mode(self) -> str:
-        return "dense" if self.decode.gamma == 0 else "std"
+from .engine.options import DecodeOptions
+from .engine.session import Generation, Request
+from .engine.stats import DecodeStats, gamma_counts
+from .inputs import AskOptions, FrameOptions
+from .model.loading import LoadedModel
+from .model.prompts import FrameDefaults, build_inputs, frame_defaults
+from .records import Record
+from .video import SampledVideo, sample_frames
 
 
 def sampling_arguments(defaults: FrameDefaults, options: FrameOptions) -> dict[str, Any]:
@@ -58,12 +38,17 @@ def sampling_arguments(defaults: FrameDefaults, options: FrameOptions) -> dict[s
     }
 
 
+def sample_video(lm: LoadedModel, video: str, frames: FrameOptions) -> SampledVideo:
+    """The frames `lm` sees of `video`, sampled as its family's reference code does, with the user's overrides."""
+    return sample_frames(video, **sampling_arguments(frame_defaults(lm.family), frames))
+
+
 class TextStream:
     """Token ids in, newly printable text out. What it prints, joined, is exactly `decode_answer` of all the tokens
     once `finish` has been called: leading whitespace is dropped, trailing whitespace and an incomplete UTF-8
     sequence are held back until more text follows them."""
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer: Any):
         self.tokenizer = tokenizer
         self.tokens: list[int] = []
         self.printed = 0
@@ -85,32 +70,9 @@ class TextStream:
         return delta
 
 
-def decode_answer(tokenizer, tokens: Sequence[int]) -> str:
-    return tokenizer.decode(tokens, skip_special_tokens=True).strip()
-
-
-def answer_video(
-    lm: LoadedModel,
-    video: str,
-    options: AskOptions,
-    on_text: Callable[[str, DecodeStats], None] | None = None,
-) -> dict[str, Any]:
-    """The record of one video (see records.py). Failures are reported in the record's `error`, not raised."""
-    item = prepare(lm, video, options)
-    if isinstance(item, dict):
-        return item
-    try:
-        stream = TextStream(lm.tokenizer)
-        callback = (lambda tokens, stats: on_text(stream.push(tokens), stats)) if on_text else None
-        result = _decode(lm, item.inputs, options.decode, callback)
-        if on_text and (rest := stream.finish()):
-            on_text(rest, result.stats)
-        compare = _compare(lm, item.inputs, options.decode, result) if options.compare and options.mode == "std" else None
-    except STOP_THE_RUN:
-        raise
-    except Exception as error:  # one broken video must not stop a folder run: it is reported in its record
-        return error_record(video, options.question, lm.name, options.mode, error)
-    return answer_record(lm, item, options, result, compare)
+def decode_answer(tokenizer: Any, tokens: Sequence[int]) -> str:
+    text: str = tokenizer.decode(tokens, skip_special_tokens=True)
+    return text.strip()
 
 
 # What stops the whole run, not just one video.
@@ -122,71 +84,162 @@ class Prepared:
     """A video ready to decode: its sampled frames and the model inputs of the question about it."""
 
     video: str
-    sampled: Any  # video.SampledVideo
-    inputs: dict
+    sampled: SampledVideo
+    inputs: dict[str, Any]
     load_video_s: float
+    processor_s: float
     started: float  # perf_counter when work on it began
 
 
-def prepare(lm: LoadedModel, video: str, options: AskOptions) -> Prepared | dict[str, Any]:
+def prepare_inputs(lm: LoadedModel, video: str, sampled: SampledVideo, options: AskOptions, started: float,
+                   load_video_s: float) -> Prepared:
+    """The prompt of one question about frames already sampled."""
+    began = time.perf_counter()
+    inputs = build_inputs(lm, sampled, options.question, options.system)
+    return Prepared(video, sampled, inputs, load_video_s, time.perf_counter() - began, started)
+
+
+def prepare(lm: LoadedModel, video: str, options: AskOptions) -> Prepared | Record:
     """Frames and prompt of one video, or its error record."""
     started = time.perf_counter()
     try:
-        sampled = sample_frames(video, **sampling_arguments(frame_defaults(lm.family), options.frames))
-        load_video_s = time.perf_counter() - started
-        inputs = build_inputs(lm, sampled, options.question, options.system)
+        sampled = sample_video(lm, video, options.frames)
+        return prepare_inputs(lm, video, sampled, options, started, time.perf_counter() - started)
     except STOP_THE_RUN:
         raise
     except Exception as error:  # one broken video must not stop a folder run: it is reported in its record
-        return error_record(video, options.question, lm.name, options.mode, error)
-    return Prepared(video, sampled, inputs, load_video_s, started)
+        return Record.failed(video, options.question, lm.name, options.mode, error)
 
 
-def answer_record(
-    lm: LoadedModel, item: Prepared, options: AskOptions, result: Generation, compare: dict[str, Any] | None = None
-) -> dict[str, Any]:
+def answer_record(lm: LoadedModel, item: Prepared, options: AskOptions, result: Generation) -> Record:
     """The record of a video answered: `result` the decoding of `item`."""
-    record = empty_record(item.video, options.question, lm.name, options.mode)
     stats = result.stats
-    sampled = item.sampled
-    record.update(
+    std = options.mode == "std"
+    return Record(
+        item.video, options.question, lm.name, options.mode,
         answer=decode_answer(lm.tokenizer, result.tokens),
-        frames=len(sampled.frames),
+        frames=len(item.sampled.frames),
         visual_tokens=stats.visual_tokens,
         prompt_tokens=stats.prompt_tokens,
         new_tokens=stats.new_tokens,
+        timings={
+            "load_video_s": _round(item.load_video_s),
+            "prefill_s": _round(stats.prefill_s),
+            "decode_s": _round(stats.decode_s),
+            "total_s": _round(time.perf_counter() - item.started),
+        },
         tokens_per_s=_round(stats.tokens_per_s),
         acceptance_rate=_round(stats.acceptance_rate),
         mean_accepted_length=_round(stats.mean_accepted_length),
         speedup_est=_round(stats.speedup_est),
-        k=options.decode.k if options.mode == "std" else None,
-        gamma=options.decode.gamma if options.mode == "std" else None,
-        compare=compare,
-        warnings=list(sampled.warnings),
-        gammas=gamma_counts([stats.gammas]) if options.mode == "std" else None,
-        dense_share=_round(stats.dense_share) if options.mode == "std" else None,
+        k=options.decode.k if std else None,
+        gamma=options.decode.gamma if std else None,
+        warnings=list(item.sampled.warnings),
+        gammas=gamma_counts([stats.gammas]) if std else None,
+        dense_share=_round(stats.dense_share) if std else None,
+        stats=stats,
     )
-    record["timings"] = {
-        "load_video_s": _round(item.load_video_s),
-        "prefill_s": _round(stats.prefill_s),
-        "decode_s": _round(stats.decode_s),
-        "total_s": _round(time.perf_counter() - item.started),
-    }
+
+
+TextCallback = Callable[[str, str, DecodeStats], None]  # (video, new text, statistics so far)
+
+
+def answer_videos(
+    lm: LoadedModel,
+    videos: Iterable[str],
+    options: AskOptions,
+    batch_size: int = 1,
+    on_record: Callable[[Record], None] = lambda record: None,
+    *,
+    on_text: TextCallback | None = None,
+    warn: Callable[[str], None] = lambda message: None,
+) -> None:
+    """Answer every video, `batch_size` decoded together (continuous batching; every answer token for token the one
+    decoded alone); each record goes to on_record as its answer ends, failures included (a video that cannot be
+    read, or a decoding error, is reported in its record and the others go on). on_text streams each answer."""
+    if options.compare:
+        if batch_size != 1:
+            raise ValueError("compare measures one video at a time: batch_size must be 1")
+        for video in videos:
+            on_record(_answer_and_compare(lm, video, options, on_text))
+        return
+    streams: dict[int, TextStream] = {}
+
+    def requests() -> Iterator[Request]:
+        for video in videos:
+            item = prepare(lm, video, options)
+            if isinstance(item, Record):
+                on_record(item)
+            else:
+                yield Request(item, item.inputs)
+
+    def tokens(request: Request, new: list[int], stats: DecodeStats) -> None:
+        if on_text is not None:
+            stream = streams.setdefault(id(request), TextStream(lm.tokenizer))
+            on_text(request.key.video, stream.push(new), stats)
+
+    def done(request: Request, generation: Generation) -> None:
+        stream = streams.pop(id(request), None)
+        if on_text is not None and stream is not None and (rest := stream.finish()):
+            on_text(request.key.video, rest, generation.stats)
+        on_record(answer_record(lm, request.key, options, generation))
+
+    def failed(request: Request, error: Exception) -> None:
+        streams.pop(id(request), None)
+        on_record(Record.failed(request.key.video, options.question, lm.name, options.mode, error))
+
+    lm.engine.run(requests(), options.decode, batch_size=batch_size, eos=lm.eos_token_ids, on_tokens=tokens,
+                  on_done=done, on_error=failed, warn=warn)
+
+
+def answer_video(
+    lm: LoadedModel,
+    video: str,
+    options: AskOptions,
+    on_text: Callable[[str, DecodeStats], None] | None = None,
+) -> Record:
+    """The record of one video. Failures are reported in the record's `error`, not raised."""
+    records: list[Record] = []
+    stream = None if on_text is None else (lambda name, text, stats: on_text(text, stats))
+    answer_videos(lm, [video], options, 1, records.append, on_text=stream)
+    return records[0]
+
+
+def _answer_and_compare(lm: LoadedModel, video: str, options: AskOptions, on_text: TextCallback | None) -> Record:
+    """The StD record of one video, with `compare` filled in from decoding the same inputs densely."""
+    item = prepare(lm, video, options)
+    if isinstance(item, Record):
+        return item
+    stream = TextStream(lm.tokenizer)
+
+    def tokens(new: list[int], stats: DecodeStats) -> None:
+        if on_text is not None:
+            on_text(video, stream.push(new), stats)
+
+    try:
+        std = lm.engine.generate(item.inputs, options.decode, eos=lm.eos_token_ids, on_tokens=tokens)
+        if on_text is not None and (rest := stream.finish()):
+            on_text(video, rest, std.stats)
+        record = answer_record(lm, item, options, std)
+        record.compare = _compare(lm, item.inputs, options.decode, std)
+    except STOP_THE_RUN:
+        raise
+    except Exception as error:  # one broken video must not stop a folder run: it is reported in its record
+        return Record.failed(video, options.question, lm.name, options.mode, error)
     return record
 
 
-def _decode(lm: LoadedModel, inputs: dict, options: DecodeOptions, on_tokens=None) -> Generation:
-    return generate(
-        lm.model, inputs, options, eos=lm.eos_token_ids, visual_ids=lm.visual_token_ids, on_tokens=on_tokens
-    )
-
-
-def _compare(lm: LoadedModel, inputs: dict, options: DecodeOptions, std: Generation) -> dict[str, Any]:
+def _compare(lm: LoadedModel, inputs: dict[str, Any], options: DecodeOptions, std: Generation) -> dict[str, Any]:
     """Decode the same inputs densely, in the same process, after the StD run (so any warm-up favours dense)."""
-    dense = _decode(lm, inputs, replace(options, gamma=0))
-    per_token = lambda s: s.decode_s / s.decoded_tokens if s.decoded_tokens else None  # noqa: E731
+    dense = lm.engine.generate(inputs, replace(options, gamma=0), eos=lm.eos_token_ids)
+
+    def per_token(stats: DecodeStats) -> float | None:
+        return stats.decode_s / stats.decoded_tokens if stats.decoded_tokens else None
+
+    def total(stats: DecodeStats) -> float:
+        return stats.prefill_s + stats.decode_s
+
     dense_tok, std_tok = per_token(dense.stats), per_token(std.stats)
-    total = lambda s: s.prefill_s + s.decode_s  # noqa: E731
     return {
         "identical": dense.tokens == std.tokens,
         "dense_answer": decode_answer(lm.tokenizer, dense.tokens),
@@ -198,39 +251,3 @@ def _compare(lm: LoadedModel, inputs: dict, options: DecodeOptions, std: Generat
 
 def _round(value: float | None, digits: int = 4) -> float | None:
     return None if value is None else round(value, digits)
-
-
-class InputError(Exception):
-    """Bad command-line input (exit status 2)."""
-
-
-def collect_videos(arguments: Sequence[str], stdin: Iterable[str]) -> list[str]:
-    """Video paths from files, folders (recursively, sorted) and '-' (one path per line on stdin), in order.
-
-    A path named on the command line must exist (else an input error: a typo stops the run before the model loads);
-    a path read from stdin is data, kept even if missing, and its record says why. A file is kept whatever it holds:
-    its record says if it is not a video. A folder named on the command line must hold videos.
-    """
-    videos: list[str] = []
-    for argument in arguments:
-        if argument == "-":
-            for line in stdin:
-                path = line.strip()
-                if path:
-                    videos.extend(_videos_in(path) if Path(path).is_dir() else [path])
-        elif Path(argument).is_dir():
-            found = _videos_in(argument)
-            if not found:
-                raise InputError(f"{argument}: folder holds no videos ({' '.join(VIDEO_EXTENSIONS)})")
-            videos.extend(found)
-        elif Path(argument).exists():
-            videos.append(argument)
-        else:
-            raise InputError(f"{argument}: no such file or folder")
-    if not videos:
-        raise InputError("no videos given (files, folders, or '-' to read paths from stdin)")
-    return videos
-
-
-def _videos_in(folder: str) -> list[str]:
-    return sorted(str(p) for p in Path(folder).rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())

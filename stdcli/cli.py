@@ -10,22 +10,28 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
-from rich.table import Table
 from typer.core import TyperGroup
 
 from . import __version__
-from .ask import AskOptions, FrameOptions, InputError, answer_video, collect_videos
-from .batch import answer_videos
+from .bench import settings as bench_settings
+from .bench.settings import BenchError
 from .display import Display
-from .models import DEFAULT_MODEL, ModelLoadError, list_models, load_model
-from .records import JsonlWriter, answered_keys, record_key, to_json
-from .policy import AUTO
-from .std import DEFAULT_GAMMA, DEFAULT_K, DecodeOptions
+from .engine.options import AUTO, DEFAULT_GAMMA, DEFAULT_K, DecodeOptions
+from .inputs import AskOptions, FrameOptions, InputError, collect_videos
+from .model.registry import DEFAULT_MODEL, ModelLoadError, list_models
+from .records import JsonlWriter, Record, answered_keys, record_key
+
+if TYPE_CHECKING:
+    from .engine.costs import CostMemory
+    from .model.loading import LoadedModel
+
+# The command line imports torch and transformers (seconds) only where a command needs a model: `stdcli --help`,
+# `--version` and `models` never do.
 
 BUILTIN_NOTE = (
     "The built-in model (the default) was trained only on generated videos of coloured shapes that move, "
@@ -33,6 +39,7 @@ BUILTIN_NOTE = (
     "samples/truth.jsonl; for real footage pass --model with real weights, e.g. --model qwen2-vl."
 )
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+T = TypeVar("T")
 
 
 def say(message: str) -> None:
@@ -106,32 +113,76 @@ def main_options(
 
 @app.command(help=f"Answer QUESTION about each VIDEO (files, folders, or - for paths on stdin).\n\n{BUILTIN_NOTE}")
 def ask(
-    videos: Annotated[list[str], typer.Argument(metavar="VIDEO", help="Video files, folders (searched recursively), or - (paths on stdin).", show_default=False)],
-    question: Annotated[str, typer.Argument(metavar="QUESTION", help="The question, asked of every video.", show_default=False)],
-    model: Annotated[str, typer.Option(help="Alias (see `stdcli models`), Hugging Face id, or local folder.")] = DEFAULT_MODEL,
+    videos: Annotated[list[str], typer.Argument(
+        metavar="VIDEO", help="Video files, folders (searched recursively), or - (paths on stdin).", show_default=False,
+    )],
+    question: Annotated[str, typer.Argument(
+        metavar="QUESTION", help="The question, asked of every video.", show_default=False,
+    )],
+    model: Annotated[
+        str,
+        typer.Option(help="Alias (see `stdcli models`), Hugging Face id, or local folder."),
+    ] = DEFAULT_MODEL,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
-    fps: Annotated[Optional[float], typer.Option(help="Frames per second to sample (default: the model's).")] = None,
-    frames: Annotated[Optional[int], typer.Option(help="Exact number of frames (exclusive with --fps).")] = None,
-    min_frames: Annotated[Optional[int], typer.Option(help="At least this many frames.")] = None,
-    max_frames: Annotated[Optional[int], typer.Option(help="At most this many frames.")] = None,
-    max_pixels: Annotated[Optional[int], typer.Option(help="Downscale frames to at most this many pixels.")] = None,
+    fps: Annotated[float | None, typer.Option(help="Frames per second to sample (default: the model's).")] = None,
+    frames: Annotated[int | None, typer.Option(help="Exact number of frames (exclusive with --fps).")] = None,
+    min_frames: Annotated[int | None, typer.Option(help="At least this many frames.")] = None,
+    max_frames: Annotated[int | None, typer.Option(help="At most this many frames.")] = None,
+    max_pixels: Annotated[int | None, typer.Option(help="Downscale frames to at most this many pixels.")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 256,
     temperature: Annotated[float, typer.Option(help="0 = greedy (identical to ordinary greedy decoding).")] = 0.0,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling mass (with --temperature > 0).")] = 1.0,
-    seed: Annotated[Optional[int], typer.Option(help="Seed for sampling.")] = None,
-    system: Annotated[Optional[str], typer.Option(help="System prompt.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for sampling.")] = None,
+    system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
     dense: Annotated[bool, typer.Option("--dense", help="Plain dense decoding (the baseline) instead of StD.")] = False,
     k: Annotated[int, typer.Option("--k", help="StD: visual tokens kept per layer and KV head.")] = DEFAULT_K,
-    gamma: Annotated[str, typer.Option(help="StD: tokens drafted per cycle, or auto: chosen every cycle from measured step costs and acceptance (0 = a dense step when drafting does not pay).")] = DEFAULT_GAMMA,
-    batch_size: Annotated[int, typer.Option(help="Videos decoded together (continuous batching; answers identical to one at a time). Answers then print as each ends, not streamed.")] = 1,
-    compare: Annotated[bool, typer.Option("--compare", help="Also decode densely; report measured speedup and whether answers are identical.")] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object per video instead of the answer.")] = False,
-    jsonl: Annotated[bool, typer.Option("--jsonl", help="Print one JSON line per video instead of the answer.")] = False,
-    output: Annotated[Optional[Path], typer.Option(help="Append records to this JSONL file, flushed line by line.")] = None,
+    gamma: Annotated[
+        str,
+        typer.Option(
+            help=(
+                "StD: tokens drafted per cycle, or auto: chosen every cycle from measured step costs and acceptance "
+                "(0 = a dense step when drafting does not pay)."
+            ),
+        ),
+    ] = DEFAULT_GAMMA,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            help=(
+                "Videos decoded together (continuous batching; answers identical to one at a time). Answers then "
+                "print as each ends, not streamed."
+            ),
+        ),
+    ] = 1,
+    compare: Annotated[
+        bool,
+        typer.Option(
+            "--compare",
+            help="Also decode densely; report measured speedup and whether answers are identical.",
+        ),
+    ] = False,
+    json_out: Annotated[
+        bool,
+        typer.Option("--json", help="Print one JSON object per video instead of the answer."),
+    ] = False,
+    jsonl: Annotated[
+        bool,
+        typer.Option("--jsonl", help="Print one JSON line per video instead of the answer."),
+    ] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option(help="Append records to this JSONL file, flushed line by line."),
+    ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Skip videos already answered in --output.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or statistics on stderr (errors still).")] = False,
-    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow a checkpoint's own Python code (off by default).")] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option("--quiet", "-q", help="No progress or statistics on stderr (errors still)."),
+    ] = False,
+    trust_remote_code: Annotated[
+        bool,
+        typer.Option("--trust-remote-code", help="Allow a checkpoint's own Python code (off by default)."),
+    ] = False,
 ) -> None:
     # Everything that can be checked without the model is checked first: a usage error costs no model load.
     options = _ask_options(
@@ -151,7 +202,7 @@ def ask(
     try:
         paths = collect_videos(videos, sys.stdin)
     except InputError as error:
-        raise fail(str(error))
+        raise fail(str(error)) from None
     done = answered_keys(output) if resume else set()
     todo = [p for p in paths if record_key(p, question, model) not in done]
     if len(todo) < len(paths) and not quiet:
@@ -159,14 +210,12 @@ def ask(
     if not todo:
         raise typer.Exit(0)  # nothing left: not even the model is loaded
     writer = _open_output(output)  # before the model: a bad path should not cost a model load
-    if not Display.live_possible(quiet):
-        _quiet_loading_bars()
     try:
-        lm = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-    except ModelLoadError as error:
+        lm = _load(model, device, dtype, quiet, trust_remote_code)
+    except typer.Exit:
         if writer:
             writer.close()
-        raise fail(str(error))
+        raise
     failures = _run(lm, todo, options, json_out, jsonl, writer, quiet, batch_size)
     if failures and len(todo) > 1 and not quiet:
         say(f"{failures} of {len(todo)} videos failed (their records say why)")
@@ -181,7 +230,8 @@ def _ask_options(question, system, fps, frames, min_frames, max_frames, max_pixe
         (frames is not None and frames < 1, "--frames must be at least 1"),
         (min_frames is not None and min_frames < 1, "--min-frames must be at least 1"),
         (max_frames is not None and max_frames < 1, "--max-frames must be at least 1"),
-        (min_frames is not None and max_frames is not None and min_frames > max_frames, "--min-frames is above --max-frames"),
+        (min_frames is not None and max_frames is not None and min_frames > max_frames,
+         "--min-frames is above --max-frames"),
         (max_pixels is not None and max_pixels < 28 * 28, "--max-pixels must be at least 784"),
         (max_new_tokens < 1, "--max-new-tokens must be at least 1"),
         (temperature < 0, "--temperature must be >= 0"),
@@ -197,20 +247,21 @@ def _ask_options(question, system, fps, frames, min_frames, max_frames, max_pixe
     decode = DecodeOptions(
         max_new_tokens=max_new_tokens, k=k, gamma=0 if dense else gamma, temperature=temperature, top_p=top_p, seed=seed
     )
-    frame_options = FrameOptions(fps=fps, frames=frames, min_frames=min_frames, max_frames=max_frames, max_pixels=max_pixels)
+    frame_options = FrameOptions(fps=fps, frames=frames, min_frames=min_frames, max_frames=max_frames,
+                                 max_pixels=max_pixels)
     return AskOptions(question=question, system=system, frames=frame_options, decode=decode, compare=compare)
 
 
 def _fixed_gammas(gammas: list[int | str] | None) -> list[int] | None:
     if gammas and AUTO in gammas:
-        raise benchmark.BenchError("--random-init measures fixed gammas (auto picks among them): drop auto")
-    return gammas
+        raise BenchError("--random-init measures fixed gammas (auto picks among them): drop auto")
+    return [int(g) for g in gammas] if gammas else None
 
 
-def _one_value(values: list, name: str):
+def _one_value(values: Sequence[T], name: str) -> T:
     if len(values) > 1:
-        raise benchmark.BenchError(f"{name} takes one value with --batch-size (folder runs use one setting), got "
-                                   f"{','.join(map(str, values))}")
+        raise BenchError(f"{name} takes one value with --batch-size (folder runs use one setting), got "
+                         f"{','.join(map(str, values))}")
     return values[0]
 
 
@@ -232,7 +283,7 @@ def _open_output(output: Path | None) -> JsonlWriter | None:
     try:
         return JsonlWriter(output)
     except OSError as error:
-        raise fail(f"cannot write --output {output}: {error.strerror or error}")
+        raise fail(f"cannot write --output {output}: {error.strerror or error}") from None
 
 
 def _quiet_loading_bars() -> None:
@@ -244,41 +295,68 @@ def _quiet_loading_bars() -> None:
     transformers_logging.disable_progress_bar()
 
 
-def _run(lm, paths: list[str], options: AskOptions, json_out: bool, jsonl: bool, writer: JsonlWriter | None,
-         quiet: bool, batch_size: int = 1) -> int:
+def _cost_memory() -> CostMemory:
+    """What gamma auto remembered in earlier runs (the file of costs.default_path); saved again as the run ends."""
+    from .engine.costs import CostMemory, default_path
+
+    return CostMemory.load(default_path())
+
+
+def _load(model: str, device: str, dtype: str, quiet: bool, trust_remote_code: bool = False) -> LoadedModel:
+    """The model, with the cost memory of earlier runs; a model that cannot be loaded is a usage error."""
+    from .model.loading import load_model
+
+    if not Display.live_possible(quiet):
+        _quiet_loading_bars()
+    try:
+        return load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
+                          cost_memory=_cost_memory())
+    except ModelLoadError as error:
+        raise fail(str(error)) from None
+
+
+def _run(lm: LoadedModel, paths: list[str], options: AskOptions, json_out: bool, jsonl: bool,
+         writer: JsonlWriter | None, quiet: bool, batch_size: int = 1) -> int:
     """Answer every path (in order; with a batch, in the order answers end); returns the number of failures.
     Ctrl-C keeps every finished record."""
+    from .ask import answer_videos
+
     failures = 0
+    streaming = batch_size == 1  # several answers decoded together would interleave: they print whole, as they end
+    current: str | None = None
     try:
         with Display(len(paths), quiet=quiet, stream_answers=not (json_out or jsonl)) as display:
 
-            def finished(record: dict[str, Any]) -> None:
-                nonlocal failures
+            def started(video: str) -> None:
+                nonlocal current
+                if current is None:
+                    display.video_started(video, options.mode)
+                    current = video
+
+            def text(video: str, delta: str, stats: Any) -> None:
+                started(video)
+                display.text(delta, stats)
+
+            def finished(record: Record) -> None:
+                nonlocal failures, current
+                started(record.video)
+                if not streaming and record.answer:
+                    display.text(record.answer, None)
                 if writer:
                     writer.write(record)
-                failures += record["error"] is not None
-                printed = to_json(record, pretty=True) if json_out else to_json(record) if jsonl else None
+                failures += not record.ok
+                printed = record.to_json(pretty=True) if json_out else record.to_json() if jsonl else None
                 display.video_finished(record, printed)
+                current = None
 
-            if batch_size > 1:
-
-                def batched(record: dict[str, Any]) -> None:
-                    display.video_started(record["video"], options.mode)
-                    if record["answer"]:
-                        display.text(record["answer"], None)
-                    finished(record)
-
-                answer_videos(lm, paths, options, batch_size, batched, warn=say)
-            else:
-                for path in paths:
-                    display.video_started(path, options.mode)
-                    finished(answer_video(lm, path, options, on_text=display.text))
+            answer_videos(lm, paths, options, batch_size, finished, on_text=text if streaming else None, warn=say)
     except KeyboardInterrupt:
         say("interrupted; finished records are kept")
-        raise typer.Exit(EXIT_INTERRUPTED)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     finally:
         if writer:
             writer.close()
+        lm.engine.memory.save()
     return failures
 
 
@@ -293,6 +371,9 @@ def models(json_out: Annotated[bool, typer.Option("--json", help="JSON instead o
 
         print(json.dumps([row.__dict__ for row in rows], indent=2))
         return
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table("alias")
     table.add_column("resolves to", overflow="fold")  # hub ids and paths whole, never cut with an ellipsis
     for name in ("family", "offline", "note"):
@@ -307,8 +388,6 @@ def models(json_out: Annotated[bool, typer.Option("--json", help="JSON instead o
 
 # --- stdcli bench ---------------------------------------------------------------------------------------------------
 
-from . import bench as benchmark  # noqa: E402 - kept with its command
-
 
 @app.command(
     help="Measure decoding speed on the same inputs, in one process: transformers generate vs our dense path vs StD "
@@ -319,77 +398,166 @@ from . import bench as benchmark  # noqa: E402 - kept with its command
     "generate one at a time vs our dense path and StD at each batch size."
 )
 def bench(
-    videos: Annotated[Optional[list[str]], typer.Argument(metavar="VIDEO", help="Video files or folders (default: samples/).", show_default=False)] = None,
-    model: Annotated[Optional[str], typer.Option(help="Alias, Hugging Face id or folder (default: the built-in model; with --random-init: qwen2-vl).", show_default=False)] = None,
-    questions: Annotated[Optional[Path], typer.Option(help='JSONL: {"question": ...} asked of every video, or {"question": ..., "video": PATH}.')] = None,
-    k: Annotated[str, typer.Option("--k", help="StD: visual tokens kept per layer and KV head, comma-separated list.")] = str(DEFAULT_K),
-    gamma: Annotated[Optional[str], typer.Option(help=f"StD: drafts per cycle, comma-separated list, auto among them or not (default {DEFAULT_GAMMA}; with --random-init 1..9).", show_default=False)] = None,
-    frames: Annotated[Optional[str], typer.Option(help="Frame counts, comma-separated list (default: the model's own sampling).")] = None,
-    max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = benchmark.DEFAULT_MAX_NEW_TOKENS,
-    repeat: Annotated[Optional[int], typer.Option(help="Rounds over the inputs (default 1; with --batch-size: timed passes after one warm-up); with --random-init: timed iterations per step (default 10).", show_default=False)] = None,
+    videos: Annotated[
+        list[str] | None,
+        typer.Argument(metavar="VIDEO", help="Video files or folders (default: samples/).", show_default=False),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Alias, Hugging Face id or folder (default: the built-in model; with --random-init: qwen2-vl).",
+            show_default=False,
+        ),
+    ] = None,
+    questions: Annotated[
+        Path | None,
+        typer.Option(help='JSONL: {"question": ...} asked of every video, or {"question": ..., "video": PATH}.'),
+    ] = None,
+    k: Annotated[
+        str,
+        typer.Option("--k", help="StD: visual tokens kept per layer and KV head, comma-separated list."),
+    ] = str(DEFAULT_K),
+    gamma: Annotated[
+        str | None,
+        typer.Option(
+            help=(
+                f"StD: drafts per cycle, comma-separated list, auto among them or not (default {DEFAULT_GAMMA}; with "
+                f"--random-init 1..9)."
+            ),
+            show_default=False,
+        ),
+    ] = None,
+    frames: Annotated[
+        str | None,
+        typer.Option(help="Frame counts, comma-separated list (default: the model's own sampling)."),
+    ] = None,
+    max_new_tokens: Annotated[
+        int,
+        typer.Option(help="Longest answer, in tokens."),
+    ] = bench_settings.DEFAULT_MAX_NEW_TOKENS,
+    repeat: Annotated[
+        int | None,
+        typer.Option(
+            help=(
+                "Rounds over the inputs (default 1; with --batch-size: timed passes after one warm-up); with "
+                "--random-init: timed iterations per step (default 10)."
+            ),
+            show_default=False,
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
-    json_file: Annotated[Optional[str], typer.Option("--json", metavar="FILE", help="Write the results as JSON to FILE (- for stdout).")] = None,
-    random_init: Annotated[bool, typer.Option("--random-init", help="Profile the real architecture of --model at real scale with random weights (nothing downloaded).")] = False,
-    decode: Annotated[bool, typer.Option("--decode", help="--random-init: also decode --max-new-tokens tokens per sequence densely, with each --gamma and with auto, on synthetic prompts, and compare their measured speeds.")] = False,
-    scale: Annotated[Optional[str], typer.Option(help="--random-init: 7b (default), 2b (qwen2-vl-2b) or tiny.", show_default=False)] = None,
-    context: Annotated[Optional[str], typer.Option(help="--random-init: context lengths in tokens (default 16384,65536).", show_default=False)] = None,
-    batch_size: Annotated[Optional[str], typer.Option(help="Batch sizes, comma-separated list: videos decoded together (folder throughput; one --k and one --frames value at most); with --random-init: profiled batch sizes (default 1,8).", show_default=False)] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr (the tables and errors still).")] = False,
+    json_file: Annotated[
+        str | None,
+        typer.Option("--json", metavar="FILE", help="Write the results as JSON to FILE (- for stdout)."),
+    ] = None,
+    random_init: Annotated[
+        bool,
+        typer.Option(
+            "--random-init",
+            help="Profile the real architecture of --model at real scale with random weights (nothing downloaded).",
+        ),
+    ] = False,
+    decode: Annotated[
+        bool,
+        typer.Option(
+            "--decode",
+            help=(
+                "--random-init: also decode --max-new-tokens tokens per sequence densely, with each --gamma and "
+                "with auto, on synthetic prompts, and compare their measured speeds."
+            ),
+        ),
+    ] = False,
+    scale: Annotated[
+        str | None,
+        typer.Option(help="--random-init: 7b (default), 2b (qwen2-vl-2b) or tiny.", show_default=False),
+    ] = None,
+    context: Annotated[
+        str | None,
+        typer.Option(help="--random-init: context lengths in tokens (default 16384,65536).", show_default=False),
+    ] = None,
+    batch_size: Annotated[
+        str | None,
+        typer.Option(
+            help=(
+                "Batch sizes, comma-separated list: videos decoded together (folder throughput; one --k and one "
+                "--frames value at most); with --random-init: profiled batch sizes (default 1,8)."
+            ),
+            show_default=False,
+        ),
+    ] = None,
+    quiet: Annotated[
+        bool,
+        typer.Option("--quiet", "-q", help="No progress on stderr (the tables and errors still)."),
+    ] = False,
 ) -> None:
+    from rich.console import Console
+
     progress = None if quiet else (lambda message: say(f"bench: {message}"))
     if not Display.live_possible(quiet):
         _quiet_loading_bars()
+    lm = None
     try:
-        ks = benchmark.parse_int_list(k, "--k")
-        gammas = benchmark.parse_gamma_list(gamma)
+        ks = bench_settings.parse_int_list(k, "--k") or [DEFAULT_K]
+        gammas = bench_settings.parse_gamma_list(gamma)
         if repeat is not None and repeat < 1:
-            raise benchmark.BenchError("--repeat must be at least 1")
+            raise BenchError("--repeat must be at least 1")
         if max_new_tokens < 1:
-            raise benchmark.BenchError("--max-new-tokens must be at least 1")
+            raise BenchError("--max-new-tokens must be at least 1")
         if random_init:
+            from .bench.profile import profile_random_init, profile_tables
+
             if videos or questions or frames:
-                raise benchmark.BenchError("--random-init profiles decode steps: it takes no videos, --questions or --frames")
-            report = benchmark.profile_random_init(
+                raise BenchError("--random-init profiles decode steps: it takes no videos, --questions or --frames")
+            report = profile_random_init(
                 model or "qwen2-vl",
                 scale=scale,
                 device=device,
                 dtype=dtype,
-                contexts=benchmark.parse_int_list(context, "--context") or benchmark.DEFAULT_CONTEXTS,
-                batches=benchmark.parse_int_list(batch_size, "--batch-size") or benchmark.DEFAULT_BATCHES,
+                contexts=bench_settings.parse_int_list(context, "--context") or bench_settings.DEFAULT_CONTEXTS,
+                batches=bench_settings.parse_int_list(batch_size, "--batch-size") or bench_settings.DEFAULT_BATCHES,
                 ks=ks,
-                gammas=_fixed_gammas(gammas) or benchmark.PROFILE_GAMMAS,
-                iters=repeat or benchmark.DEFAULT_ITERS,
+                gammas=_fixed_gammas(gammas) or bench_settings.PROFILE_GAMMAS,
+                iters=repeat or bench_settings.DEFAULT_ITERS,
                 decode_tokens=max_new_tokens if decode else 0,
                 progress=progress,
             )
-            tables = benchmark.profile_tables(report)
+            tables = profile_tables(report)
         else:
+            from .bench.common import load_items
+
             if scale or context or decode:
-                raise benchmark.BenchError("--scale, --context and --decode go with --random-init")
-            frame_counts = benchmark.parse_int_list(frames, "--frames") or [None]
-            batch_sizes = benchmark.parse_int_list(batch_size, "--batch-size")
-            items = benchmark.load_items(videos, questions)
+                raise BenchError("--scale, --context and --decode go with --random-init")
+            frame_counts: list[int | None] = list(bench_settings.parse_int_list(frames, "--frames") or [None])
+            batch_sizes = bench_settings.parse_int_list(batch_size, "--batch-size")
+            items = load_items(videos, questions)
             if batch_sizes:
+                from .bench.batches import batch_tables, bench_batches
+
                 one_k, one_frames = _one_value(ks, "--k"), _one_value(frame_counts, "--frames")  # before the load
-                lm = load_model(model or DEFAULT_MODEL, device=device, dtype=dtype)
-                report = benchmark.bench_batches(
+                lm = _load(model or DEFAULT_MODEL, device, dtype, quiet)
+                report = bench_batches(
                     lm, items, batch_sizes=batch_sizes, gammas=gammas or [DEFAULT_GAMMA], k=one_k, frames=one_frames,
                     max_new_tokens=max_new_tokens, rounds=repeat or 1, progress=progress,
                 )
-                tables = benchmark.batch_tables(report)
+                tables = batch_tables(report)
             else:
-                lm = load_model(model or DEFAULT_MODEL, device=device, dtype=dtype)
-                report = benchmark.bench_model(
+                from .bench.decoding import bench_model, model_tables
+
+                lm = _load(model or DEFAULT_MODEL, device, dtype, quiet)
+                report = bench_model(
                     lm, items, ks=ks, gammas=gammas or [DEFAULT_GAMMA], frames=frame_counts,
                     max_new_tokens=max_new_tokens, repeat=repeat or 1, progress=progress,
                 )
-                tables = benchmark.model_tables(report)
-    except (benchmark.BenchError, ModelLoadError) as error:
-        raise fail(str(error))
+                tables = model_tables(report)
+    except BenchError as error:
+        raise fail(str(error)) from None
     except KeyboardInterrupt:
         say("interrupted")
-        raise typer.Exit(EXIT_INTERRUPTED)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    finally:
+        if lm is not None:
+            lm.engine.memory.save()
     console = Console(stderr=True)
     if not console.is_terminal:
         console = Console(stderr=True, width=200)  # a file or a pipe: no 80-column wrapping
@@ -397,9 +565,11 @@ def bench(
         console.print(table)
     if json_file:
         try:
-            benchmark.write_json(report, json_file)
+            from .bench.common import write_json
+
+            write_json(report, json_file)
         except OSError as error:
-            raise fail(f"cannot write --json {json_file}: {error.strerror or error}", EXIT_FAILED)
+            raise fail(f"cannot write --json {json_file}: {error.strerror or error}", EXIT_FAILED) from None
     failed = report.get("skipped") or []
     if failed:
         say(f"{len(failed)} input(s) could not be read and were skipped (see 'skipped' in the JSON)")
@@ -420,7 +590,7 @@ def main() -> None:
         warnings.formatwarning = _one_line_warning
     try:
         app()
-    except Exception as error:  # noqa: BLE001 - the last line of defence against tracebacks
+    except Exception as error:  # the last line of defence against tracebacks
         if os.environ.get("STDCLI_DEBUG"):
             raise
         say(f"error: {type(error).__name__}: {error}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, TextIO
+from typing import TextIO
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -17,7 +17,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from .std import DecodeStats
+from .engine.stats import DecodeStats
+from .records import Record
 
 
 def format_ratio(value: float | None, suffix: str = "") -> str:
@@ -29,23 +30,24 @@ def _without_name(name: str, message: str) -> str:
     return message[len(name) + 2 :] if message.startswith(name + ": ") else message
 
 
-def stats_line(name: str, record: dict[str, Any]) -> str:
+def stats_line(name: str, record: Record) -> str:
     """One plain line of a finished record, for stderr."""
-    if record.get("error"):
-        return f"{name}: error: {_without_name(name, record['error']['message'])}"
+    if record.error is not None:
+        return f"{name}: error: {_without_name(name, record.error['message'])}"
+    prefill = record.timings["prefill_s"]
     parts = [
-        f"{record['new_tokens']} tokens",
-        f"{record['frames']} frames",
-        f"{record['visual_tokens']} visual tokens",
-        f"prefill {record['timings']['prefill_s']:.2f}s",
-        f"{format_ratio(record['tokens_per_s'])} tok/s",
+        f"{record.new_tokens} tokens",
+        f"{record.frames} frames",
+        f"{record.visual_tokens} visual tokens",
+        f"prefill {format_ratio(prefill)}s",
+        f"{format_ratio(record.tokens_per_s)} tok/s",
     ]
-    if record.get("acceptance_rate") is not None:
-        parts.append(f"acceptance {record['acceptance_rate']:.2f}")
-        parts.append(f"accepted length {format_ratio(record['mean_accepted_length'])}")
-    if record.get("speedup_est") is not None:
-        parts.append(f"speedup {record['speedup_est']:.2f}x (estimated)")
-    compare = record.get("compare")
+    if record.acceptance_rate is not None:
+        parts.append(f"acceptance {record.acceptance_rate:.2f}")
+        parts.append(f"accepted length {format_ratio(record.mean_accepted_length)}")
+    if record.speedup_est is not None:
+        parts.append(f"speedup {record.speedup_est:.2f}x (estimated)")
+    compare = record.compare
     if compare:
         same = "identical" if compare["identical"] else "DIFFERENT"
         parts.append(f"measured speedup {format_ratio(compare['decode_speedup'], 'x')} vs dense, answers {same}")
@@ -126,9 +128,9 @@ class Display:
             self._write_stdout(delta)
         self._refresh(stats)
 
-    def video_finished(self, record: dict[str, Any], output: str | None) -> None:
+    def video_finished(self, record: Record, output: str | None) -> None:
         """`output` is what stdout gets for this video at the end (a JSON record), if anything."""
-        failed = record.get("error") is not None
+        failed = record.error is not None
         if self.stream_answers:
             if self.answer_in_panel:
                 self._write_stdout(self.answer)
@@ -140,7 +142,7 @@ class Display:
         if failed or not self.quiet:  # errors are shown even with --quiet
             self._print(stats_line(self.name, record))
         if not self.quiet:
-            for warning in record.get("warnings") or ():
+            for warning in record.warnings or ():
                 self._print(f"{self.name}: warning: {_without_name(self.name, warning)}")
         self.answer = ""  # printed and finished
         self._refresh(None)

@@ -1,7 +1,9 @@
-"""The JSON record of one answered (or failed) video: a contract that scripts rely on, and where it is written.
+"""The record of one answered (or failed) video: a contract that scripts rely on, and where it is written.
 
-Keys never change meaning or disappear; a key that does not apply is null. `RECORD_KEYS` is the contract of
-issue #2; the keys after it were added later and are documented in README.md.
+`Record.to_dict()` gives the JSON object: its keys never change meaning or disappear, a key that does not apply is
+null, and they come in a fixed order (RECORD_KEYS, then the keys added later, EXTRA_KEYS; README.md documents
+both). `Record.stats` carries the engine's own counters for code that wants them (the benchmarks); it is not part
+of the JSON.
 """
 
 from __future__ import annotations
@@ -9,8 +11,12 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+
+from .engine.stats import DecodeStats
+from .errors import one_line
 
 RECORD_KEYS = (
     "video",
@@ -38,40 +44,60 @@ EXTRA_KEYS = ("compare", "warnings", "gammas", "dense_share")
 TIMING_KEYS = ("load_video_s", "prefill_s", "decode_s", "total_s")
 
 
-def empty_record(video: str, question: str, model: str, mode: str) -> dict[str, Any]:
-    record: dict[str, Any] = {key: None for key in RECORD_KEYS + EXTRA_KEYS}
-    record.update(video=video, question=question, model=model, mode=mode)
-    record["timings"] = {key: None for key in TIMING_KEYS}
-    return record
+@dataclass
+class Record:
+    video: str
+    question: str
+    model: str
+    mode: str
+    answer: str | None = None
+    frames: int | None = None
+    visual_tokens: int | None = None
+    prompt_tokens: int | None = None
+    new_tokens: int | None = None
+    timings: dict[str, float | None] = field(default_factory=lambda: dict.fromkeys(TIMING_KEYS))
+    tokens_per_s: float | None = None
+    acceptance_rate: float | None = None
+    mean_accepted_length: float | None = None
+    speedup_est: float | None = None
+    k: int | None = None
+    gamma: int | str | None = None
+    error: dict[str, str] | None = None
+    compare: dict[str, Any] | None = None
+    warnings: list[str] | None = None
+    gammas: dict[str, int] | None = None
+    dense_share: float | None = None
+    stats: DecodeStats | None = field(default=None, repr=False, compare=False)  # not serialized
 
+    @classmethod
+    def failed(cls, video: str, question: str, model: str, mode: str, error: BaseException) -> Record:
+        return cls(video, question, model, mode, error={"type": type(error).__name__, "message": one_line(error)})
 
-def error_record(video: str, question: str, model: str, mode: str, error: BaseException) -> dict[str, Any]:
-    record = empty_record(video, question, model, mode)
-    record["error"] = {"type": type(error).__name__, "message": one_line(error)}
-    return record
+    @property
+    def ok(self) -> bool:
+        return self.error is None
 
+    def to_dict(self) -> dict[str, Any]:
+        record = {key: getattr(self, key) for key in RECORD_KEYS + EXTRA_KEYS}
+        record["timings"] = dict(self.timings)
+        return record
 
-def one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return text or type(error).__name__
-
-
-def to_json(record: dict[str, Any], pretty: bool = False) -> str:
-    return json.dumps(record, ensure_ascii=False, indent=2 if pretty else None)
+    def to_json(self, pretty: bool = False) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False, indent=2 if pretty else None)
 
 
 class JsonlWriter:
     """Appends records to a JSONL file, one flushed (and fsynced) line each, so an interrupted run keeps them."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file: IO[str] = self.path.open("a", encoding="utf-8")
         if self._file.tell() > 0 and not _ends_with_newline(self.path):
             self._file.write("\n")  # a previous run cut off mid-line: start clean
 
-    def write(self, record: dict[str, Any]) -> None:
-        self._file.write(to_json(record) + "\n")
+    def write(self, record: Record) -> None:
+        self._file.write(record.to_json() + "\n")
         self._file.flush()
         os.fsync(self._file.fileno())
 
@@ -85,7 +111,7 @@ def _ends_with_newline(path: Path) -> bool:
         return f.read(1) == b"\n"
 
 
-def answered_keys(path: str | os.PathLike) -> set[tuple[str, str, str]]:
+def answered_keys(path: str | os.PathLike[str]) -> set[tuple[str, str, str]]:
     """record_key of the successful records in a JSONL file; unreadable lines are ignored (failed videos are
     retried by --resume)."""
     path = Path(path)

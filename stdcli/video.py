@@ -33,9 +33,9 @@ from fractions import Fraction
 import av
 import numpy as np
 
-__all__ = ["VIDEO_EXTENSIONS", "SampledVideo", "VideoError", "choose_frame_count", "probe", "sample_frames"]
+from .inputs import VIDEO_EXTENSIONS
 
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v")
+__all__ = ["VIDEO_EXTENSIONS", "SampledVideo", "VideoError", "choose_frame_count", "probe", "sample_frames"]
 
 # What PyAV raises for unreadable input: its own errors, OS errors, and ValueError (InvalidDataError is one, and so
 # are pixel-format conversions it cannot do).

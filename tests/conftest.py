@@ -8,22 +8,23 @@ import tempfile
 # Before anything imports huggingface_hub or transformers: the tests must never reach (or wait for) the hub.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
-# gamma auto remembers step costs on disk: never in the user's home during tests
+# gamma auto remembers step costs on disk: never in the user's home during tests (and each test gets its own
+# folder, below, so that what one test's runs remembered cannot change another's)
 os.environ["STDCLI_CACHE_DIR"] = tempfile.mkdtemp(prefix="stdcli-test-cache-")
 
-import torch  # noqa: E402
+import torch
 
 # Without a GPU, Triton's interpreter runs the GPU kernels on the CPU, so their tests run in CI too (the engine
 # itself only launches them on CUDA). It must be set before stdcli.kernels is imported.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from collections.abc import Callable  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from pathlib import Path  # noqa: E402
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np
+import pytest
 
 
 @dataclass
@@ -58,6 +59,15 @@ def small_video(num_frames: int = 6, height: int = 56, width: int = 56, fps: flo
     )
 
 
+@pytest.fixture(autouse=True)
+def own_cost_memory(tmp_path_factory, monkeypatch) -> Path:
+    """A cost memory file of this test's own: the command line's runs within a test share it, as a user's runs
+    do, but no test sees what another remembered."""
+    folder = tmp_path_factory.mktemp("step-costs")
+    monkeypatch.setenv("STDCLI_CACHE_DIR", str(folder))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def test_device() -> str:
     """Where the exactness tests decode: the CPU, or STDCLI_TEST_DEVICE=cuda (CUDA graphs, the decode kernel)."""
@@ -73,7 +83,7 @@ def make_video() -> Callable[..., SmallVideo]:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Callable[[str], Path]:
     """tiny_checkpoint(family) -> folder of a tiny random checkpoint of that family, built once per session."""
-    from stdcli.build import save_tiny_checkpoint
+    from stdcli.model.build import save_tiny_checkpoint
 
     built: dict[str, Path] = {}
 

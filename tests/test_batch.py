@@ -9,12 +9,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from stdcli import bench
-from stdcli.ask import AskOptions, FrameOptions, answer_video, decode_answer, sampling_arguments
-from stdcli.batch import answer_videos
+from stdcli.ask import answer_video, answer_videos, decode_answer, sampling_arguments
 from stdcli.cli import app
-from stdcli.models import build_inputs, frame_defaults, load_model
-from stdcli.std import DecodeOptions, release_decoder
+from stdcli.engine import DecodeOptions, session
+from stdcli.inputs import AskOptions, FrameOptions
+from stdcli.model.loading import load_model
+from stdcli.model.prompts import build_inputs, frame_defaults
 from stdcli.video import sample_frames
 from tests.videos import write_video
 
@@ -60,29 +60,28 @@ def test_batched_answers_equal_answers_decoded_alone(lm, videos, tmp_path, gamma
     (tmp_path / "broken.mp4").write_bytes(b"not a video")
     records = []
     answer_videos(lm, [*videos[:3], broken, *videos[3:]], options, 3, records.append)
-    by_video = {r["video"]: r for r in records}
-    assert len(records) == len(videos) + 1 and by_video[broken]["error"]["type"] == "VideoError"
+    by_video = {r.video: r for r in records}
+    assert len(records) == len(videos) + 1 and by_video[broken].error["type"] == "VideoError"
     for video, tokens in expected.items():
         record = by_video[video]
-        assert record["error"] is None
-        assert (record["answer"], record["new_tokens"]) == (decode_answer(lm.tokenizer, tokens), len(tokens)), video
+        assert record.error is None
+        assert (record.answer, record.new_tokens) == (decode_answer(lm.tokenizer, tokens), len(tokens)), video
     # records come out as answers end, not in the order given
-    assert [r["video"] for r in records if r["error"] is None] != videos
+    assert [r.video for r in records if r.error is None] != videos
 
 
 def test_batch_is_lowered_when_the_caches_do_not_fit(lm, videos, monkeypatch):
-    options = AskOptions("What happens?", frames=FrameOptions(frames=4), decode=DecodeOptions(max_new_tokens=6, gamma=2))
-    one = [answer_video(lm, v, options)["answer"] for v in videos[:4]]
-    from stdcli import batch
+    options = AskOptions("What happens?", frames=FrameOptions(frames=4),
+                         decode=DecodeOptions(max_new_tokens=6, gamma=2))
+    one = [answer_video(lm, v, options).answer for v in videos[:4]]
+    lm.engine.release()  # on a GPU, a decoder kept for reuse would count as memory to give back
 
-    release_decoder(lm.model)  # on a GPU, a decoder kept for reuse would count as memory to give back
-
-    monkeypatch.setattr(batch, "cache_bytes", lambda model, size, max_len, sparse_cap: size * 1000)
-    monkeypatch.setattr(bench, "free_memory_bytes", lambda device: 2 * 1000 / batch.MEMORY_SHARE)  # room for 2
+    monkeypatch.setattr(lm.engine, "cache_bytes", lambda size, max_len, sparse_cap: size * 1000)
+    monkeypatch.setattr(session, "free_memory_bytes", lambda device: 2 * 1000 / session.MEMORY_SHARE)  # room for 2
     warnings, records = [], []
     answer_videos(lm, videos[:4], options, 4, records.append, warn=warnings.append)
     assert warnings and "batch lowered from 4 to 2" in warnings[0]
-    assert sorted(r["answer"] for r in records) == sorted(one)
+    assert sorted(r.answer for r in records) == sorted(one)
 
 
 def test_cli_batch_size_writes_every_record_and_resumes(tiny_checkpoint, videos, tmp_path):

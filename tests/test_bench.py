@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from stdcli import bench
+from stdcli.bench import batches, common, profile, settings
 from stdcli.cli import app
+from stdcli.engine.stats import DecodeStats
+from stdcli.records import Record
 from tests.videos import write_video
 
 ENVIRONMENT_KEYS = {"stdcli", "torch", "transformers", "python", "platform", "device", "device_name",
@@ -63,7 +65,7 @@ def test_model_bench_runs_and_std_answers_equal_dense_in_float32(tiny_checkpoint
     ])
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
-    assert report["schema"] == bench.SCHEMA and report["kind"] == "model"
+    assert report["schema"] == settings.SCHEMA and report["kind"] == "model"
     assert set(report) == {"schema", "kind", "environment", "model", "settings", "inputs", "configs", "skipped"}
     assert set(report["environment"]) == ENVIRONMENT_KEYS
     assert report["settings"]["memory_measure"] and report["settings"]["timing"]
@@ -98,9 +100,9 @@ def test_model_bench_runs_and_std_answers_equal_dense_in_float32(tiny_checkpoint
 
 
 def test_builtin_model_missing_is_one_line_exit_2(videos, tmp_path, monkeypatch):
-    from stdcli import models
+    from stdcli.model import registry
 
-    monkeypatch.setattr(models, "BUILTIN_DIR", tmp_path / "nothing")
+    monkeypatch.setattr(registry, "BUILTIN_DIR", tmp_path / "nothing")
     result = invoke(["bench", videos[0], "--device", "cpu"])
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
@@ -108,8 +110,8 @@ def test_builtin_model_missing_is_one_line_exit_2(videos, tmp_path, monkeypatch)
 
 
 def test_random_init_profile_cli(tmp_path, monkeypatch):
-    measure = bench.measure_bandwidth  # a small buffer: this test checks plumbing, not the CPU's bandwidth
-    monkeypatch.setattr(bench, "measure_bandwidth", lambda device, nbytes=None, iters=10: measure(device, 8 << 20, 3))
+    measure = profile.measure_bandwidth  # a small buffer: this test checks plumbing, not the CPU's bandwidth
+    monkeypatch.setattr(profile, "measure_bandwidth", lambda device, nbytes=None, iters=10: measure(device, 8 << 20, 3))
     out = tmp_path / "profile.json"
     result = invoke([
         "bench", "--random-init", "--model", "qwen2-vl", "--scale", "tiny", "--device", "cpu", "--context", "128,192",
@@ -144,7 +146,7 @@ def test_random_init_profile_cli(tmp_path, monkeypatch):
 
 
 def test_random_init_decoding_compares_auto_with_fixed_gammas_and_dense():
-    report = bench.profile_random_init(
+    report = profile.profile_random_init(
         "qwen2-vl", scale="tiny", device="cpu", contexts=[160], batches=[1, 2], ks=[16], gammas=[1, 3], iters=1,
         warmup=0, decode_tokens=12, decode_rounds=1,
     )
@@ -159,21 +161,21 @@ def test_random_init_decoding_compares_auto_with_fixed_gammas_and_dense():
         fixed = {c["gamma"]: c for c in decode["configs"]}
         assert fixed[3]["gammas"].get("3", 0) > 0 and fixed[3]["random_model_acceptance"] is not None
         assert decode["best_fixed_gamma"] in (1, 3)
-        rate = lambda g: fixed[g]["tokens_per_s"]  # noqa: E731
-        assert decode["auto_vs_dense"] == pytest.approx(rate("auto") / rate(0), abs=1e-3)
-        assert decode["auto_vs_best_fixed"] == pytest.approx(rate("auto") / rate(decode["best_fixed_gamma"]), abs=1e-3)
+        rate = {g: c["tokens_per_s"] for g, c in fixed.items()}
+        assert decode["auto_vs_dense"] == pytest.approx(rate["auto"] / rate[0], abs=1e-3)
+        assert decode["auto_vs_best_fixed"] == pytest.approx(rate["auto"] / rate[decode["best_fixed_gamma"]], abs=1e-3)
 
 
 def test_points_that_do_not_fit_are_skipped_with_a_note(monkeypatch):
-    real = bench.free_memory_bytes
+    real = profile.free_memory_bytes
     calls = []
 
     def free(device):  # room for the weights, not for any point's caches
         calls.append(device)
         return real(device) if len(calls) == 1 else 1024
 
-    monkeypatch.setattr(bench, "free_memory_bytes", free)
-    report = bench.profile_random_init(
+    monkeypatch.setattr(profile, "free_memory_bytes", free)
+    report = profile.profile_random_init(
         "qwen2-vl", scale="tiny", device="cpu", contexts=[96], batches=[1], ks=[8], gammas=[1], iters=1, warmup=0,
         bandwidth_bytes=1 << 20,
     )
@@ -183,40 +185,40 @@ def test_points_that_do_not_fit_are_skipped_with_a_note(monkeypatch):
 
 
 def test_weights_that_do_not_fit_are_refused_before_building(monkeypatch):
-    monkeypatch.setattr(bench, "free_memory_bytes", lambda device: 1 << 20)
-    with pytest.raises(bench.BenchError, match="do not fit"):
-        bench.profile_random_init("qwen2-vl", scale="7b", device="cpu", dtype="bfloat16")
+    monkeypatch.setattr(profile, "free_memory_bytes", lambda device: 1 << 20)
+    with pytest.raises(settings.BenchError, match="do not fit"):
+        profile.profile_random_init("qwen2-vl", scale="7b", device="cpu", dtype="bfloat16")
 
 
 def test_cost_model_projection():
-    assert bench.expected_tokens(0.5, 1) == pytest.approx(1.5)
-    assert bench.expected_tokens(0.0, 9) == pytest.approx(1.0)
-    assert bench.expected_tokens(1.0, 4) == 5
+    assert profile.expected_tokens(0.5, 1) == pytest.approx(1.5)
+    assert profile.expected_tokens(0.0, 9) == pytest.approx(1.0)
+    assert profile.expected_tokens(1.0, 4) == 5
     # drafts as dear as dense steps: drafting never pays, the best gamma is the smallest and the speedup < 1
-    best, speedup, _ = bench.project(1.0, 1.0, {1: 1.0, 4: 1.0}, 0.9)
+    best, speedup, _ = profile.project(1.0, 1.0, {1: 1.0, 4: 1.0}, 0.9)
     assert best == 1 and speedup < 1
     # free drafts: E tokens for the price of one verify, longer drafts win at high acceptance
-    best, speedup, by_gamma = bench.project(1.0, 0.0, {1: 1.0, 4: 1.0}, 0.9)
-    assert best == 4 and speedup == pytest.approx(bench.expected_tokens(0.9, 4))
+    best, speedup, by_gamma = profile.project(1.0, 0.0, {1: 1.0, 4: 1.0}, 0.9)
+    assert best == 4 and speedup == pytest.approx(profile.expected_tokens(0.9, 4))
 
 
 def test_arguments_and_inputs(videos, tmp_path):
-    assert bench.parse_int_list("16, 64,16", "--frames") == [16, 64]
-    assert bench.parse_int_list(None, "--k") is None
+    assert settings.parse_int_list("16, 64,16", "--frames") == [16, 64]
+    assert settings.parse_int_list(None, "--k") is None
     for bad in ("", "1,x", "0"):
-        with pytest.raises(bench.BenchError):
-            bench.parse_int_list(bad, "--k")
+        with pytest.raises(settings.BenchError):
+            settings.parse_int_list(bad, "--k")
     questions = tmp_path / "questions.jsonl"
     Path(tmp_path / "clip.mp4").write_bytes(Path(videos[0]).read_bytes())
     questions.write_text('{"question": "What color?"}\n\n{"question": "How many?", "video": "clip.mp4"}\n')
-    items = bench.load_items(videos, questions)
+    items = common.load_items(videos, questions)
     assert [(Path(i.video).name, i.question) for i in items] == [
         ("a.mp4", "What color?"), ("b.mp4", "What color?"), ("clip.mp4", "How many?")
     ]
-    assert [i.question for i in bench.load_items(videos[:1])] == [bench.DEFAULT_QUESTION]
+    assert [i.question for i in common.load_items(videos[:1])] == [settings.DEFAULT_QUESTION]
     questions.write_text('{"video": "clip.mp4"}\n')
-    with pytest.raises(bench.BenchError, match="question"):
-        bench.load_items(videos, questions)
+    with pytest.raises(settings.BenchError, match="question"):
+        common.load_items(videos, questions)
 
 
 def test_usage_errors_exit_2(videos):
@@ -241,7 +243,7 @@ BATCH_SETTINGS_KEYS = {"batch_sizes", "gamma", "k", "frames", "max_new_tokens", 
 
 @pytest.fixture(scope="module")
 def tiny_lm(tiny_checkpoint):
-    from stdcli.models import load_model
+    from stdcli.model.loading import load_model
 
     return load_model(str(tiny_checkpoint("qwen2-vl")), device="cpu", dtype="float32")
 
@@ -249,12 +251,12 @@ def tiny_lm(tiny_checkpoint):
 def test_batch_bench_answers_equal_generate_at_every_batch_size(tiny_lm, videos, tmp_path):
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"not a video")
-    items = bench.load_items([*videos, str(broken)])
+    items = common.load_items([*videos, str(broken)])
     # batch 4 is more than the 2 readable videos; K = 2 keeps drafting sparse
-    report = bench.bench_batches(tiny_lm, items, batch_sizes=[1, 4], gammas=["auto", 2], k=2, frames=4,
+    report = batches.bench_batches(tiny_lm, items, batch_sizes=[1, 4], gammas=["auto", 2], k=2, frames=4,
                                  max_new_tokens=5, rounds=1)
     assert set(report) == {"schema", "kind", "environment", "model", "settings", "inputs", "configs", "skipped"}
-    assert report["schema"] == bench.SCHEMA and report["kind"] == "batch"
+    assert report["schema"] == settings.SCHEMA and report["kind"] == "batch"
     assert set(report["environment"]) == ENVIRONMENT_KEYS and set(report["settings"]) == BATCH_SETTINGS_KEYS
     assert report["settings"]["rounds"] == 1 and report["settings"]["frames"] == 4
     # the unreadable video is skipped, with its reason, and left out of the timed passes
@@ -288,14 +290,15 @@ def test_batch_bench_answers_equal_generate_at_every_batch_size(tiny_lm, videos,
         if c["method"] == "std":
             dense = next(d for d in configs if d["method"] == "dense" and d["batch_size"] == c["batch_size"])
             assert c["speedup_vs_dense"] == pytest.approx(c["answers_per_min"] / dense["answers_per_min"], rel=1e-3)
-    tables = bench.batch_tables(report)
+    tables = batches.batch_tables(report)
     assert len(tables) == 1  # no mismatch table when every answer is identical
 
 
 def test_batch_summary_lists_every_answer_that_differs():
     def record(video, answer, new_tokens, error=None):
-        return {"video": video, "question": "q", "answer": answer, "new_tokens": new_tokens, "error": error,
-                "gammas": {"0": 1, "3": 2}, "acceptance_rate": 0.5}
+        return Record(video, "q", "m", "std", answer=answer, new_tokens=new_tokens, error=error,
+                      gammas={"0": 1, "3": 2}, acceptance_rate=0.5,
+                      stats=DecodeStats(drafted=6, accepted=3, gammas={0: 1, 3: 2}))
 
     keys = [("a", "q"), ("b", "q"), ("c", "q")]
     reference = {k: record(k[0], "a red circle", 4) for k in keys}
@@ -306,7 +309,7 @@ def test_batch_summary_lists_every_answer_that_differs():
         ("c", "q"): record("c", None, None, failed),
     }
     rounds = [(2.0, batched), (2.0, {**batched, ("a", "q"): record("a", "a blue circle", 4)})]
-    summary = bench._batch_summary(bench.BatchConfig("std", 2, 3), rounds, [(1.0, reference)] * 2, keys)
+    summary = batches._batch_summary(batches.BatchConfig("std", 2, 3), rounds, [(1.0, reference)] * 2, keys)
     assert summary["identical_to_generate"] == 1 and summary["total"] == summary["runs"] == 6
     assert summary["answers"] == 4 and summary["failed"] == 2
     assert [(m["round"], m["video"], m["error"]) for m in summary["mismatches"]] == [
@@ -316,9 +319,9 @@ def test_batch_summary_lists_every_answer_that_differs():
     assert summary["answers_per_min"] == 60 and summary["decoded_tokens"] == 14
     report = {"model": {"name": "m", "dtype": "float32", "device": "cpu"}, "environment": {"device_name": "cpu"},
               "settings": {"max_new_tokens": 8, "k": 2, "rounds": 1}, "inputs": [],
-              "configs": bench._with_speedups([{**summary, "method": "generate", "gamma": None}, summary,
+              "configs": batches._with_speedups([{**summary, "method": "generate", "gamma": None}, summary,
                                                {**summary, "method": "dense", "gamma": 0}])}
-    assert len(bench.batch_tables(report)) == 2  # the mismatches get a table of their own
+    assert len(batches.batch_tables(report)) == 2  # the mismatches get a table of their own
 
 
 def test_batch_bench_cli_writes_json(tiny_checkpoint, videos, tmp_path):

@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stdcli import build, fused
-from stdcli.models import build_inputs, load_model
-from stdcli.std import Decoder, DecodeOptions, cache_capacity, prompt_layout, visual_token_ids
+from stdcli.engine import DecodeOptions, Engine, EngineConfig, cache_capacity, fused
+from stdcli.model import build
+from stdcli.model.loading import load_model
+from stdcli.model.prompts import build_inputs
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +23,8 @@ def test_fusing_keeps_the_weights_and_shares_their_memory(family, fresh_lm):
     lm = fresh_lm(family)
     assert fused.unsupported_reason(lm.model) is None
     before = {name: p.clone() for name, p in lm.model.named_parameters()}
-    text = fused.fused_text_model(lm.model)
-    assert fused.fused_text_model(lm.model) is text  # built once per model
+    text = lm.engine.fused()
+    assert lm.engine.fused() is text  # built once per model
     after = dict(lm.model.named_parameters())
     assert before.keys() == after.keys()
     assert all(torch.equal(before[name], after[name]) for name in before)
@@ -35,9 +36,9 @@ def test_fusing_keeps_the_weights_and_shares_their_memory(family, fresh_lm):
 
 def test_a_moved_model_is_fused_again(fresh_lm):
     lm = fresh_lm("qwen2-vl")
-    first = fused.fused_text_model(lm.model)
+    first = lm.engine.fused()
     lm.model.to(torch.float64)  # new storage for every parameter, as a move to another device gives
-    again = fused.fused_text_model(lm.model)
+    again = lm.engine.fused()
     assert again is not first and again.layers[0].qkv_weight.dtype == torch.float64
     attn = fused.language_model(lm.model).layers[0].self_attn
     assert attn.q_proj.weight.data_ptr() == again.layers[0].qkv_weight.data_ptr()
@@ -48,7 +49,7 @@ def test_unsupported_architectures_are_named(fresh_lm):
     fused.language_model(lm.model).config.hidden_act = "gelu"
     assert fused.unsupported_reason(lm.model) == "activation 'gelu'"
     assert fused.fused_text_model(lm.model) is None
-    assert Decoder(lm.model, DecodeOptions(), max_len=8, sparse_cap=8).fused is None  # transformers' forward then
+    assert lm.engine.new_decoder(DecodeOptions(), 1, 8, 8).fused is None  # transformers' forward then
 
 
 @pytest.mark.parametrize("family", build.FAMILIES)
@@ -57,12 +58,11 @@ def test_fused_step_matches_transformers_forward(family, mode, length, fresh_lm,
     lm = fresh_lm(family)
     inputs = build_inputs(lm, make_video(4), "what happens?")
     options = DecodeOptions(8, k=3, gamma=4, calibration_steps=0)
-    prompt, visual = prompt_layout(inputs, visual_token_ids(lm.model))
-    max_len, sparse_cap = cache_capacity(prompt, visual, options)
+    max_len, sparse_cap = cache_capacity(*lm.engine.adapter.layout(inputs), options)
     logits = {}
     for use_fused in (False, True):
-        with Decoder(lm.model, DecodeOptions(8, k=3, gamma=4, fused=use_fused), max_len=max_len,
-                     sparse_cap=sparse_cap) as decoder:
+        engine = Engine(lm.engine.adapter, EngineConfig(fused=use_fused))
+        with engine.new_decoder(options, 1, max_len, sparse_cap) as decoder:
             assert (decoder.fused is not None) == use_fused
             decoder.prefill(0, inputs)
             on_device = decoder._slot_tensors()
@@ -70,7 +70,7 @@ def test_fused_step_matches_transformers_forward(family, mode, length, fresh_lm,
             base = on_device.dense_len if mode == "dense" else on_device.sparse_len
             with torch.inference_mode():
                 logits[use_fused] = decoder._model_step(mode, tokens, decoder._positions(on_device, length), base)
-            written = decoder.cache.step_buffers(0)[0][0, :, int(base[0]):int(base[0]) + length].clone()
+            written = decoder.storage.step_buffers(0, mode)[0][0, :, int(base[0]):int(base[0]) + length].clone()
         logits[use_fused, "written"] = written
     torch.testing.assert_close(logits[True], logits[False], atol=1e-5, rtol=1e-5)
     # the new keys, rotated, where the step put them

@@ -11,9 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stdcli import fused, kernels
-from stdcli.attention import masked_attention, ragged_causal_mask, step_context
-from stdcli.graphs import CapturedStep
+from stdcli.engine import fused, kernels
+from stdcli.engine.attention import masked_attention, ragged_causal_mask, step_context
+from stdcli.engine.graphs import CapturedStep
 
 triton_missing = pytest.mark.skipif(kernels.triton is None, reason="needs Triton (a GPU, or its CPU interpreter)")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -155,32 +155,33 @@ def test_captured_step_replays_with_new_inputs():
 
 
 def test_a_decoder_is_reused_only_when_it_fits(tiny_checkpoint):
-    from stdcli.models import load_model
-    from stdcli.std import Decoder, DecodeOptions
+    from stdcli.engine import DecodeOptions
+    from stdcli.model.loading import load_model
 
     lm = load_model(str(tiny_checkpoint("qwen2-vl")), device="cpu", dtype="float32")
-    decoder = Decoder(lm.model, DecodeOptions(gamma=4), batch=2, max_len=100, sparse_cap=40)
+    decoder = lm.engine.new_decoder(DecodeOptions(gamma=4), 2, 100, 40)
     assert decoder.fits(DecodeOptions(gamma=4), 2, 100, 40)
     assert decoder.fits(DecodeOptions(gamma=0), 2, 60, 400)  # dense decoding needs no sparse view
     assert not decoder.fits(DecodeOptions(gamma=4), 1, 100, 40)
     assert not decoder.fits(DecodeOptions(gamma=4), 2, 101, 40)
     assert not decoder.fits(DecodeOptions(gamma=4), 2, 100, 41)
-    dense_only = Decoder(lm.model, DecodeOptions(gamma=0), batch=1, max_len=100, sparse_cap=40)
+    dense_only = lm.engine.new_decoder(DecodeOptions(gamma=0), 1, 100, 40)
     assert not dense_only.fits(DecodeOptions(gamma=2), 1, 50, 20)
 
 
 @cuda
 def test_graphs_are_captured_once_and_reused_across_answers(tiny_checkpoint, make_video):
-    from stdcli.models import build_inputs, load_model
-    from stdcli.std import DecodeOptions, generate, kept_decoder
+    from stdcli.engine import DecodeOptions
+    from stdcli.model.loading import load_model
+    from stdcli.model.prompts import build_inputs
 
     lm = load_model(str(tiny_checkpoint("qwen2-vl")), device="cuda", dtype="float32")
     decoders = []
     for seed in range(3):
         inputs = build_inputs(lm, make_video(num_frames=4, seed=seed), "What happens?")
         want = lm.model.generate(**inputs, do_sample=False, max_new_tokens=20)[0, inputs["input_ids"].shape[1]:]
-        assert generate(lm.model, inputs, DecodeOptions(20, k=4, gamma=3)).tokens == want.tolist()
-        decoders.append(kept_decoder(lm.model))
+        assert lm.engine.generate(inputs, DecodeOptions(20, k=4, gamma=3)).tokens == want.tolist()
+        decoders.append(lm.engine.kept_decoder)
         assert decoders[-1].graph_failure is None
-        assert set(decoders[-1].graphs) == {("dense", 1), ("sparse", 1), ("dense", 4)}
+        assert set(decoders[-1].graphs.steps) == {("dense", 1), ("sparse", 1), ("dense", 4)}
     assert decoders[0] is decoders[1] is decoders[2]

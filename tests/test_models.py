@@ -1,4 +1,5 @@
-"""Model building (stdcli.build) and the registry / loading / prompt building of stdcli.models, on tiny checkpoints."""
+"""Model building (stdcli.model.build) and the registry / loading / prompt building of stdcli.model, on tiny
+checkpoints."""
 
 from __future__ import annotations
 
@@ -10,19 +11,22 @@ from pathlib import Path
 import pytest
 import torch
 
-from stdcli import build, models
-from stdcli.models import ModelLoadError, build_inputs, load_model, resolve_model
+from stdcli.model import build, loading, prompts, registry
+from stdcli.model.loading import load_model
+from stdcli.model.prompts import build_inputs
+from stdcli.model.registry import ModelLoadError, resolve_model
 
 FAMILIES = build.FAMILIES
-UTF8_SAMPLES = ["¿Qué pasa? 视频 🎥", "naïve café — “quotes” ½ ∑ 👩‍👩‍👧", "tabs\tand\nnewlines\r\n  ", "\x00\x7f\u200b日本語"]
+UTF8_SAMPLES = ["¿Qué pasa? 视频 🎥", "naïve café — “quotes” ½ ∑ 👩‍👩‍👧", "tabs\tand\nnewlines\r\n  ",
+                "\x00\x7f\u200b日本語"]
 
 
 @pytest.fixture(scope="module")
 def loaded(tiny_checkpoint):
     """loaded(family) -> the family's tiny checkpoint loaded on the CPU in float32 (once per module)."""
-    cache: dict[str, models.LoadedModel] = {}
+    cache: dict[str, loading.LoadedModel] = {}
 
-    def load(family: str) -> models.LoadedModel:
+    def load(family: str) -> loading.LoadedModel:
         if family not in cache:
             cache[family] = load_model(str(tiny_checkpoint(family)), device="cpu", dtype="float32")
         return cache[family]
@@ -131,7 +135,7 @@ def test_unknown_family_and_scale_are_refused():
 @pytest.mark.parametrize("family", FAMILIES)
 def test_chat_template_renders_the_family_prompt(family, loaded):
     lm = loaded(family)
-    messages = models.chat_messages(family, "What happens?", None, with_video=True)
+    messages = prompts.chat_messages(family, "What happens?", None, with_video=True)
     text = lm.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     video = "<video>\n" if family == "llava-ov" else "<|vision_start|><|video_pad|><|vision_end|>"
     assert text == (
@@ -226,7 +230,7 @@ def test_published_qwen_layout_gets_the_reference_video_bounds(tiny_checkpoint, 
     assert inputs["video_grid_thw"].tolist() == [[2, 24, 24]]
     assert inputs["second_per_grid_ts"].tolist() == [1.0]
     assert lm.processor.apply_chat_template(
-        models.chat_messages("qwen2.5-vl", "Hi", None, with_video=False), tokenize=False
+        prompts.chat_messages("qwen2.5-vl", "Hi", None, with_video=False), tokenize=False
     ).startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>")
 
 
@@ -239,19 +243,19 @@ def test_bad_frames_are_refused(loaded, make_video):
 
 def test_qwen_frame_budget_follows_the_reference_formula():
     allowed = (56 * 56, 28 * 28 * 16384)  # a real checkpoint whose video processor took the image bounds
-    assert models.qwen_frame_pixel_bounds(8, allowed) == (128 * 28 * 28, 768 * 28 * 28)
-    assert models.qwen_frame_pixel_bounds(768, allowed) == (128 * 28 * 28, int(128000 * 28 * 28 * 0.9) * 2 // 768)
-    assert models.qwen_frame_pixel_bounds(100000, allowed) == (128 * 28 * 28, int(128 * 28 * 28 * 1.05))
-    assert models.qwen_frame_pixel_bounds(8, (56 * 56, 56 * 56)) == (56 * 56, int(56 * 56 * 1.05))
+    assert prompts.qwen_frame_pixel_bounds(8, allowed) == (128 * 28 * 28, 768 * 28 * 28)
+    assert prompts.qwen_frame_pixel_bounds(768, allowed) == (128 * 28 * 28, int(128000 * 28 * 28 * 0.9) * 2 // 768)
+    assert prompts.qwen_frame_pixel_bounds(100000, allowed) == (128 * 28 * 28, int(128 * 28 * 28 * 1.05))
+    assert prompts.qwen_frame_pixel_bounds(8, (56 * 56, 56 * 56)) == (56 * 56, int(56 * 56 * 1.05))
 
 
 def test_frame_defaults():
-    qwen = models.frame_defaults("qwen2.5-vl")
+    qwen = prompts.frame_defaults("qwen2.5-vl")
     assert (qwen.fps, qwen.num_frames, qwen.min_frames, qwen.max_frames, qwen.multiple_of) == (2.0, None, 4, 768, 2)
-    llava = models.frame_defaults("llava-ov")
+    llava = prompts.frame_defaults("llava-ov")
     assert (llava.fps, llava.num_frames, llava.multiple_of) == (None, 32, 1)
     with pytest.raises(ValueError):
-        models.frame_defaults("nope")
+        prompts.frame_defaults("nope")
 
 
 def test_loaded_model_knows_its_special_tokens(loaded):
@@ -271,9 +275,9 @@ def test_aliases_resolve_to_their_repositories(empty_hf_cache):
         "qwen2.5-vl": "Qwen/Qwen2.5-VL-7B-Instruct",
         "llava-ov": "llava-hf/llava-onevision-qwen2-7b-ov-hf",
     }
-    assert {alias: spec.repo_id for alias, spec in models.REGISTRY.items() if spec.repo_id} == expected
-    rows = {row.name: row for row in models.list_models()}
-    assert list(rows) == list(models.REGISTRY) and models.DEFAULT_MODEL == "builtin"
+    assert {alias: spec.repo_id for alias, spec in registry.REGISTRY.items() if spec.repo_id} == expected
+    rows = {row.name: row for row in registry.list_models()}
+    assert list(rows) == list(registry.REGISTRY) and registry.DEFAULT_MODEL == "builtin"
     for alias, repo_id in expected.items():
         row = rows[alias]
         assert (row.kind, row.location, row.available) == ("alias", repo_id, False)
@@ -281,7 +285,7 @@ def test_aliases_resolve_to_their_repositories(empty_hf_cache):
 
 
 def test_cached_hub_model_resolves_and_loads_offline(empty_hf_cache, tiny_checkpoint, monkeypatch):
-    monkeypatch.setattr(models, "hub_reachable", lambda timeout=3.0: pytest.fail("the hub must not be contacted"))
+    monkeypatch.setattr(loading, "hub_reachable", lambda timeout=3.0: pytest.fail("the hub must not be contacted"))
     snapshot = put_in_hf_cache(empty_hf_cache, "Qwen/Qwen2-VL-2B-Instruct", tiny_checkpoint("qwen2-vl"))
     resolved = resolve_model("qwen2-vl-2b")
     assert (resolved.kind, resolved.location, resolved.family, resolved.available) == (
@@ -305,7 +309,7 @@ def test_missing_hub_id_fails_fast_with_one_line(empty_hf_cache):
 def test_unreachable_hub_fails_fast_when_not_offline(empty_hf_cache, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.delenv("TRANSFORMERS_OFFLINE")
-    monkeypatch.setattr(models, "hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(loading, "hub_reachable", lambda timeout=3.0: False)
     message = one_line_error(lambda: load_model("qwen2.5-vl", device="cpu"))
     assert "the hub cannot be reached" in message and "hf download Qwen/Qwen2.5-VL-7B-Instruct" in message
 
@@ -354,14 +358,14 @@ def test_cuda_without_a_gpu(tiny_checkpoint):
 
 
 def test_auto_device_and_dtype():
-    device = models.pick_device("auto")
+    device = loading.pick_device("auto")
     assert device.type == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert models.pick_dtype("auto", torch.device("cpu")) == torch.float32
-    assert models.pick_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    assert loading.pick_dtype("auto", torch.device("cpu")) == torch.float32
+    assert loading.pick_dtype("bf16", torch.device("cpu")) == torch.bfloat16
 
 
 def test_builtin_without_weights(tmp_path, monkeypatch):
-    monkeypatch.setattr(models, "BUILTIN_DIR", tmp_path)
+    monkeypatch.setattr(registry, "BUILTIN_DIR", tmp_path)
     resolved = resolve_model("builtin")
     assert (resolved.kind, resolved.family, resolved.available) == ("builtin", "qwen2-vl", False)
     message = one_line_error(lambda: load_model("builtin", device="cpu"))

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
-from stdcli import policy
-from stdcli.policy import AUTO, FIRST_PROBE_INTERVAL, FIRST_TRY_GAMMA, GammaPolicy, expected_tokens, memory_key
+from stdcli.engine import policy
+from stdcli.engine.costs import CostMemory, cost_key, model_label
+from stdcli.engine.policy import AUTO, FIRST_PROBE_INTERVAL, FIRST_TRY_GAMMA, GammaPolicy, expected_tokens
+from stdcli.engine.stats import DecodeStats
 
 
 def run(p: GammaPolicy, steps: int, dense: float, draft: float, verify, accept: float) -> list[int]:
@@ -48,7 +49,7 @@ def test_auto_goes_dense_when_a_draft_costs_a_dense_step():
     cycles = [i for i, g in enumerate(chosen) if g]
     assert cycles[0] == 2  # the one try that measures the costs
     # then probes only, at doubling intervals: a few percent of the steps at most
-    gaps = [b - a for a, b in zip(cycles, cycles[1:])]
+    gaps = [b - a for a, b in zip(cycles, cycles[1:], strict=False)]
     assert gaps == sorted(gaps) and gaps[0] > FIRST_PROBE_INTERVAL
     assert len(cycles) <= 5
 
@@ -78,44 +79,48 @@ def test_auto_follows_a_change_of_costs():
     assert chosen[-50:].count(0) == 0
 
 
-def fake_model(name: str = "") -> torch.nn.Module:
-    model = torch.nn.Module()
-    model.name_or_path = name
-    model.get_input_embeddings = lambda: torch.nn.Embedding(2, 2)
-    return model
+def key_of(name: str | None, prompt_tokens: int) -> str:
+    return cost_key(model_label(name, 1234), "cpu:2cpus", "float32", 1, prompt_tokens)
 
 
-def test_memory_skips_the_try(monkeypatch, tmp_path):
-    monkeypatch.setenv("STDCLI_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(policy, "_MEMORY", {})
-    model = fake_model()
-    key = memory_key(model, 1000)
-    assert key == memory_key(model, 600) != memory_key(model, 1100)  # same power-of-two bucket or not
-    first = GammaPolicy.start(AUTO, 2, key)
+def test_memory_skips_the_try():
+    memory = CostMemory()
+    key = key_of(None, 1000)
+    assert key == key_of(None, 600) != key_of(None, 1100)  # same power-of-two bucket or not
+    first = GammaPolicy.start(AUTO, 2, memory.get(key))
     run(first, 20, dense=1.0, draft=0.95, verify=lambda g: 1.1, accept=0.9)
-    first.remember(key)
-    second = GammaPolicy.start(AUTO, 2, key)
+    memory.remember(key, first)
+    second = GammaPolicy.start(AUTO, 2, memory.get(key))
     assert run(second, 10, dense=1.0, draft=0.95, verify=lambda g: 1.1, accept=0.9) == [0] * 10
-    assert GammaPolicy.start(4, 2, key).draft_s is None  # a fixed gamma ignores the memory
+    assert GammaPolicy.start(4, 2, memory.get(key)).draft_s is None  # a fixed gamma ignores the memory
 
 
-def test_costs_are_remembered_on_disk_across_processes(monkeypatch, tmp_path):
-    monkeypatch.setenv("STDCLI_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(policy, "_MEMORY", None)  # a new process: nothing loaded yet
-    key = memory_key(fake_model("/models/m"), 3000)
-    first = GammaPolicy.start(AUTO, 2, key)
+def test_costs_are_remembered_on_disk_across_processes(tmp_path):
+    path = tmp_path / "costs" / "step-costs.json"
+    memory = CostMemory.load(path)  # a new process: no file yet
+    key = key_of("/models/m", 3000)
+    first = GammaPolicy.start(AUTO, 2, memory.get(key))
     run(first, 20, dense=1.0, draft=0.95, verify=lambda g: 1.1, accept=0.9)
-    first.remember(key)
-    unnamed = memory_key(fake_model(), 3000)
-    first.remember(unnamed)
-    policy.flush_memory()  # as at the exit of the process
-    monkeypatch.setattr(policy, "_MEMORY", None)  # the next process reads the file
-    again = GammaPolicy.start(AUTO, 2, key)
+    memory.remember(key, first)
+    unnamed = key_of(None, 3000)
+    memory.remember(unnamed, first)
+    memory.save()  # as the command line does when its run ends
+    again = GammaPolicy.start(AUTO, 2, CostMemory.load(path).get(key))  # the next process reads the file
     assert (again.dense_s, again.draft_s, again.verify_s) == (first.dense_s, first.draft_s, first.verify_s)
-    assert GammaPolicy.start(AUTO, 2, unnamed).draft_s is None  # models without a name stay in the process
-    (tmp_path / "step-costs.json").write_text("{not json")
-    monkeypatch.setattr(policy, "_MEMORY", None)
-    assert GammaPolicy.start(AUTO, 2, key).draft_s is None  # a damaged cache is ignored, costs are measured again
+    assert CostMemory.load(path).get(unnamed) is None  # models without a name stay in the process
+    path.write_text("{not json")
+    assert CostMemory.load(path).get(key) is None  # a damaged cache is ignored, costs are measured again
+
+
+def test_nothing_is_written_unless_saved(tmp_path):
+    path = tmp_path / "step-costs.json"
+    memory = CostMemory(path)
+    p = GammaPolicy(AUTO)
+    run(p, 20, dense=1.0, draft=0.95, verify=lambda g: 1.1, accept=0.9)
+    memory.remember(key_of("/models/m", 100), p)
+    assert not path.exists()
+    memory.save()
+    assert path.exists()
 
 
 def test_sparse_view_is_skipped_while_drafting_does_not_pay():
@@ -136,8 +141,6 @@ def test_sparse_view_is_skipped_while_drafting_does_not_pay():
 def test_sparse_view_only_when_drafting_saves_more_than_the_view_costs():
     """Drafting saves 0.5 of a dense step per token here; a view costing 4 dense steps pays on 20-token answers,
     not on 5-token ones."""
-    from stdcli.std import DecodeStats
-
     def policy_after(answer_tokens: int) -> GammaPolicy:
         p = GammaPolicy(AUTO)
         run(p, 30, dense=1.0, draft=0.1, verify=lambda g: 0.2 + 0.1 * g, accept=1.0)  # the best gamma's cost ~0.5/token

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from stdcli import build
-from stdcli.sampling import accept_greedy, accept_sampled, accepted_prefix, sample, token_probs
-from stdcli.std import Decoder, DecodeOptions, DecodeStats, cache_capacity, generate, prompt_layout
+from stdcli.engine import DecodeOptions, DecodeStats, Engine, cache_capacity
+from stdcli.engine.sampling import accept_greedy, accept_sampled, accepted_prefix, sample, token_probs
+from stdcli.model import build
 
 ALPHA = 0.001  # significance of every goodness-of-fit test here
 MIN_EXPECTED = 5.0  # outcomes expected fewer times than this are pooled into one bin
@@ -55,7 +55,7 @@ def chi_square(observed: Counter, probs: dict, total: int) -> tuple[float, int, 
     if pooled:
         expected.append(sum(probs[o] for o in pooled) * total)
         counts.append(total - sum(counts))
-    statistic = sum((c - e) ** 2 / e for c, e in zip(counts, expected))
+    statistic = sum((c - e) ** 2 / e for c, e in zip(counts, expected, strict=True))
     df = len(expected) - 1
     return statistic, df, chi_square_p_value(statistic, df)
 
@@ -203,19 +203,21 @@ def dense_distribution(model, inputs: dict, temperature: float, top_p: float) ->
             cache.batch_repeat_interleave(len(prefixes))
             logits = model(input_ids=torch.tensor(prefixes), past_key_values=cache, use_cache=True).logits[:, -1]
             probs = token_probs(logits, temperature, top_p).double()
-            answers, next_probs = grown, dict(zip(prefixes, probs))
+            answers, next_probs = grown, dict(zip(prefixes, probs, strict=True))
     assert sum(final.values()) == pytest.approx(1.0)
     return final
 
 
 def std_answers(model, inputs: dict, options: DecodeOptions, count: int, batch: int = 250):
     """`count` StD answers, decoded `batch` at a time by one Decoder (a different seed per batch); and their stats."""
-    max_len, sparse_cap = cache_capacity(*prompt_layout(inputs, (VOCAB - 2, VOCAB - 1)), options)
+    engine = Engine.of(model)
+    assert engine.adapter.visual_ids == (VOCAB - 2, VOCAB - 1)
+    max_len, sparse_cap = cache_capacity(*engine.adapter.layout(inputs), options)
     answers, totals = Counter(), DecodeStats()
     for start in range(0, count, batch):
         size = min(batch, count - start)
         seeded = replace(options, seed=options.seed + start)
-        with Decoder(model, seeded, batch=size, max_len=max_len, sparse_cap=sparse_cap, eos=[EOS]) as decoder:
+        with engine.new_decoder(seeded, size, max_len, sparse_cap, eos=[EOS]) as decoder:
             for slot in range(size):
                 decoder.prefill(slot, inputs)
             while not all(state.done for state in decoder.slots):
@@ -272,7 +274,7 @@ def test_broken_verifiers_are_caught(broken, tiny, monkeypatch):
     """Negative controls: the same test, on half as many answers, rejects verifiers that are not lossless."""
     model, inputs = tiny
     options, _ = SETTINGS["t1"]
-    monkeypatch.setattr("stdcli.std.accept_sampled", broken)
+    monkeypatch.setattr("stdcli.engine.decoder.accept_sampled", broken)
     answers, _ = std_answers(model, inputs, options, 1000)
     statistic, df, p_value = chi_square(answers, dense_distribution(model, inputs, 1.0, 1.0), 1000)
     print(f"{broken.__name__}: chi2 {statistic:.1f}, df {df}, p {p_value:.3g}")
@@ -282,5 +284,6 @@ def test_broken_verifiers_are_caught(broken, tiny, monkeypatch):
 def test_generate_sampling_is_reproducible_per_seed(tiny):
     model, inputs = tiny
     options = replace(SETTINGS["t1"][0], max_new_tokens=8)
-    runs = [generate(model, inputs, replace(options, seed=seed), eos=[]).tokens for seed in (5, 5, 6, 7, 8)]
+    engine = Engine.of(model)
+    runs = [engine.generate(inputs, replace(options, seed=seed), eos=[]).tokens for seed in (5, 5, 6, 7, 8)]
     assert runs[0] == runs[1] and len({tuple(r) for r in runs}) > 2

@@ -16,20 +16,12 @@ from collections import Counter
 import pytest
 import torch
 
-from stdcli import build
-from stdcli.models import build_inputs, load_model
-from stdcli.policy import MAX_AUTO_GAMMA, GammaPolicy
-from stdcli.std import (
-    Decoder,
-    DecodeOptions,
-    DecodeStats,
-    cache_capacity,
-    eos_token_ids,
-    generate,
-    prompt_layout,
-    prompt_positions,
-    visual_token_ids,
-)
+from stdcli.engine import DecodeOptions, DecodeStats, Engine, EngineConfig, cache_capacity
+from stdcli.engine.policy import MAX_AUTO_GAMMA, GammaPolicy
+from stdcli.model import build
+from stdcli.model.adapter import eos_token_ids, prompt_positions, visual_token_ids
+from stdcli.model.loading import load_model
+from stdcli.model.prompts import build_inputs
 
 CASES_PER_FAMILY = 110
 WORDS = (
@@ -60,10 +52,15 @@ def reference(model, inputs: dict, max_new_tokens: int, eos: int | None = None) 
     return out[0, inputs["input_ids"].shape[1] :].tolist()
 
 
-def std(model, inputs: dict, options: DecodeOptions, eos=None):
-    """generate(), also checking that the streamed tokens add up to the result."""
+UNFUSED: dict[int, Engine] = {}
+
+
+def std(lm, inputs: dict, options: DecodeOptions, eos=None, fused: bool = True):
+    """The engine's generate (through our fused forward, or transformers' forward), also checking that the
+    streamed tokens add up to the result."""
+    engine = lm.engine if fused else UNFUSED.setdefault(id(lm), Engine(lm.engine.adapter, EngineConfig(fused=False)))
     streamed = []
-    result = generate(model, inputs, options, eos=eos, on_tokens=lambda new, stats: streamed.extend(new))
+    result = engine.generate(inputs, options, eos=eos, on_tokens=lambda new, stats: streamed.extend(new))
     assert streamed == result.tokens
     return result
 
@@ -86,7 +83,7 @@ def run_case(lm, make_video, seed: int) -> list[tuple[dict, list[int], list[int]
     if frames:
         video = make_video(frames, rng.randint(28, 100), rng.randint(28, 100), rng.choice([1.0, 2.0, 4.0]), seed)
     inputs = build_inputs(lm, video, question, system)
-    _, visual = prompt_layout(inputs, visual_token_ids(lm.model))
+    _, visual = lm.engine.adapter.layout(inputs)
     k = max(1, rng.choice([1, rng.randint(1, max(visual, 1)), visual, visual + rng.randint(1, 40)]))
     gamma = 0 if kind == 0 else "auto" if kind == 7 else rng.randint(1, 8)
     calibration = rng.randint(1, 3) if kind == 3 else 0
@@ -95,15 +92,15 @@ def run_case(lm, make_video, seed: int) -> list[tuple[dict, list[int], list[int]
     max_new_tokens = rng.randint(8 if with_eos else 1, 24)
     params = {"seed": seed, "frames": frames, "visual": visual, "prompt": inputs["input_ids"].shape[1], "k": k,
               "gamma": gamma, "calibration": calibration, "max_new_tokens": max_new_tokens, "fused": fused}
-    options = DecodeOptions(max_new_tokens, k, gamma, calibration_steps=calibration, fused=fused)
+    options = DecodeOptions(max_new_tokens, k, gamma, calibration_steps=calibration)
     # StD runs before the reference of its own prompt, so it cannot lean on model state that generate() leaves
-    result = std(lm.model, inputs, options)
+    result = std(lm, inputs, options, fused=fused)
     expected = reference(lm.model, inputs, max_new_tokens)
     runs = [(params, expected, result.tokens, result.stats)]
     if with_eos and len(expected) >= 3:
         # a token the reference emits mid-answer becomes the only end token: the answer stops at its first occurrence
         eos = expected[rng.randrange(1, len(expected) - 1)]
-        result = std(lm.model, inputs, options, eos=[eos])
+        result = std(lm, inputs, options, eos=[eos], fused=fused)
         runs.append(({**params, "eos": eos}, reference(lm.model, inputs, max_new_tokens, eos=eos), result.tokens,
                      result.stats))
     return runs
@@ -134,7 +131,8 @@ def test_greedy_std_matches_generate(family, lms, make_video):
     rejected = totals["drafted"] - totals["accepted"]
     print(f"{family}: {dict(totals)}, rejected {rejected}; runs covering {dict(seen)}")
     assert totals["accepted"] >= 100 and rejected >= 100, dict(totals)
-    for what in ("dense", "auto", "transformers_forward", "text_only", "one_frame", "k_is_1", "k_above_visual", "calibrated",
+    for what in ("dense", "auto", "transformers_forward", "text_only", "one_frame", "k_is_1", "k_above_visual",
+                 "calibrated",
                  "eos_inside_draft", "limit_inside_draft"):
         assert seen[what] >= 2, f"too few {family} runs with {what}: {dict(seen)}"
 
@@ -150,7 +148,7 @@ def test_video_at_the_end_of_the_prompt(family, gamma, lms, make_video):
     per_token = ("input_ids", "attention_mask", "mm_token_type_ids")
     inputs = {key: value[:, :end] if key in per_token else value for key, value in inputs.items()}
     expected = reference(lm.model, inputs, 12)
-    result = std(lm.model, inputs, DecodeOptions(12, k=2, gamma=gamma, calibration_steps=0))
+    result = std(lm, inputs, DecodeOptions(12, k=2, gamma=gamma, calibration_steps=0))
     assert result.tokens == expected
     assert result.stats.kept_tokens == (2 + end - int(is_visual.sum()) if gamma else 0)
 
@@ -163,11 +161,10 @@ def test_batched_slots_decode_independently(lms, make_video):
     ] + [build_inputs(lm, None, "Only text here, no video at all.")]  # after a video prompt in the same slot
     limits = [10, 6, 3]
     options = DecodeOptions(max_new_tokens=max(limits), k=3, gamma=4, calibration_steps=0)
-    visual_ids = visual_token_ids(lm.model)
-    needs = [cache_capacity(*prompt_layout(inputs, visual_ids), options) for inputs in prompts]
+    needs = [cache_capacity(*lm.engine.adapter.layout(inputs), options) for inputs in prompts]
     max_len, sparse_cap = (max(n[i] for n in needs) for i in (0, 1))
     outputs, prompt_of = {}, {}
-    with Decoder(lm.model, options, batch=2, max_len=max_len, sparse_cap=sparse_cap) as decoder:
+    with lm.engine.new_decoder(options, 2, max_len, sparse_cap) as decoder:
         assert decoder.prefill(0, prompts[0], max_new_tokens=0) == [] and decoder.release(0).done
         waiting = list(enumerate(prompts))
         while waiting or any(decoder.slots):
@@ -193,7 +190,7 @@ def test_long_video_positions_continue_like_generate(family, gamma, lms, make_vi
     positions = prompt_positions(lm.model, inputs)
     assert int(positions.max()) > int(positions[0, 0, -1])  # the case this test is about
     expected = reference(lm.model, inputs, 16)
-    assert std(lm.model, inputs, DecodeOptions(16, k=8, gamma=gamma, calibration_steps=0)).tokens == expected
+    assert std(lm, inputs, DecodeOptions(16, k=8, gamma=gamma, calibration_steps=0)).tokens == expected
 
 
 @pytest.mark.parametrize("family", build.FAMILIES)
@@ -210,7 +207,7 @@ def test_any_gamma_schedule_is_lossless(family, lms, make_video, monkeypatch):
         video = make_video(rng.randint(2, 8), 56, 56, 2.0, case) if case % 4 else None
         inputs = build_inputs(lm, video, " ".join(rng.choices(WORDS, k=5)))
         limit = rng.randint(10, 30)
-        result = std(lm.model, inputs, DecodeOptions(limit, k=rng.randint(1, 12), gamma="auto"))
+        result = std(lm, inputs, DecodeOptions(limit, k=rng.randint(1, 12), gamma="auto"))
         if result.tokens != reference(lm.model, inputs, limit):
             failures.append(case)
         switches += result.stats.dense_steps > 0 and result.stats.cycles > 0
@@ -223,9 +220,8 @@ def test_a_slot_without_sparse_view_takes_dense_steps_only(lms, make_video):
     lm = lms("qwen2-vl")
     inputs = build_inputs(lm, make_video(num_frames=4, seed=5), "What moves?")
     options = DecodeOptions(8, k=4, gamma="auto")
-    prompt, visual = prompt_layout(inputs, visual_token_ids(lm.model))
-    max_len, sparse_cap = cache_capacity(prompt, visual, options)
-    with Decoder(lm.model, options, max_len=max_len, sparse_cap=sparse_cap) as decoder:
+    max_len, sparse_cap = cache_capacity(*lm.engine.adapter.layout(inputs), options)
+    with lm.engine.new_decoder(options, 1, max_len, sparse_cap) as decoder:
         decoder.prefill(0, inputs, sparse_view=False)
         assert decoder.slots[0].stats.kept_tokens == 0
         with pytest.raises(ValueError, match="only take dense steps"):

@@ -10,7 +10,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
-import train_builtin as tb  # noqa: E402
+import train_builtin as tb
 
 
 @pytest.fixture(scope="module")

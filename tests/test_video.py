@@ -178,7 +178,8 @@ def test_b_frames_in_avi(folder):
     """AVI stores decoding times only: the decoder returns B-frame streams in presentation order with those
     decoding-order timestamps attached, so frames must be placed by counting, not by their timestamps."""
     path = write_video(
-        folder / "bframes.avi", frames=60, options={"bframes": "3", "b-pyramid": "normal", "g": "12", "sc_threshold": "0"}
+        folder / "bframes.avi", frames=60,
+        options={"bframes": "3", "b-pyramid": "normal", "g": "12", "sc_threshold": "0"},
     )
     with av.open(path) as container:
         stream = container.streams.video[0]

@@ -72,7 +72,7 @@ def test_short_clips_keep_their_shape() -> None:
         for e in clip.events:
             assert e.kind in EVENT_KINDS
             assert e.end - e.time >= 1.5 and 0.0 < e.time and e.end < clip.duration
-        for e, f in zip(clip.events, clip.events[1:]):
+        for e, f in zip(clip.events, clip.events[1:], strict=False):
             assert e.end < f.time, "events overlap or are out of order"
 
 
@@ -171,7 +171,7 @@ def test_rendered_colors_match_ground_truth_at_object_centers(size: int) -> None
         clip = generate_clip(seed, "short" if seed % 4 else "long")
         times = frame_times(clip.duration, 2.0)
         frames = render_frames(clip, times, size)
-        for frame, t in zip(frames, times):
+        for frame, t in zip(frames, times, strict=True):
             for i in range(len(clip.objects)):
                 visible, x, y, color = object_state_at(clip, i, t)
                 if visible and _settled(clip, i, t):
@@ -262,7 +262,8 @@ def test_check_description_rejects_wrong_descriptions() -> None:
             assert not check_description(_sentences(clip, swapped), clip), "swapped order"
         for k, e in enumerate(events):
             if e.direction:
-                flipped = replace(e, direction={"left": "right", "right": "left", "up": "down", "down": "up"}[e.direction])
+                opposite = {"left": "right", "right": "left", "up": "down", "down": "up"}
+                flipped = replace(e, direction=opposite[e.direction])
                 assert not check_description(_sentences(clip, [*events[:k], flipped, *events[k + 1 :]]), clip)
 
 

@@ -331,7 +331,7 @@ def check_description(text: str, clip: Clip) -> bool:
     return (
         said is not None
         and len(said) == len(clip.events)
-        and all(_matches(s, clip, e) for s, e in zip(said, clip.events))
+        and all(_matches(s, clip, e) for s, e in zip(said, clip.events, strict=True))
     )
 
 
@@ -374,7 +374,7 @@ def _third(clip: Clip, event: Event) -> int | None:
 def _unique_clause_events(clip: Clip) -> list[Event]:
     """Events that their clause names without doubt (no other event reads the same)."""
     clauses = [event_clause(clip, e) for e in clip.events]
-    return [e for e, c in zip(clip.events, clauses) if clauses.count(c) == 1]
+    return [e for e, c in zip(clip.events, clauses, strict=True) if clauses.count(c) == 1]
 
 
 def _number(n: int) -> str:
@@ -483,7 +483,7 @@ def _direction_intents(clip: Clip, rng: random.Random) -> list[_Intent]:
     for kind, templates in (("move", DIRECTION_MOVE), ("bounce", DIRECTION_BOUNCE)):
         events = _events_of(clip, kind)
         refs = [object_phrase(clip, e.obj, e.color_before) for e in events]
-        for e, ref in zip(events, refs):
+        for e, ref in zip(events, refs, strict=True):
             if refs.count(ref) == 1:
                 answer = e.direction.capitalize() + "." if kind == "move" else f"The {EDGE[e.direction]} edge."
                 intents.append(_Intent(templates, answer, (("ref", ref),)))

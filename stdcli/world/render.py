@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from fractions import Fraction
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
-from typing import Sequence
 
 import av
 import numpy as np
@@ -39,7 +39,7 @@ def _inside(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown shape {shape!r}")
 
 
-@lru_cache(maxsize=None)
+@cache
 def shape_alpha(shape: str, radius_steps: int) -> np.ndarray:
     """Anti-aliased coverage (0..255, uint16, shape (n, n, 1)) of a shape of radius radius_steps / 4 pixels, centered
     on the middle pixel of an odd-sided square."""

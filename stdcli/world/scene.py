@@ -172,7 +172,7 @@ def _color_rgb(tl: _Timeline, t: float) -> tuple[float, float, float]:
             break
         w = _ramp(t, e.time, e.end)
         new = COLOR_RGB[e.color_after]
-        rgb = tuple(a + (b - a) * w for a, b in zip(rgb, new))
+        rgb = tuple(a + (b - a) * w for a, b in zip(rgb, new, strict=True))
     return rgb
 
 
@@ -291,11 +291,11 @@ class _Actor:
 
     def go(self, path: list[tuple[float, float]], start: float, end: float) -> None:
         """Travel through ``path`` (starting at the current position) at constant speed between start and end."""
-        lengths = [math.dist(a, b) for a, b in zip(path, path[1:])]
+        lengths = [math.dist(a, b) for a, b in zip(path, path[1:], strict=False)]
         total = sum(lengths)
         t = start
         self.keyframes.append((start, *path[0]))
-        for point, length in zip(path[1:], lengths):
+        for point, length in zip(path[1:], lengths, strict=True):
             t += (end - start) * length / total
             self.keyframes.append((t, *point))
         self.position = path[-1]
@@ -430,7 +430,8 @@ def _try_short_clip(rng: random.Random, seed: int, duration: float) -> Clip | No
         kind="short",
         duration=duration,
         background=Background(background, BACKGROUND_RGB[background]),
-        objects=[SceneObject(a.shape, a.size, c, tuple(a.keyframes)) for a, c in zip(actors, first_colors)],
+        objects=[SceneObject(a.shape, a.size, c, tuple(a.keyframes))
+                 for a, c in zip(actors, first_colors, strict=True)],
         events=events,
     )
 

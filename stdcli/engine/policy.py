@@ -9,25 +9,20 @@ verify of g+1 tokens can cost several dense steps. So `--gamma auto` measures in
 keeps moving averages of the engine's own timings of the three steps and the acceptance rates, and picks the gamma
 with the most expected tokens per second, 0 when no gamma beats a dense step. While dense wins it still tries one
 cycle now and then, at doubling intervals, since acceptance and costs change as the context grows. What a sequence
-measured is remembered (per model, device, dtype and context size; in the process and in a small JSON file,
-`~/.cache/stdcli/step-costs.json` or $STDCLI_CACHE_DIR), so the next video, and the next run, start from it
-instead of trying a cycle first: short answers would otherwise pay for that try. The choice never changes the
-tokens: every gamma, 0 included, commits exactly what dense decoding would (greedy) or the same distribution
-(sampling).
+measured can be remembered (costs.py: per model, device, dtype, batch and context size), so that the next video,
+and the next run, start from it instead of trying a cycle first: short answers would otherwise pay for that try.
+The policy is a plain object: it holds no global state and touches no file. The choice never changes the tokens:
+every gamma, 0 included, commits exactly what dense decoding would (greedy) or the same distribution (sampling).
 """
 
 from __future__ import annotations
 
-import atexit
-import json
-import math
-import os
-import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
+from typing import Any
 
-AUTO = "auto"
-MAX_AUTO_GAMMA = 8  # the largest gamma auto considers: beyond it E(g) grows little at any realistic acceptance
+from .options import AUTO, MAX_AUTO_GAMMA
+from .stats import DecodeStats
+
 FIRST_TRY_GAMMA = 4  # the first StD cycle, which measures the draft and verify costs
 PRIOR_ACCEPTANCE = 0.7  # before any draft is judged; weighs as PRIOR_DRAFTS drafts at each draft position
 PRIOR_DRAFTS = 2.0
@@ -47,80 +42,9 @@ def expected_tokens(acceptance: float, gamma: int) -> float:
     return (1 - acceptance ** (gamma + 1)) / (1 - acceptance)
 
 
-# memory_key -> the policy a finished sequence left: costs and acceptance, for the next one (None: not loaded yet)
-_MEMORY: dict[str, GammaPolicy] | None = None
-_SAVED_FIELDS = ("dense_s", "draft_s", "verify_s", "judged", "accepted", "probe_interval", "views_skipped",
-                 "answer_tokens", "view_s")
-
-
-def memory_key(model, prompt_tokens: int, batch: int = 1) -> str:
-    """Step costs depend on the model, the device it runs on, the dtype, the batch and (through the KV cache) the
-    context: powers of two of it. A model without a name (built in memory) gets a key never written to disk."""
-    weight = model.get_input_embeddings().weight
-    device = weight.device
-    if device.type == "cuda":
-        import torch
-
-        where = torch.cuda.get_device_name(device)
-    else:
-        where = f"{device.type}:{os.cpu_count()}cpus"
-    name = getattr(model, "name_or_path", None) or f"unnamed-{id(model)}"
-    bucket = math.ceil(math.log2(max(prompt_tokens, 1)))
-    return f"{name}|{where}|{str(weight.dtype).removeprefix('torch.')}|batch={batch}|context<=2^{bucket}"
-
-
-def cache_file() -> Path:
-    root = os.environ.get("STDCLI_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "stdcli"
-    return Path(root) / "step-costs.json"
-
-
-def _memory() -> dict[str, GammaPolicy]:
-    global _MEMORY
-    if _MEMORY is None:
-        _MEMORY = {}
-        try:
-            saved = json.loads(cache_file().read_text())
-            for key, values in saved.items():
-                values["verify_s"] = {int(g): s for g, s in values["verify_s"].items()}
-                _MEMORY[key] = GammaPolicy(AUTO, **{name: values[name] for name in _SAVED_FIELDS})
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):  # no cache yet, or a damaged one: measure
-            pass
-    return _MEMORY
-
-
-def _save(memory: dict[str, GammaPolicy]) -> None:
-    """Write the remembered costs atomically; a read-only home only costs the next run its trial cycle."""
-    path = cache_file()
-    named = {key: {name: getattr(p, name) for name in _SAVED_FIELDS} for key, p in memory.items()
-             if not key.startswith("unnamed-")}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.tmp")
-        partial.write_text(json.dumps(named, indent=1))
-        partial.replace(path)
-    except OSError:
-        pass
-
-
-SAVE_EVERY_S = 30.0  # the file is rewritten at most this often while running (a write costs a short answer ~10%)
-_saved_at: float | None = None
-_unsaved = False
-
-
-def _save_soon() -> None:
-    global _unsaved
-    _unsaved = True
-    if _saved_at is None or time.monotonic() - _saved_at >= SAVE_EVERY_S:
-        flush_memory()
-
-
-@atexit.register
-def flush_memory() -> None:
-    """Write what was remembered since the last write (at exit, and every SAVE_EVERY_S while running)."""
-    global _unsaved, _saved_at
-    if _unsaved and _MEMORY is not None:
-        _save(_MEMORY)
-        _unsaved, _saved_at = False, time.monotonic()
+# What a finished sequence leaves for the next: costs, acceptance, probing and view state.
+SAVED_FIELDS = ("dense_s", "draft_s", "verify_s", "judged", "accepted", "probe_interval", "views_skipped",
+                "answer_tokens", "view_s")
 
 
 def _prior(length: int, value: float) -> list[float]:
@@ -156,19 +80,29 @@ class GammaPolicy:
     best_memo: tuple[int, float] | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
-    def start(cls, gamma: int | str, calibration_steps: int, key: str | None = None) -> GammaPolicy:
-        """A policy for a new sequence: for auto, what the last sequence under `key` measured, if any."""
-        known = _memory().get(key) if gamma == AUTO and key is not None else None
-        if known is None:
+    def start(cls, gamma: int | str, calibration_steps: int, known: GammaPolicy | None = None) -> GammaPolicy:
+        """A policy for a new sequence (or batch window): for auto, continuing from `known`, what an earlier one
+        measured (CostMemory.get), if any; a fixed gamma ignores it."""
+        if gamma != AUTO or known is None:
             return cls(gamma, calibration_steps)
         return known.copy(dense_steps=0, since_cycle=0, calibration_steps=calibration_steps)
 
-    def remember(self, key: str) -> None:
-        if self.gamma == AUTO and self.dense_s is not None:
-            _memory()[key] = self.copy()
-            _save_soon()
+    @property
+    def worth_remembering(self) -> bool:
+        """Whether this policy measured costs another sequence can start from."""
+        return self.gamma == AUTO and self.dense_s is not None
 
-    def copy(self, **changes) -> GammaPolicy:
+    def saved_state(self) -> dict[str, Any]:
+        """What another sequence, or another process, starts from (CostMemory writes it as JSON)."""
+        return {name: getattr(self, name) for name in SAVED_FIELDS}
+
+    @classmethod
+    def from_saved(cls, values: dict[str, Any]) -> GammaPolicy:
+        state = {name: values[name] for name in SAVED_FIELDS}
+        state["verify_s"] = {int(g): float(s) for g, s in state["verify_s"].items()}
+        return cls(AUTO, **state)
+
+    def copy(self, **changes: Any) -> GammaPolicy:
         lists = {"verify_s": dict(self.verify_s), "judged": list(self.judged), "accepted": list(self.accepted)}
         return replace(self, **{**lists, **changes})
 
@@ -186,15 +120,16 @@ class GammaPolicy:
         and one answer in VIEW_EVERY anyway, whose probes keep the costs current."""
         wanted = self.gamma != AUTO or self.draft_s is None or self.dense_s is None
         if not wanted:
+            dense, _ = self.measured_costs()
             rate = self.best()[1]
-            saved = max(self.dense_s - 1 / rate, 0.0) * (self.answer_tokens or 0.0)  # seconds, one answer
-            wanted = rate > MARGIN / self.dense_s and saved > (self.view_s or 0.0)
+            saved = max(dense - 1 / rate, 0.0) * (self.answer_tokens or 0.0)  # seconds, one answer
+            wanted = rate > MARGIN / dense and saved > (self.view_s or 0.0)
             wanted = wanted or self.views_skipped + 1 >= VIEW_EVERY
         self.views_skipped = 0 if wanted else self.views_skipped + 1
         self.can_draft = wanted
         return wanted
 
-    def observe_answer(self, stats) -> None:
+    def observe_answer(self, stats: DecodeStats) -> None:
         """An answer ended: its length, and what its sparse view cost (if it had one)."""
         self.answer_tokens = _smooth(self.answer_tokens, float(stats.new_tokens))
         if self.can_draft and stats.view_s > 0:
@@ -216,13 +151,20 @@ class GammaPolicy:
             return best
         return 0
 
+    def measured_costs(self) -> tuple[float, float]:
+        """(dense step, draft step) seconds: what the cost model needs measured before it can compare gammas."""
+        if self.dense_s is None or self.draft_s is None:
+            raise ValueError("the cost model needs a measured dense step and draft step")
+        return self.dense_s, self.draft_s
+
     def best(self) -> tuple[int, float]:
         """(gamma, expected tokens per second) of the best gamma >= 1 by the cost model (costs measured)."""
+        _, draft = self.measured_costs()
         rates = {
-            g: self.expected_tokens(g) / (g * self.draft_s + self.verify_cost(g))
+            g: self.expected_tokens(g) / (g * draft + self.verify_cost(g))
             for g in range(1, self.max_gamma + 1)
         }
-        best = max(rates, key=rates.get)
+        best = max(rates, key=lambda g: rates[g])
         return best, rates[best]
 
     def verify_cost(self, gamma: int) -> float:
@@ -230,9 +172,10 @@ class GammaPolicy:
         measured verify."""
         if gamma in self.verify_s:
             return self.verify_s[gamma]
+        dense, _ = self.measured_costs()
         nearest = min(self.verify_s, key=lambda g: (abs(g - gamma), g))
-        per_token = max(self.verify_s[nearest] - self.dense_s, 0.0) / nearest
-        return self.dense_s + per_token * gamma
+        per_token = max(self.verify_s[nearest] - dense, 0.0) / nearest
+        return dense + per_token * gamma
 
     def observe(self, gamma: int, costs: tuple[float, float] | None, accepted: int) -> None:
         """One cycle happened: its measured (draft_s, verify_s), verify_s being the dense step's time when
@@ -240,10 +183,13 @@ class GammaPolicy:
         if gamma == 0:
             self.dense_steps += 1
             self.since_cycle += 1
-            if costs is not None:
-                # the calibration steps' fastest: the first step after a prefill is often slow (allocation, caches)
-                calibrating = self.dense_steps <= self.calibration_steps and self.dense_s is not None
-                self.dense_s = min(self.dense_s, costs[1]) if calibrating else _smooth(self.dense_s, costs[1])
+            if costs is None:
+                return
+            # the calibration steps' fastest: the first step after a prefill is often slow (allocation, caches)
+            if self.dense_steps <= self.calibration_steps and self.dense_s is not None:
+                self.dense_s = min(self.dense_s, costs[1])
+            else:
+                self.dense_s = _smooth(self.dense_s, costs[1])
             return
         if costs is not None:
             self.draft_s = _smooth(self.draft_s, costs[0] / gamma)
@@ -255,7 +201,8 @@ class GammaPolicy:
                 self.judged[j] += 1
                 self.accepted[j] += j < accepted
         self.best_memo = None
-        if self.gamma == AUTO and self.since_cycle >= self.probe_interval and self.draft_s is not None:  # a probe
+        probing = self.since_cycle >= self.probe_interval
+        if self.gamma == AUTO and probing and self.draft_s is not None and self.dense_s is not None:
             winning = self.best()[1] > MARGIN / self.dense_s
             self.probe_interval = FIRST_PROBE_INTERVAL if winning else min(2 * self.probe_interval, LAST_PROBE_INTERVAL)
         self.since_cycle = 0

@@ -1,8 +1,9 @@
 """Attention for the StD engine, plugged into transformers through its public AttentionInterface.
 
 The model's own forward runs unchanged; only the attention of its language model is ours while the engine
-drives it (`engine_attention`). Each forward gets a `StepContext` (passed as a model kwarg, which transformers
-forwards down to the attention function) saying which keys the new tokens may see:
+drives it (`engine_attention`). Each forward the engine runs gets a `StepContext` saying which keys the new tokens
+may see, passed as the keyword argument STEP_KWARG: transformers hands a model's extra keyword arguments down to
+its attention functions, which is its documented way of giving a custom attention what it needs.
 
 - prefill: plain causal attention over the prompt, plus the top-K selection scores of every layer;
 - dense / sparse steps: the new tokens of sequence b sit right after `base_len[b]` cached keys (of the dense
@@ -16,6 +17,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +27,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from . import kernels
 
 ATTENTION_NAME = "stdcli"
+STEP_KWARG = "std_step"
 
 # Keys per chunk when scoring visual tokens: bounds the score matrix to heads x text x chunk floats.
 SCORE_CHUNK = 8192
@@ -111,20 +114,22 @@ def _causal_logits(
     return logits.masked_fill(key_pos[None, None, :] > query_pos[None, :, None], float("-inf"))
 
 
-def engine_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+def engine_attention_forward(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                             attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+                             **kwargs: Any) -> tuple[torch.Tensor, None]:
     """The function registered as `stdcli` in transformers' AttentionInterface."""
-    ctx: StepContext | None = kwargs.get("std_step")
+    ctx: StepContext | None = kwargs.get(STEP_KWARG)
     if ctx is None:  # a forward that the engine does not drive: behave exactly like sdpa
-        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                      **kwargs)
     scaling = module.scaling if scaling is None else scaling
     if ctx.mode == "prefill":
         group = query.shape[1] != key.shape[1]
         out = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scaling, enable_gqa=group)
-        if ctx.visual_keys is not None and ctx.visual_keys.numel() and ctx.score_queries.numel():
+        queries, keys = ctx.score_queries, ctx.visual_keys
+        if queries is not None and keys is not None and keys.numel() and queries.numel():
             started = _clock(query)
-            ctx.visual_scores[module.layer_idx] = score_visual_keys(
-                query[0], key[0], ctx.score_queries, ctx.visual_keys, scaling
-            )
+            ctx.visual_scores[module.layer_idx] = score_visual_keys(query[0], key[0], queries, keys, scaling)
             ctx.scoring_s += _clock(query) - started
         return out.transpose(1, 2), None
     return step_attention(query, key, value, ctx, scaling), None
@@ -134,6 +139,7 @@ def step_attention(query, key, value, ctx: StepContext, scaling: float) -> torch
     """Attention of a dense or sparse step: query [B,Hq,L,D] over whole cache buffers key/value [B,Hkv,N,D]
     -> [B, L, Hq, D]; the decode kernel where the context has no mask, else SDPA with it."""
     if ctx.mask is None:
+        assert ctx.base_len is not None  # dense and sparse steps have one
         return kernels.decode_attention(query, key, value, ctx.base_len, scaling)
     return masked_attention(query, key, value, ctx.mask, scaling)
 

@@ -67,7 +67,7 @@ if triton is not None:
         start = split * keys_per_split
         end = tl.minimum(start + keys_per_split, base + LEN)
         m = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-        l = tl.zeros([BLOCK_M], dtype=tl.float32)
+        norm = tl.zeros([BLOCK_M], dtype=tl.float32)
         acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
         k_base = K + b * stride_kb + kv_head * stride_kh
         v_base = V + b * stride_vb + kv_head * stride_vh
@@ -83,13 +83,14 @@ if triton is not None:
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
             p = tl.exp(s - m_safe[:, None])
             alpha = tl.exp(m - m_safe)
-            l = l * alpha + tl.sum(p, axis=1)
+            norm = norm * alpha + tl.sum(p, axis=1)
             v = tl.load(v_base + cols[:, None] * stride_vn + dims[None, :], mask=col_valid[:, None], other=0.0)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION).to(tl.float32)
             m = m_new
-        lse = tl.where(l > 0, m + tl.log(tl.maximum(l, 1e-30)), float("-inf"))
-        out = acc / tl.where(l > 0, l, 1.0)[:, None]
-        o_ptr = PART_O + b * stride_ob + kv_head * stride_oh + split * stride_os + rows[:, None] * stride_om + dims[None, :]
+        lse = tl.where(norm > 0, m + tl.log(tl.maximum(norm, 1e-30)), float("-inf"))
+        out = acc / tl.where(norm > 0, norm, 1.0)[:, None]
+        o_ptr = (PART_O + b * stride_ob + kv_head * stride_oh + split * stride_os + rows[:, None] * stride_om
+                 + dims[None, :])
         tl.store(o_ptr, out, mask=row_valid[:, None])
         tl.store(PART_LSE + b * stride_lb + kv_head * stride_lh + split * stride_ls + rows, lse, mask=row_valid)
 
@@ -116,7 +117,8 @@ if triton is not None:
         weight = weight / tl.sum(weight, axis=0)
         dims = tl.arange(0, HEAD_DIM)
         parts = tl.load(
-            PART_O + b * stride_ob + kv_head * stride_oh + splits[:, None] * stride_os + row * stride_om + dims[None, :],
+            PART_O + b * stride_ob + kv_head * stride_oh + splits[:, None] * stride_os + row * stride_om
+            + dims[None, :],
             mask=split_valid[:, None], other=0.0,
         )
         out = tl.sum(parts * weight[:, None], axis=0)
@@ -201,8 +203,8 @@ if triton is not None:
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         for k0 in range(0, depth, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)
-            x = tl.load(X + rows_[:, None] * stride_x + ks[None, :], mask=(rows_[:, None] < rows) & (ks[None, :] < depth),
-                        other=0.0)
+            x = tl.load(X + rows_[:, None] * stride_x + ks[None, :],
+                        mask=(rows_[:, None] < rows) & (ks[None, :] < depth), other=0.0)
             w = tl.load(W + cols[:, None] * depth + ks[None, :], mask=(cols[:, None] < width) & (ks[None, :] < depth),
                         other=0.0)
             acc = tl.dot(x, tl.trans(w), acc)

@@ -20,6 +20,7 @@ parameters are new objects then: code that holds the old ones (an optimizer buil
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,11 +29,10 @@ from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
 from . import kernels
 from .attention import StepContext, step_attention
-from .kvcache import store_step_entries
+from .cache import store_step_entries
 
 # Decoder layers whose forward is exactly the one written out in `decode_forward`.
 SUPPORTED_LAYERS = ("Qwen2DecoderLayer", "Qwen2VLDecoderLayer", "Qwen2_5_VLDecoderLayer")
-FUSED_ATTRIBUTE = "_stdcli_fused"
 
 
 @dataclass
@@ -63,11 +63,11 @@ class FusedTextModel:
         return self.head_dim**-0.5
 
 
-def language_model(model) -> nn.Module | None:
+def language_model(model: Any) -> Any:
     return getattr(getattr(model, "model", None), "language_model", None)
 
 
-def unsupported_reason(model) -> str | None:
+def unsupported_reason(model: Any) -> str | None:
     """Why `decode_forward` cannot stand in for this model's language model (None: it can)."""
     lm = language_model(model)
     if lm is None or not hasattr(lm, "layers") or not hasattr(lm, "rotary_emb"):
@@ -113,12 +113,10 @@ def _concatenate_rows(*linears: nn.Linear) -> tuple[torch.Tensor, torch.Tensor |
     return weight, bias
 
 
-def fused_text_model(model) -> FusedTextModel | None:
-    """The model's language model as `decode_forward` takes it (built once, kept on the model), or None when its
-    architecture is not one `decode_forward` reproduces (then the engine uses transformers' forward)."""
-    fused = getattr(model, FUSED_ATTRIBUTE, None)
-    if fused is not None and _still_shared(model, fused):
-        return fused
+def fused_text_model(model: Any) -> FusedTextModel | None:
+    """The model's language model as `decode_forward` takes it, or None when its architecture is not one
+    `decode_forward` reproduces (then the engine uses transformers' forward). Build it once per model and keep it
+    (the Engine does): building it again concatenates the weights again."""
     if unsupported_reason(model) is not None:
         return None
     lm = language_model(model)
@@ -134,16 +132,14 @@ def fused_text_model(model) -> FusedTextModel | None:
         ))
     config = lm.config
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    fused = FusedTextModel(
+    return FusedTextModel(
         embed=lm.embed_tokens.weight, layers=layers, norm=lm.norm.weight, lm_head=model.lm_head.weight,
         rotary=lm.rotary_emb, eps=config.rms_norm_eps, q_heads=config.num_attention_heads,
         kv_heads=config.num_key_value_heads, head_dim=head_dim,
     )
-    setattr(model, FUSED_ATTRIBUTE, fused)
-    return fused
 
 
-def _still_shared(model, fused: FusedTextModel) -> bool:
+def still_shared(model: Any, fused: FusedTextModel) -> bool:
     """Whether the model's weights are still the views `fused` was built on: moving or casting the model
     (`model.to(...)`) gives its parameters new storage, and the fused weights must then be built again."""
     attn = language_model(model).layers[0].self_attn
@@ -199,7 +195,7 @@ def decode_forward(
     cos, sin = fused.rotary(hidden, positions)
     hidden = hidden.view(batch * length, -1)
     delta = None
-    for layer, (keys, values) in zip(fused.layers, buffers):
+    for layer, (keys, values) in zip(fused.layers, buffers, strict=True):
         x = norm_fn(hidden, delta, layer.input_norm, fused.eps)
         qkv = F.linear(x, layer.qkv_weight, layer.qkv_bias)
         query = rope_fn(qkv, cos, sin, keys, values, write_pos, fused.q_heads, fused.kv_heads)

@@ -9,7 +9,9 @@ lengths) in device tensors: the engine reads whole cache buffers and masks lengt
 from __future__ import annotations
 
 import gc
+import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -32,7 +34,7 @@ class CapturedStep:
     the caller goes on without graphs.
     """
 
-    def __init__(self, fn: Callable[..., torch.Tensor], pool):
+    def __init__(self, fn: Callable[..., torch.Tensor], pool: Any):
         self.fn = fn
         self.pool = pool
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -42,9 +44,10 @@ class CapturedStep:
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
         if self.graph is not None:
-            for static, value in zip(self.inputs, inputs):
+            for static, value in zip(self.inputs, inputs, strict=True):
                 static.copy_(value)
             self.graph.replay()
+            assert self.output is not None  # set by the capture
             return self.output
         self.inputs = [x.clone() for x in inputs]
         device = self.inputs[0].device
@@ -61,7 +64,7 @@ class CapturedStep:
         try:
             with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
                 self.output = self.fn(*self.inputs)
-        except Exception as error:  # noqa: BLE001 - reported by the caller, which falls back to plain launches
+        except Exception as error:  # reported by the caller, which falls back to plain launches
             self.failed = f"{type(error).__name__}: {error}".splitlines()[0]
             return result
         finally:
@@ -69,3 +72,29 @@ class CapturedStep:
                 gc.enable()
         self.graph = graph
         return result
+
+
+class StepGraphs:
+    """One CapturedStep per step shape (a key such as ("dense", width)), sharing one memory pool. If a capture
+    fails, `failure` says why and every later step runs eagerly."""
+
+    def __init__(self) -> None:
+        self.steps: dict[tuple[str, int], CapturedStep] = {}
+        self.pool = torch.cuda.graph_pool_handle()
+        self.failure: str | None = None
+
+    def run(self, key: tuple[str, int], fn: Callable[..., torch.Tensor], *inputs: torch.Tensor
+            ) -> tuple[torch.Tensor, bool]:
+        """fn(*inputs) replayed from the graph of `key`, or run and captured on its first call; also whether this
+        call captured (its time is not a step's cost)."""
+        if self.failure is not None:
+            return fn(*inputs), False
+        step = self.steps.get(key)
+        captured = step is None
+        if step is None:
+            step = self.steps[key] = CapturedStep(fn, self.pool)
+        result = step(*inputs)
+        if step.failed:  # this forward cannot be captured: plain launches from now on
+            self.failure, self.steps = step.failed, {}
+            warnings.warn(f"decoding without CUDA graphs (slower): {step.failed}", RuntimeWarning, stacklevel=3)
+        return result, captured

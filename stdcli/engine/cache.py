@@ -1,0 +1,165 @@
+"""Preallocated KV storage of the StD engine: one dense cache and one compact sparse view, for B sequences.
+
+- dense  [layers, B, Hkv, max_len, D]: the full context of every sequence, in position order;
+- sparse [layers, B, Hkv, sparse_cap, D]: per layer and KV head, the top-K visual entries and every text entry
+  of the prompt (copied once after prefill), then the generated tokens (their dense KV, appended after each
+  verification), then scratch room for the drafts of the current cycle. Its size is
+  O(layers x Hkv x (K + text + generated)), never a second full cache.
+
+Decoding steps always read a whole buffer (lengths are masked per sequence in attention): every step of a kind
+then has the same shapes, which is what lets one CUDA graph replay it.
+
+Where transformers' own forward runs (every prefill; decoding steps of models without our fused forward), it
+gets a view of this storage for that one call, as a transformers `Cache` (the public cache API): `prefill_view`
+writes a prompt into one slot, `step_view` writes a step's entries at given positions and hands attention the
+buffer of the step's mode. A view is made for one forward and holds everything that call needs: the storage has
+no mode of its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+DENSE, SPARSE = "dense", "sparse"
+
+
+def store_step_entries(keys: torch.Tensor, values: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                       write_pos: torch.Tensor) -> None:
+    """Store a step's new key/value [B, Hkv, L, D] into one layer's buffers [B, Hkv, N, D] at write_pos [B, L]."""
+    batch_index = torch.arange(keys.shape[0], device=keys.device)[:, None]
+    # advanced indices around a slice put [B, L] first: the target is [B, L, Hkv, D]
+    keys[batch_index, :, write_pos] = key.transpose(1, 2)
+    values[batch_index, :, write_pos] = value.transpose(1, 2)
+
+
+class EngineCache:
+    def __init__(self, num_layers: int, batch: int, num_kv_heads: int, head_dim: int, max_len: int, sparse_cap: int,
+                 dtype: torch.dtype, device: torch.device):
+        shape = (num_layers, batch, num_kv_heads)
+        self.dense_k = torch.zeros(*shape, max_len, head_dim, dtype=dtype, device=device)
+        self.dense_v = torch.zeros_like(self.dense_k)
+        self.sparse_k = torch.zeros(*shape, sparse_cap, head_dim, dtype=dtype, device=device)
+        self.sparse_v = torch.zeros_like(self.sparse_k)
+        self.batch_index = torch.arange(batch, device=device)[:, None]
+        self.num_layers = num_layers
+        self.max_len = max_len
+        self.sparse_cap = sparse_cap
+
+    @property
+    def batch(self) -> int:
+        return self.dense_k.shape[1]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.dense_k, self.dense_v, self.sparse_k, self.sparse_v))
+
+    def buffer_len(self, mode: str) -> int:
+        return self.max_len if mode == DENSE else self.sparse_cap
+
+    def step_buffers(self, layer: int, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys and values [B, Hkv, N, D] of one layer that a decoding step of `mode` writes and reads."""
+        if mode == DENSE:
+            return self.dense_k[layer], self.dense_v[layer]
+        return self.sparse_k[layer], self.sparse_v[layer]
+
+    def layer_buffers(self, mode: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [self.step_buffers(layer, mode) for layer in range(self.num_layers)]
+
+    def prefill_view(self, slot: int) -> Cache:
+        """A transformers Cache for one prompt's forward: its keys and values go to `slot` from position 0."""
+        return _View(self, _PrefillLayer, slot=slot)
+
+    def step_view(self, mode: str, write_pos: torch.Tensor) -> Cache:
+        """A transformers Cache for one decoding step's forward: new entries go to write_pos [B, L] of the `mode`
+        buffers, and attention gets those whole buffers."""
+        return _View(self, _StepLayer, mode=mode, write_pos=write_pos)
+
+    def build_sparse(self, slot: int, kept_visual: torch.Tensor | None, text_positions: torch.Tensor) -> int:
+        """Fill the sparse view of `slot` from its prefilled dense cache; returns its length.
+
+        kept_visual [layers, Hkv, K']: positions of the visual entries each layer and KV head keeps (or None).
+        text_positions [T]: positions of every non-visual prompt token, kept by all heads.
+        """
+        count = 0
+        if kept_visual is not None and kept_visual.shape[-1]:
+            count = kept_visual.shape[-1]
+            index = kept_visual[..., None].expand(-1, -1, -1, self.dense_k.shape[-1])
+            self.sparse_k[:, slot, :, :count] = torch.gather(self.dense_k[:, slot], 2, index)
+            self.sparse_v[:, slot, :, :count] = torch.gather(self.dense_v[:, slot], 2, index)
+        end = count + text_positions.numel()
+        self.sparse_k[:, slot, :, count:end] = self.dense_k[:, slot, :, text_positions]
+        self.sparse_v[:, slot, :, count:end] = self.dense_v[:, slot, :, text_positions]
+        return end
+
+    def copy_dense_to_sparse(self, dense_start: torch.Tensor, sparse_start: torch.Tensor, width: int) -> None:
+        """Append the verified dense KV of the tokens just committed to the sparse view, for every slot.
+
+        Copies a fixed window of `width` entries per slot (static shapes); entries past what a slot committed
+        land beyond its sparse length and are overwritten later.
+        """
+        offsets = torch.arange(width, device=dense_start.device)
+        src = (dense_start[:, None] + offsets).clamp_(max=self.max_len - 1)
+        dst = (sparse_start[:, None] + offsets).clamp_(max=self.sparse_cap - 1)
+        # [layers, B, Hkv, W, D] via gathering positions per slot
+        batch = self.batch_index
+        self.sparse_k[:, batch, :, dst] = self.dense_k[:, batch, :, src]
+        self.sparse_v[:, batch, :, dst] = self.dense_v[:, batch, :, src]
+
+
+class _View(Cache):
+    def __init__(self, storage: EngineCache, layer_class: type[_Layer], **how: Any):
+        super().__init__(layers=[layer_class(storage, i, **how) for i in range(storage.num_layers)])
+
+
+class _Layer(CacheLayerMixin):
+    """One decoder layer's window onto the engine cache for one forward; all storage lives in `EngineCache`."""
+
+    is_compileable = True
+    view_len = 0  # keys attention reads: 0 tells transformers it is a prefill
+
+    def __init__(self, storage: EngineCache, layer_idx: int):
+        super().__init__()
+        self.storage = storage
+        self.layer_idx = layer_idx
+        self.is_initialized = True
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        return None  # storage is preallocated
+
+    def get_seq_length(self) -> int:
+        # transformers asks this to tell prefill (0) from decoding; decoding positions are always given explicitly
+        return self.view_len
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.view_len, 0
+
+    def get_max_length(self) -> int:
+        return self.storage.max_len
+
+
+class _PrefillLayer(_Layer):
+    def __init__(self, storage: EngineCache, layer_idx: int, slot: int):
+        super().__init__(storage, layer_idx)
+        self.slot = slot
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        length = key_states.shape[2]
+        self.storage.dense_k[self.layer_idx, self.slot, :, :length] = key_states[0]
+        self.storage.dense_v[self.layer_idx, self.slot, :, :length] = value_states[0]
+        return key_states, value_states
+
+
+class _StepLayer(_Layer):
+    def __init__(self, storage: EngineCache, layer_idx: int, mode: str, write_pos: torch.Tensor):
+        super().__init__(storage, layer_idx)
+        self.mode, self.write_pos = mode, write_pos
+        self.view_len = storage.buffer_len(mode)
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        keys, values = self.storage.step_buffers(self.layer_idx, self.mode)
+        store_step_entries(keys, values, key_states, value_states, self.write_pos)
+        return keys, values

@@ -1,0 +1,65 @@
+"""What one decoding run asks for (`DecodeOptions`) and how the engine runs it (`EngineConfig`).
+
+Importing this module costs nothing (no torch): the command line takes its defaults from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+AUTO = "auto"
+DEFAULT_K = 512  # visual entries kept per layer and KV head
+DEFAULT_GAMMA: int | str = AUTO
+MAX_AUTO_GAMMA = 8  # the largest gamma auto considers: beyond it E(g) grows little at any realistic acceptance
+
+
+def check_gamma(gamma: int | str) -> None:
+    if not (gamma == AUTO or (isinstance(gamma, int) and gamma >= 0)):
+        raise ValueError(f"gamma must be a count >= 0 or {AUTO!r}, got {gamma!r}")
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """Per-request decoding settings. gamma: drafts per cycle, 0 = dense decoding, "auto" = chosen every cycle."""
+
+    max_new_tokens: int = 256
+    k: int = DEFAULT_K
+    gamma: int | str = DEFAULT_GAMMA
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int | None = None
+    # StD sequences start with this many plain dense steps: their measured cost is the baseline of `speedup_est`.
+    calibration_steps: int = 2
+
+    def __post_init__(self) -> None:
+        check_gamma(self.gamma)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
+    @property
+    def max_gamma(self) -> int:
+        """The most drafts a cycle can make: what caches must leave room for."""
+        return MAX_AUTO_GAMMA if self.gamma == AUTO else int(self.gamma)
+
+    @property
+    def drafting(self) -> bool:
+        return self.max_gamma > 0
+
+    @property
+    def mode(self) -> str:
+        return "dense" if self.gamma == 0 else "std"
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How the engine computes a step; the same tokens whatever is chosen here."""
+
+    cuda_graphs: bool = True  # on a CUDA device: each step shape is captured once and replayed
+    # Experimental, on a CUDA device: torch.compile each step shape before capturing it. Measured on transformers'
+    # forward it halved the kernels of a step but compiled the cache writes to whole-buffer copies, 2x slower
+    # (docs/benchmarks.md); not measured with the fused forward, which already has few kernels
+    compile: bool = False
+    # Qwen2-family language models: decoding steps run our fused forward (fused.py); False: transformers' forward
+    fused: bool = True

@@ -1,0 +1,319 @@
+"""The session loop: one or many sequences decoded in the slots of one Decoder, refilled as answers end.
+
+Every way of decoding goes through `run_window`: one answer (`Engine.generate`), a folder run with several
+videos decoded together (`Engine.run` with a batch size; continuous batching: a slot whose answer ends takes the
+next request at once), and the benchmarks, which seed slots with prefilled states instead of prompts. Each window
+of requests gets one `GammaPolicy` (one gamma serves every slot of a cycle), started from the cost memory and
+left to it afterwards.
+
+`Engine` is what decoding one model needs across runs, held explicitly: its adapter, its fused weights, the
+decoder it keeps for reuse on a GPU (whose CUDA graphs are then replayed, not captured again) and the cost memory
+of gamma auto. Nothing is stored on the transformers model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any
+
+import torch
+
+from ..model.adapter import ModelAdapter
+from .costs import CostMemory, cost_key, model_label
+from .decoder import Decoder, Slot
+from .device import device_label, free_memory_bytes
+from .fused import FusedTextModel, fused_text_model, still_shared
+from .options import DecodeOptions, EngineConfig
+from .policy import GammaPolicy
+from .stats import DecodeStats
+
+# Caches of a decoder kept for reuse are rounded up to these sizes, so that prompts of similar lengths share it.
+DENSE_ROUNDING, SPARSE_ROUNDING = 4096, 1024
+WINDOW_PER_SLOT = 4  # requests taken per batch slot: enough to refill slots, few enough to hold their inputs
+MEMORY_SHARE = 0.8  # of the free device memory the batch's caches may take
+
+
+@dataclass
+class Request:
+    """One sequence to decode: a prompt (`inputs`, a batch-1 dict of model inputs from the processor), or a state
+    already prefilled in the decoder's cache (`prefilled`, for profiling). `key` is the caller's own."""
+
+    key: Any
+    inputs: dict[str, torch.Tensor] | None = None
+    max_new_tokens: int | None = None  # None: the options'
+    prefilled: Slot | None = None
+
+
+@dataclass
+class Generation:
+    tokens: list[int]
+    stats: DecodeStats
+    finish_reason: str  # "stop" (an end token) or "length" (the token limit)
+
+
+TokensCallback = Callable[[Request, list[int], DecodeStats], None]
+DoneCallback = Callable[[Request, Generation], None]
+
+
+def cache_capacity(prompt_tokens: int, visual_tokens: int, options: DecodeOptions) -> tuple[int, int]:
+    """(dense, sparse) cache lengths one prompt needs: generated tokens plus a cycle's scratch room."""
+    room = options.max_new_tokens + options.max_gamma + 1
+    kept = min(options.k, visual_tokens) + prompt_tokens - visual_tokens
+    return prompt_tokens + room, kept + room
+
+
+def policy_cycle(decoder: Decoder, policy: GammaPolicy) -> dict[int, list[int]]:
+    """One cycle of the gamma the policy chooses, its costs and acceptance reported back to the policy (the mean
+    over the active slots: one gamma serves them all). Returns the tokens each slot committed; {} if none is
+    active."""
+    active = list(decoder.active().values())
+    if not active:
+        return {}
+    gamma, accepted = policy.choose(), sum(s.stats.accepted for s in active)
+    committed = decoder.step(gamma)
+    mean_accepted = round((sum(s.stats.accepted for s in active) - accepted) / len(active))
+    costs = None if decoder.last_captured else (decoder.last_draft_s, decoder.last_verify_s)
+    policy.observe(gamma, costs, mean_accepted)
+    return committed
+
+
+def finish_reason(state: Slot, eos: frozenset[int]) -> str:
+    return "stop" if state.tokens and state.tokens[-1] in eos else "length"
+
+
+def run_window(decoder: Decoder, policy: GammaPolicy, requests: Sequence[Request],
+               on_tokens: TokensCallback | None = None, on_done: DoneCallback | None = None) -> None:
+    """THE decoding loop: fill free slots with the waiting requests (prefill, or seed a prefilled state), run the
+    policy's cycle over all active slots, hand out each slot's new tokens, and release finished slots (then
+    refilled) until every request is done. Whether the window's prefills build a sparse view is decided once,
+    by the policy, for all of them."""
+    sparse_view = policy.wants_sparse_view()
+    waiting = list(requests)
+    owner: dict[int, Request] = {}
+    while waiting or any(decoder.slots):
+        for slot in range(len(decoder.slots)):
+            if decoder.slots[slot] is None and waiting:
+                request = owner[slot] = waiting.pop(0)
+                if request.prefilled is not None:
+                    decoder.seed(slot, request.prefilled, sparse_view)
+                    continue
+                assert request.inputs is not None
+                first = decoder.prefill(slot, request.inputs, request.max_new_tokens, sparse_view)
+                state = decoder.slots[slot]
+                if on_tokens and state is not None:
+                    on_tokens(request, first, state.stats)
+        for slot, tokens in policy_cycle(decoder, policy).items():
+            state = decoder.slots[slot]
+            if on_tokens and state is not None:
+                on_tokens(owner[slot], tokens, state.stats)
+        for slot, maybe in enumerate(decoder.slots):
+            if maybe is not None and maybe.done:
+                state = decoder.release(slot)
+                policy.observe_answer(state.stats)
+                if on_done:
+                    on_done(owner.pop(slot), Generation(state.tokens, state.stats, finish_reason(state, decoder.eos)))
+
+
+class CallbackError(Exception):
+    """An error raised by a caller's callback: it is the caller's, and passes through the engine untouched."""
+
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
+        self.error = error
+
+
+def _guarded(callback: Callable[..., None] | None) -> Callable[..., None] | None:
+    if callback is None:
+        return None
+
+    def call(*args: Any) -> None:
+        try:
+            callback(*args)
+        except Exception as error:
+            raise CallbackError(error) from error
+
+    return call
+
+
+def _round_up(value: int, step: int) -> int:
+    return -(-value // step) * step
+
+
+class Engine:
+    """Decoding for one model: see the module docstring. `memory` None: a fresh in-memory cost memory."""
+
+    def __init__(self, adapter: ModelAdapter, config: EngineConfig | None = None, memory: CostMemory | None = None):
+        self.adapter = adapter
+        self.config = config or EngineConfig()
+        self.memory = memory if memory is not None else CostMemory()
+        self._fused: FusedTextModel | None = None
+        self._kept: Decoder | None = None
+
+    @classmethod
+    def of(cls, model: Any, config: EngineConfig | None = None, memory: CostMemory | None = None,
+           tokenizer: Any = None) -> Engine:
+        return cls(ModelAdapter.of(model, tokenizer), config, memory)
+
+    @property
+    def model(self) -> Any:
+        return self.adapter.model
+
+    @property
+    def device(self) -> torch.device:
+        return self.adapter.device
+
+    def fused(self) -> FusedTextModel | None:
+        """The model's fused decoding forward (built once; again if the model was moved or cast since), or None
+        where it does not apply (then transformers' forward decodes)."""
+        if not self.config.fused:
+            return None
+        if self._fused is None or not still_shared(self.model, self._fused):
+            self._fused = fused_text_model(self.model)
+        return self._fused
+
+    def cost_key(self, prompt_tokens: int, batch: int = 1) -> str:
+        name = model_label(self.adapter.name, id(self.model))
+        dtype = str(self.adapter.dtype).removeprefix("torch.")
+        return cost_key(name, device_label(self.device), dtype, batch, prompt_tokens)
+
+    def start_policy(self, options: DecodeOptions, key: str) -> GammaPolicy:
+        return GammaPolicy.start(options.gamma, options.calibration_steps, self.memory.get(key))
+
+    def finish_policy(self, key: str, policy: GammaPolicy) -> None:
+        self.memory.remember(key, policy)
+        self.memory.save_if_due()
+
+    # ---- decoders --------------------------------------------------------------------------------
+    def new_decoder(self, options: DecodeOptions, batch: int, max_len: int, sparse_cap: int,
+                    eos: Sequence[int] | None = None) -> Decoder:
+        """A decoder of its own, not kept (use it as a context manager)."""
+        return Decoder(self.adapter, options, batch=batch, max_len=max_len, sparse_cap=sparse_cap,
+                       config=self.config, fused=self.fused(), eos=eos)
+
+    def decoder(self, options: DecodeOptions, batch: int, max_len: int, sparse_cap: int,
+                eos: Sequence[int] | None = None) -> Decoder:
+        """A decoder for one window. On CUDA with graphs on, the engine keeps its last decoder and hands it out
+        again while its caches are large enough and its batch is the same: its captured CUDA graphs are replayed,
+        so only the first answer of a folder run pays for capturing. Its caches are rounded up for that (the
+        decode kernel reads only each sequence's own length, so the room costs memory, not time). Elsewhere every
+        window gets a new decoder sized exactly (there, attention does read the whole buffer)."""
+        if not (self.config.cuda_graphs and self.device.type == "cuda"):
+            return self.new_decoder(options, batch, max_len, sparse_cap, eos)
+        kept = self._kept
+        if kept is not None and kept.fits(options, batch, max_len, sparse_cap) and kept.fused is self.fused():
+            kept.restart(options, eos)
+            return kept
+        self.release()  # its memory goes back before the new caches are allocated
+        self._kept = self.new_decoder(options, batch, _round_up(max_len, DENSE_ROUNDING),
+                                      _round_up(sparse_cap, SPARSE_ROUNDING), eos)
+        return self._kept
+
+    @property
+    def kept_decoder(self) -> Decoder | None:
+        return self._kept
+
+    def release(self) -> None:
+        """Free the decoder kept for reuse (its caches and graphs), e.g. to give the GPU memory back."""
+        if self._kept is not None:
+            self._kept.close()
+            self._kept = None
+
+    def cache_bytes(self, batch: int, max_len: int, sparse_cap: int) -> int:
+        """Bytes of the engine cache: dense and sparse K and V for every layer, slot and KV head."""
+        dims = self.adapter.cache
+        return 2 * dims.layers * batch * dims.kv_heads * dims.head_dim * (max_len + sparse_cap) * dims.dtype.itemsize
+
+    def fitting_batch(self, wanted: int, max_len: int, sparse_cap: int) -> int:
+        """The largest batch up to `wanted` whose caches fit in MEMORY_SHARE of the free device memory (at least
+        1); the kept decoder's caches count as free, since they are given back when it is replaced."""
+        if wanted <= 1:
+            return 1
+        held = self._kept.cache.nbytes() if self._kept is not None and self._kept.cache is not None else 0
+        budget = MEMORY_SHARE * (free_memory_bytes(self.device) + held)
+        batch = wanted
+        while batch > 1 and self.cache_bytes(batch, max_len, sparse_cap) > budget:
+            batch -= 1
+        return batch
+
+    # ---- running requests -----------------------------------------------------------------------
+    def run(
+        self,
+        requests: Iterable[Request],
+        options: DecodeOptions,
+        *,
+        batch_size: int = 1,
+        eos: Sequence[int] | None = None,
+        on_tokens: TokensCallback | None = None,
+        on_done: DoneCallback | None = None,
+        on_error: Callable[[Request, Exception], None] | None = None,
+        warn: Callable[[str], None] = lambda message: None,
+    ) -> None:
+        """Decode every request, `batch_size` at a time, taking WINDOW_PER_SLOT * batch_size requests from the
+        iterable at a time (one at a time at batch 1). `on_tokens(request, tokens, stats)` after every step,
+        `on_done(request, generation)` as each answer ends. An error while decoding a window (out of memory, say)
+        goes to `on_error` for each of its unfinished requests, and the next window goes on; without `on_error`
+        it is raised. Errors of the callbacks themselves are raised as they are."""
+        window_size = 1 if batch_size == 1 else WINDOW_PER_SLOT * batch_size
+        pending = iter(requests)
+        tokens_cb, done_cb = _guarded(on_tokens), _guarded(on_done)
+        answered: set[int] = set()  # ids of the current window's requests whose answer ended
+
+        def finished(request: Request, generation: Generation) -> None:
+            answered.add(id(request))
+            if done_cb:
+                done_cb(request, generation)
+
+        while window := list(islice(pending, window_size)):
+            answered.clear()
+            try:
+                self._run_window(window, options, batch_size, eos, tokens_cb, finished, warn)
+            except CallbackError as error:
+                raise error.error from None
+            except Exception as error:
+                if on_error is None:
+                    raise
+                for request in window:
+                    if id(request) not in answered:
+                        on_error(request, error)
+
+    def _run_window(self, window: list[Request], options: DecodeOptions, batch_size: int,
+                    eos: Sequence[int] | None, on_tokens: TokensCallback | None, on_done: DoneCallback,
+                    warn: Callable[[str], None]) -> None:
+        layouts = [self.adapter.layout(r.inputs) for r in window if r.inputs is not None]
+        needs = [cache_capacity(*layout, options) for layout in layouts]
+        max_len, sparse_cap = max(n[0] for n in needs), max(n[1] for n in needs)
+        wanted = min(batch_size, len(window))
+        batch = self.fitting_batch(wanted, max_len, sparse_cap)
+        if batch < wanted:
+            warn(f"batch lowered from {wanted} to {batch}: the caches of more answers of {max_len} tokens would "
+                 "not fit in memory")
+        key = self.cost_key(max(prompt for prompt, _ in layouts), batch)
+        policy = self.start_policy(options, key)
+        with self.decoder(options, batch, max_len, sparse_cap, eos) as decoder:
+            run_window(decoder, policy, window, on_tokens, on_done)
+        self.finish_policy(key, policy)
+
+    def generate(self, inputs: dict[str, torch.Tensor], options: DecodeOptions | None = None, *,
+                 eos: Sequence[int] | None = None, on_tokens: Callable[[list[int], DecodeStats], None] | None = None
+                 ) -> Generation:
+        """Decode one prompt (a batch-1 dict of model inputs from the processor) with StD, or densely if gamma = 0.
+
+        Greedy output is token-for-token identical to `model.generate(**inputs, do_sample=False)`; sampled output
+        has the same distribution as `model.generate(do_sample=True)` with the same temperature and top_p.
+        `on_tokens(new_tokens, stats)` is called after every step, for streaming and live statistics.
+        """
+        results: list[Generation] = []
+        stream = None if on_tokens is None else (lambda request, tokens, stats: on_tokens(tokens, stats))
+        self.run([Request(0, inputs)], options or DecodeOptions(), eos=eos, on_tokens=stream,
+                 on_done=lambda request, generation: results.append(generation))
+        return results[0]
+
+
+def generate(model: Any, inputs: dict[str, torch.Tensor], options: DecodeOptions | None = None, *,
+             config: EngineConfig | None = None, eos: Sequence[int] | None = None,
+             on_tokens: Callable[[list[int], DecodeStats], None] | None = None) -> Generation:
+    """Engine.generate on a new engine of `model` (no decoder kept, no cost memory carried over): for one-off use
+    from Python. Keep an `Engine` to decode many prompts of one model."""
+    return Engine.of(model, config).generate(inputs, options, eos=eos, on_tokens=on_tokens)

@@ -1,0 +1,114 @@
+"""What the engine needs to know about a model family, read off a loaded transformers model once.
+
+`ModelAdapter.of(model)` answers: which token ids are visual placeholders, which end an answer, whether positions
+are Qwen's 3-D M-RoPE (and how a prompt's positions are computed), and the shape of the KV cache. A new family
+that the engine can decode needs its answers here (and, for the fused forward, a layer type in engine/fused.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+# What Qwen-VL position functions read from the processor's output, beside input_ids.
+ROPE_INDEX_INPUTS = ("mm_token_type_ids", "image_grid_thw", "video_grid_thw", "second_per_grid_ts", "attention_mask")
+
+
+def visual_token_ids(model: Any) -> tuple[int, ...]:
+    """Placeholder ids of image and video tokens, from the model config (Qwen: *_token_id, LLaVA-OV: *_token_index)."""
+    config = model.config
+    names = ("image_token_id", "video_token_id", "image_token_index", "video_token_index")
+    return tuple(sorted({value for n in names if isinstance(value := getattr(config, n, None), int)}))
+
+
+def eos_token_ids(model: Any, tokenizer: Any = None) -> tuple[int, ...]:
+    """Token ids that end an answer: the generation config's eos ids, else the tokenizer's eos (when given)."""
+    eos = model.generation_config.eos_token_id
+    if eos is None and tokenizer is not None:
+        eos = tokenizer.eos_token_id
+    ids = eos if isinstance(eos, (list, tuple)) else [eos]
+    return tuple(dict.fromkeys(int(i) for i in ids if i is not None))
+
+
+def uses_mrope(model: Any) -> bool:
+    """Qwen-VL models rotate with 3-D (temporal, height, width) positions and keep a per-prompt offset."""
+    return hasattr(model.model, "rope_deltas")
+
+
+def prompt_positions(model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """M-RoPE positions [3, 1, L] of a prompt, as the model's forward computes them.
+
+    The model's own `rope_deltas` are not the offset generation continues from: after a long video it is taken
+    from the video's largest temporal position, while the text after the video continues from a smaller one, and
+    `generate` extends every row of the prompt's own positions by one per token. Offsets are taken from the
+    prompt's last position instead, row by row, as `generate` does.
+    """
+    input_ids = inputs["input_ids"]
+    if "mm_token_type_ids" not in inputs:  # text only, from a bare tokenizer
+        return torch.arange(input_ids.shape[1], device=input_ids.device).expand(3, 1, -1)
+    kwargs = {key: inputs[key] for key in ROPE_INDEX_INPUTS if key in inputs}
+    positions: torch.Tensor = model.model.get_rope_index(input_ids, **kwargs)[0]
+    return positions
+
+
+@dataclass(frozen=True)
+class CacheDims:
+    layers: int
+    kv_heads: int
+    head_dim: int
+    dtype: torch.dtype
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        return self.layers * 2 * self.kv_heads * self.head_dim * self.dtype.itemsize
+
+
+def cache_dims(model: Any) -> CacheDims:
+    text = model.config.get_text_config()
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    dtype = model.get_input_embeddings().weight.dtype
+    return CacheDims(text.num_hidden_layers, text.num_key_value_heads, head_dim, dtype)
+
+
+@dataclass(frozen=True)
+class ModelAdapter:
+    model: Any  # a transformers PreTrainedModel
+    visual_ids: tuple[int, ...]
+    eos_ids: tuple[int, ...]
+
+    @classmethod
+    def of(cls, model: Any, tokenizer: Any = None) -> ModelAdapter:
+        return cls(model, visual_token_ids(model), eos_token_ids(model, tokenizer))
+
+    @property
+    def mrope(self) -> bool:
+        return uses_mrope(self.model)
+
+    @property
+    def cache(self) -> CacheDims:
+        """Read anew each time: a model cast after loading (model.to(dtype)) caches in its new dtype."""
+        return cache_dims(self.model)
+
+    @property
+    def device(self) -> torch.device:
+        device: torch.device = self.model.get_input_embeddings().weight.device
+        return device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        dtype: torch.dtype = self.model.get_input_embeddings().weight.dtype
+        return dtype
+
+    @property
+    def name(self) -> str | None:
+        return getattr(self.model, "name_or_path", None) or None
+
+    def positions(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return prompt_positions(self.model, inputs)
+
+    def layout(self, inputs: dict[str, torch.Tensor]) -> tuple[int, int]:
+        """(prompt tokens, visual tokens) of a single prompt."""
+        ids = inputs["input_ids"][0]
+        return ids.numel(), int(torch.isin(ids, torch.tensor(self.visual_ids, device=ids.device)).sum())
