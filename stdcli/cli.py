@@ -21,7 +21,7 @@ from . import __version__
 from .bench import settings as bench_settings
 from .bench.settings import BenchError
 from .display import Display
-from .engine.options import AUTO, DEFAULT_GAMMA, DEFAULT_K, DecodeOptions
+from .engine.options import AUTO, DEFAULT_GAMMA, DEFAULT_K, MAX_GAMMA, DecodeOptions
 from .inputs import AskOptions, FrameOptions, InputError, collect_videos
 from .model.registry import DEFAULT_MODEL, ModelLoadError, list_models
 from .records import JsonlWriter, Record, answered_keys, record_key
@@ -141,8 +141,8 @@ def ask(
         str,
         typer.Option(
             help=(
-                "StD: tokens drafted per cycle, or auto: chosen every cycle from measured step costs and acceptance "
-                "(0 = a dense step when drafting does not pay)."
+                f"StD: tokens drafted per cycle (1 to {MAX_GAMMA}), or auto: chosen every cycle from measured step "
+                "costs and acceptance (0 = a dense step when drafting does not pay)."
             ),
         ),
     ] = DEFAULT_GAMMA,
@@ -274,6 +274,8 @@ def _parse_gamma(text: str) -> int | str:
         raise fail(f"--gamma must be auto or a whole number, got {text!r}") from None
     if value < 1:
         raise fail("--gamma must be at least 1 (use --dense for plain decoding)")
+    if value > MAX_GAMMA:
+        raise fail(f"--gamma must be at most {MAX_GAMMA} (or auto)")
     return value
 
 
@@ -421,8 +423,8 @@ def bench(
         str | None,
         typer.Option(
             help=(
-                f"StD: drafts per cycle, comma-separated list, auto among them or not (default {DEFAULT_GAMMA}; with "
-                f"--random-init 1..9)."
+                f"StD: drafts per cycle (1 to {MAX_GAMMA}), comma-separated list, auto among them or not (default "
+                f"{DEFAULT_GAMMA}; with --random-init 1..9)."
             ),
             show_default=False,
         ),

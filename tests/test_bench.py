@@ -147,20 +147,20 @@ def test_random_init_profile_cli(tmp_path, monkeypatch):
 
 def test_random_init_decoding_compares_auto_with_fixed_gammas_and_dense():
     report = profile.profile_random_init(
-        "qwen2-vl", scale="tiny", device="cpu", contexts=[160], batches=[1, 2], ks=[16], gammas=[1, 3], iters=1,
+        "qwen2-vl", scale="tiny", device="cpu", contexts=[160], batches=[1, 2], ks=[16], gammas=[1, 3, 12], iters=1,
         warmup=0, decode_tokens=12, decode_rounds=1,
     )
     assert "MEASURED" in report["decode_label"] and "not a prediction" in report["decode_label"]
     for point in report["points"]:
         decode = point["decode"]
-        assert [c["gamma"] for c in decode["configs"]] == [0, 1, 3, "auto"]
+        assert [c["gamma"] for c in decode["configs"]] == [0, 1, 3, 12, "auto"]
         for config in decode["configs"]:
             # float32: every gamma (and auto's choices) gives the dense tokens, for every sequence
             assert config["identical_to_dense"] == config["total"] == point["batch"]
             assert config["decoded_tokens"] == 11 * point["batch"] and config["tokens_per_s"] > 0
         fixed = {c["gamma"]: c for c in decode["configs"]}
         assert fixed[3]["gammas"].get("3", 0) > 0 and fixed[3]["random_model_acceptance"] is not None
-        assert decode["best_fixed_gamma"] in (1, 3)
+        assert decode["best_fixed_gamma"] in (1, 3, 12)
         rate = {g: c["tokens_per_s"] for g, c in fixed.items()}
         assert decode["auto_vs_dense"] == pytest.approx(rate["auto"] / rate[0], abs=1e-3)
         assert decode["auto_vs_best_fixed"] == pytest.approx(rate["auto"] / rate[decode["best_fixed_gamma"]], abs=1e-3)
@@ -227,6 +227,8 @@ def test_usage_errors_exit_2(videos):
         ["bench", "--random-init", "--model", "nonsense"],
         ["bench", videos[0], "--context", "1024"],
         ["bench", videos[0], "--gamma", "0"],
+        ["bench", videos[0], "--gamma", "auto,16"],
+        ["bench", "--random-init", "--scale", "tiny", "--gamma", "16"],
         ["bench", "--random-init", "--scale", "tiny", "--context", "10"],
     ):
         result = invoke(arguments)

@@ -312,6 +312,7 @@ def test_a_damaged_stretch_is_a_warning_not_a_failure(model, tmp_path):
         (["{good}", QUESTION, "--k", "many"], "Invalid value for '--k'"),
         (["{good}", QUESTION, "--gamma", "0"], "--gamma must be at least 1 (use --dense"),
         (["{good}", QUESTION, "--gamma", "fast"], "--gamma must be auto or a whole number"),
+        (["{good}", QUESTION, "--gamma", "16"], "--gamma must be at most 15"),
         (["{good}", QUESTION, "--output", "{empty}"], "cannot write --output"),
     ],
 )
@@ -360,6 +361,17 @@ def test_the_builtin_model_answers_a_sample_offline():
 
 
 # --- decoding modes ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("gamma", ["9", "15"])
+def test_any_gamma_up_to_the_limit_decodes(model, good, gamma):
+    """Drafts longer than gamma auto's longest (8) work as well, up to the stated limit (15)."""
+    (dense,) = records_of(ask(good, QUESTION, "--jsonl", "--dense", "--max-new-tokens", "24", model=model).stdout)
+    result = ask(good, QUESTION, "--jsonl", "--gamma", gamma, "--max-new-tokens", "24", model=model)
+    assert result.exit_code == 0, result.output
+    (record,) = records_of(result.stdout)
+    assert record["error"] is None and record["answer"] == dense["answer"]
+    assert record["gammas"].get(gamma, 0) > 0  # it really drafted that many
 
 
 def test_dense_mode_and_compare_agree_with_std(model, good):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from ..engine.options import AUTO
+from ..engine.options import AUTO, MAX_GAMMA
 
 SCHEMA = "stdcli-bench/1"
 METHODS = ("generate", "dense", "std")
@@ -88,6 +88,8 @@ def parse_gamma_list(text: str | None) -> list[int | str] | None:
     parts = [p.strip().lower() for p in text.split(",")]
     counts = [p for p in parts if p != AUTO and p]
     fixed = parse_int_list(",".join(counts), "--gamma") or [] if counts else []
+    if any(g > MAX_GAMMA for g in fixed):
+        raise BenchError(f"--gamma values must be at most {MAX_GAMMA}, got {max(fixed)}")
     return ([AUTO] if AUTO in parts else []) + fixed
 
 

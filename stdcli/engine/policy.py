@@ -79,6 +79,13 @@ class GammaPolicy:
     # best() of the last cycle's costs, reused by dense steps (a few us per step, which a small model notices)
     best_memo: tuple[int, float] | None = field(default=None, init=False, repr=False, compare=False)
 
+    def __post_init__(self) -> None:
+        # a fixed gamma beyond auto's range drafts positions auto never tracks: track them too, from the prior
+        if isinstance(self.gamma, int) and self.gamma > len(self.judged):
+            extra = self.gamma - len(self.judged)
+            self.judged = self.judged + _prior(extra, PRIOR_DRAFTS)
+            self.accepted = self.accepted + _prior(extra, PRIOR_ACCEPTANCE * PRIOR_DRAFTS)
+
     @classmethod
     def start(cls, gamma: int | str, calibration_steps: int, known: GammaPolicy | None = None) -> GammaPolicy:
         """A policy for a new sequence (or batch window): for auto, continuing from `known`, what an earlier one
