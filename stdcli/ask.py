@@ -137,6 +137,7 @@ def answer_record(lm: LoadedModel, item: Prepared, options: AskOptions, result: 
         warnings=list(item.sampled.warnings),
         gammas=gamma_counts([stats.gammas]) if std else None,
         dense_share=_round(stats.dense_share) if std else None,
+        finish_reason=result.finish_reason,
         stats=stats,
     )
 

@@ -39,8 +39,9 @@ RECORD_KEYS = (
 )
 # compare: with --compare, the dense run's answer and the measured speedup; warnings: the sampler's one-line warnings
 # (e.g. a damaged stretch that was skipped), a list on success; gammas: {"gamma": cycles} actually used ("0": plain
-# dense steps), dense_share: share of the decoded tokens that came from dense steps (both StD mode only).
-EXTRA_KEYS = ("compare", "warnings", "gammas", "dense_share")
+# dense steps), dense_share: share of the decoded tokens that came from dense steps (both StD mode only);
+# finish_reason: "stop" (the model ended its answer) or "length" (cut off by max_new_tokens).
+EXTRA_KEYS = ("compare", "warnings", "gammas", "dense_share", "finish_reason")
 TIMING_KEYS = ("load_video_s", "prefill_s", "decode_s", "total_s")
 
 
@@ -67,6 +68,7 @@ class Record:
     warnings: list[str] | None = None
     gammas: dict[str, int] | None = None
     dense_share: float | None = None
+    finish_reason: str | None = None
     stats: DecodeStats | None = field(default=None, repr=False, compare=False)  # not serialized
 
     @classmethod

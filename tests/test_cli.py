@@ -64,7 +64,8 @@ def make_folder(root: Path, names: list[str]) -> Path:
 
 
 def ask(*args: str, model: str, input: str | None = None):
-    result = CliRunner().invoke(app, ["ask", *args, "--model", model, *FAST], input=input)
+    # FAST first: an option a test passes again overrides it (Click keeps the last value)
+    result = CliRunner().invoke(app, ["ask", *FAST, "--model", model, *args], input=input)
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     return result
 
@@ -358,6 +359,14 @@ def test_the_builtin_model_answers_a_sample_offline():
     assert record["model"] == "builtin" and record["error"] is None
     assert record["answer"].startswith("The ") and record["answer"].endswith(".")
     assert record["compare"]["identical"] is True
+    assert record["finish_reason"] == "stop"  # it ended its answer itself
+
+
+def test_records_say_when_an_answer_was_cut_off(model, good):
+    (cut,) = records_of(ask(good, QUESTION, "--jsonl", "--max-new-tokens", "3", model=model).stdout)
+    assert cut["new_tokens"] == 3 and cut["finish_reason"] == "length"
+    (failed,) = records_of(ask("-", QUESTION, "--jsonl", model=model, input=good + ".missing\n").stdout)
+    assert failed["error"] is not None and failed["finish_reason"] is None
 
 
 # --- decoding modes ----------------------------------------------------------------------------------------------
