@@ -1,6 +1,21 @@
-"""`python -m stdcli` runs the command line, as the `stdcli` console script does."""
+"""`python -m stdcli` and the `stdcli` console script: the command line, with Ctrl-C during its own imports
+ending as quietly as anywhere else."""
 
-from .cli import main
+import sys
+
+from .errors import STOPS, Terminated
+
+
+def main() -> None:
+    STOPS.install()
+    try:
+        from .cli import main as run
+    except KeyboardInterrupt as stop:
+        terminated = isinstance(stop, Terminated)
+        print(f"stdcli: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        sys.exit(143 if terminated else 130)
+    run()
+
 
 if __name__ == "__main__":
     main()

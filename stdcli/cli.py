@@ -7,10 +7,12 @@ is a terminal. Exit status: 0 all answered, 1 some videos failed, 2 usage error,
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -22,6 +24,7 @@ from .bench import settings as bench_settings
 from .bench.settings import BenchError
 from .display import Display
 from .engine.options import AUTO, DEFAULT_GAMMA, DEFAULT_K, MAX_GAMMA, DecodeOptions
+from .errors import STOPS, Terminated
 from .inputs import AskOptions, FrameOptions, InputError, collect_videos
 from .model.registry import DEFAULT_MODEL, ModelLoadError, list_models
 from .records import JsonlWriter, Record, answered_keys, record_key
@@ -38,8 +41,39 @@ BUILTIN_NOTE = (
     "appear, disappear and change colour (see samples/), and understands questions phrased as in "
     "samples/truth.jsonl; for real footage pass --model with real weights, e.g. --model qwen2-vl."
 )
-EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_CLOSED_PIPE, EXIT_TERMINATED = 1, 2, 130, 141, 143
 T = TypeVar("T")
+
+
+def stopped(stop: KeyboardInterrupt, kept: str = "") -> typer.Exit:
+    """The one line and the exit status of a run stopped by Ctrl-C (130) or SIGTERM (143)."""
+    terminated = isinstance(stop, Terminated)
+    say(("terminated" if terminated else "interrupted") + kept)
+    return typer.Exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
+
+
+def silence_stdout() -> None:
+    """The reader of stdout went away (`| head`): send what is still buffered nowhere, so that the exit is quiet."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def ends_cleanly(command: Callable[..., None]) -> Callable[..., None]:
+    """A command that Ctrl-C, SIGTERM or a closed stdout ends with one line (or none) and its own exit status,
+    wherever it is, start-up included: Typer and Click would turn them into a silent or a generic exit."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> None:
+        try:
+            command(*args, **kwargs)
+        except KeyboardInterrupt as stop:
+            raise stopped(stop) from None
+        except BrokenPipeError:
+            silence_stdout()
+            raise typer.Exit(EXIT_CLOSED_PIPE) from None
+
+    return run
 
 
 def say(message: str) -> None:
@@ -52,15 +86,37 @@ def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     return typer.Exit(code)
 
 
+class StoppedOutsideACommand(Exception):
+    """Ctrl-C or SIGTERM while Click parses or dispatches, carried past Typer (which would exit 130 silently)."""
+
+    def __init__(self, stop: KeyboardInterrupt):
+        super().__init__("stopped")
+        self.stop = stop
+
+
 class OneLineErrors(TyperGroup):
     """Click's usage errors (unknown option, missing argument, bad value) as one "stdcli: error:" line with exit
     status 2, instead of Typer's multi-line panel: scripts read one line, like every other stdcli error."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().make_context(*args, **kwargs)
+        except KeyboardInterrupt as stop:
+            raise StoppedOutsideACommand(stop) from None
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as stop:
+            raise StoppedOutsideACommand(stop) from None
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra) -> Any:
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except StoppedOutsideACommand as error:
+            sys.exit(stopped(error.stop).exit_code)
         except Exception as error:
             # Click's classes are matched by name: Typer >= 0.2x vendors its own copy of Click, older ones use click.
             kinds = {cls.__name__ for cls in type(error).__mro__}
@@ -111,14 +167,13 @@ def main_options(
 # --- stdcli ask -----------------------------------------------------------------------------------------------------
 
 
-@app.command(help=f"Answer QUESTION about each VIDEO (files, folders, or - for paths on stdin).\n\n{BUILTIN_NOTE}")
+@app.command(help="Answer QUESTION about each VIDEO: video files, folders (searched recursively), or - for paths on "
+             f"stdin; the last argument is the question.\n\n{BUILTIN_NOTE}")
+@ends_cleanly
 def ask(
-    videos: Annotated[list[str], typer.Argument(
-        metavar="VIDEO", help="Video files, folders (searched recursively), or - (paths on stdin).", show_default=False,
-    )],
-    question: Annotated[str, typer.Argument(
-        metavar="QUESTION", help="The question, asked of every video.", show_default=False,
-    )],
+    arguments: Annotated[list[str] | None, typer.Argument(
+        metavar="VIDEO... QUESTION", help="Videos, then the question asked of every one.", show_default=False,
+    )] = None,
     model: Annotated[
         str,
         typer.Option(help="Alias (see `stdcli models`), Hugging Face id, or local folder."),
@@ -185,6 +240,7 @@ def ask(
     ] = False,
 ) -> None:
     # Everything that can be checked without the model is checked first: a usage error costs no model load.
+    videos, question = _videos_and_question(arguments or [])
     options = _ask_options(
         question, system, fps, frames, min_frames, max_frames, max_pixels, max_new_tokens, temperature, top_p,
         seed, dense, k, gamma, compare,
@@ -222,10 +278,24 @@ def ask(
     raise typer.Exit(EXIT_FAILED if failures else 0)
 
 
+def _videos_and_question(arguments: list[str]) -> tuple[list[str], str]:
+    """The videos, then the question: the last argument (one list, since a question can be anything)."""
+    usage = "stdcli ask VIDEO... QUESTION"
+    if not arguments:
+        raise fail(f"give the videos and the question: {usage}")
+    if len(arguments) == 1:
+        (only,) = arguments
+        if only == "-" or Path(only).exists():
+            raise fail(f"missing the question after {only}: {usage}")
+        raise fail(f"missing the videos before the question: {usage}")
+    return arguments[:-1], arguments[-1]
+
+
 def _ask_options(question, system, fps, frames, min_frames, max_frames, max_pixels, max_new_tokens, temperature,
                  top_p, seed, dense, k, gamma, compare) -> AskOptions:
     checks = [
         (fps is not None and frames is not None, "--fps and --frames are exclusive"),
+        (fps is not None and not math.isfinite(fps), "--fps must be a positive number"),
         (fps is not None and fps <= 0, "--fps must be positive"),
         (frames is not None and frames < 1, "--frames must be at least 1"),
         (min_frames is not None and min_frames < 1, "--min-frames must be at least 1"),
@@ -234,7 +304,7 @@ def _ask_options(question, system, fps, frames, min_frames, max_frames, max_pixe
          "--min-frames is above --max-frames"),
         (max_pixels is not None and max_pixels < 28 * 28, "--max-pixels must be at least 784"),
         (max_new_tokens < 1, "--max-new-tokens must be at least 1"),
-        (temperature < 0, "--temperature must be >= 0"),
+        (not math.isfinite(temperature) or temperature < 0, "--temperature must be a number >= 0"),
         (not 0 < top_p <= 1, "--top-p must be in (0, 1]"),
         (k < 1, "--k must be at least 1"),
         (dense and compare, "--compare compares StD with dense: drop --dense"),
@@ -352,9 +422,8 @@ def _run(lm: LoadedModel, paths: list[str], options: AskOptions, json_out: bool,
                 current = None
 
             answer_videos(lm, paths, options, batch_size, finished, on_text=text if streaming else None, warn=say)
-    except KeyboardInterrupt:
-        say("interrupted; finished records are kept")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except KeyboardInterrupt as stop:
+        raise stopped(stop, "; finished records are kept") from None
     finally:
         if writer:
             writer.close()
@@ -399,6 +468,7 @@ def models(json_out: Annotated[bool, typer.Option("--json", help="JSON instead o
     "With --batch-size (no --random-init): folder throughput as `stdcli ask --batch-size` runs it, answers/min of "
     "generate one at a time vs our dense path and StD at each batch size."
 )
+@ends_cleanly
 def bench(
     videos: Annotated[
         list[str] | None,
@@ -554,9 +624,6 @@ def bench(
                 tables = model_tables(report)
     except BenchError as error:
         raise fail(str(error)) from None
-    except KeyboardInterrupt:
-        say("interrupted")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
     finally:
         if lm is not None:
             lm.engine.memory.save()
@@ -592,8 +659,12 @@ def main() -> None:
         warnings.formatwarning = _one_line_warning
     try:
         app()
+    except KeyboardInterrupt as stop:  # while the command line itself is being built
+        sys.exit(stopped(stop).exit_code)
     except Exception as error:  # the last line of defence against tracebacks
         if os.environ.get("STDCLI_DEBUG"):
             raise
+        if STOPS.first is not None:  # the stop a library turned into an error of its own
+            sys.exit(stopped(STOPS.first).exit_code)
         say(f"error: {type(error).__name__}: {error}")
         sys.exit(EXIT_FAILED)

@@ -2,6 +2,34 @@
 
 from __future__ import annotations
 
+import signal
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised wherever the program is, so that it ends as Ctrl-C does: every finished record kept."""
+
+
+class StopSignals:
+    """The command line's handling of Ctrl-C and SIGTERM: raise KeyboardInterrupt (Terminated) wherever the program
+    is, and remember the first, since a library may turn it into an error of its own (transformers does, inside
+    its lazy imports), which must still end the run as a stop."""
+
+    def __init__(self) -> None:
+        self.first: KeyboardInterrupt | None = None
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._raise)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # an ignored SIGINT (nohup, &) stays so
+            signal.signal(signal.SIGINT, self._raise)
+
+    def _raise(self, signum: int, frame: object) -> None:
+        stop = Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+        self.first = self.first or stop
+        raise stop
+
+
+STOPS = StopSignals()
+
 
 def one_line(error: BaseException, limit: int | None = None) -> str:
     """The error's message on one line (whitespace runs collapsed), its type's name if it has none, cut to `limit`

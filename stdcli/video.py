@@ -25,6 +25,7 @@ import bisect
 import itertools
 import math
 import os
+import stat
 import statistics
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -132,12 +133,28 @@ def target_indices(num_source_frames: int, count: int) -> list[int]:
 # ---------------------------------------------------------------------------------------------- opening, errors
 
 
+def _file_kind(mode: int) -> str:
+    """What a path that is not a regular file is, for the error message."""
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a pipe (FIFO)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a socket" if stat.S_ISSOCK(mode) else "not a regular file"
+
+
 def _open(path: str) -> av.container.InputContainer:
-    if not os.path.exists(path):
-        raise VideoError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise VideoError(f"{path}: is a folder, not a video file")
-    if os.path.getsize(path) == 0:
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise VideoError(f"{path}: no such file") from None
+    except OSError as error:
+        raise VideoError(f"{path}: cannot open: {_reason(error)}") from error
+    # never opened: reading a FIFO or /dev/zero would block or never end, and neither can seek
+    if not stat.S_ISREG(info.st_mode):
+        raise VideoError(f"{path}: is {_file_kind(info.st_mode)}, not a video file")
+    if info.st_size == 0:
         raise VideoError(f"{path}: empty file (0 bytes)")
     try:
         return av.open(path, metadata_errors="replace")

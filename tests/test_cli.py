@@ -279,8 +279,8 @@ def test_broken_files_among_good_ones(model, tmp_path):
     # --quiet: stderr is exactly one line per failed video, naming it once
     errors = lines(result.stderr)
     assert len(errors) == 2
-    assert errors[0].startswith(f"{folder / 'b_garbage.mp4'}: error: ") and errors[0].count("b_garbage") == 1
-    assert errors[1] == f"{folder / 'c_empty.mkv'}: error: empty file (0 bytes)"
+    assert errors[0].startswith(f"stdcli: error: {folder / 'b_garbage.mp4'}: ") and errors[0].count("b_garbage") == 1
+    assert errors[1] == f"stdcli: error: {folder / 'c_empty.mkv'}: empty file (0 bytes)"
 
 
 def test_a_damaged_stretch_is_a_warning_not_a_failure(model, tmp_path):
@@ -292,7 +292,7 @@ def test_a_damaged_stretch_is_a_warning_not_a_failure(model, tmp_path):
     check_record(record, path)
     (warning,) = record["warnings"]
     assert "could not be decoded, skipped" in warning
-    assert f"{path}: warning: {warning}" in lines(result.stderr)
+    assert f"stdcli: warning: {path}: {warning}" in lines(result.stderr)
 
 
 @pytest.mark.parametrize(
@@ -303,6 +303,13 @@ def test_a_damaged_stretch_is_a_warning_not_a_failure(model, tmp_path):
         (["{empty}", QUESTION], "folder holds no videos"),
         (["{good}", QUESTION, "--fps", "1", "--frames", "4"], "--fps and --frames are exclusive"),
         (["{good}", QUESTION, "--fps", "0"], "--fps must be positive"),
+        (["{good}", QUESTION, "--fps", "nan"], "--fps must be a positive number"),
+        (["{good}", QUESTION, "--fps", "inf"], "--fps must be a positive number"),
+        (["{good}", QUESTION, "--temperature", "nan"], "--temperature must be a number >= 0"),
+        (["{good}", QUESTION, "--temperature", "inf"], "--temperature must be a number >= 0"),
+        (["{good}", QUESTION, "--top-p", "nan"], "--top-p must be in (0, 1]"),
+        (["{good}"], "missing the question"),
+        ([], "give the videos and the question"),
         (["{good}", QUESTION, "--device", "tpu"], "unknown device 'tpu'"),
         (["{good}", QUESTION, "--dtype", "int8"], "unknown dtype 'int8'"),
         (["{good}", QUESTION, "--json", "--jsonl"], "--json and --jsonl are exclusive"),
@@ -510,6 +517,64 @@ def test_ctrl_c_keeps_finished_records(model, good, tmp_path):
     # stdout has the same records, but perhaps the last: the signal may come between writing the file and stdout
     printed = [json.loads(line) for line in (tmp_path / "out").read_text().splitlines()]
     assert printed in (records, records[:-1])
+
+
+def test_pipes_and_devices_are_not_called_empty_files(model, tmp_path):
+    fifo = tmp_path / "video.fifo"
+    os.mkfifo(fifo)
+    for path, what in ((str(fifo), "a pipe (FIFO)"), ("/dev/zero", "a device")):
+        (record,) = records_of(ask("-", QUESTION, "--jsonl", model=model, input=path + "\n").stdout)
+        assert record["error"]["message"] == f"{path}: is {what}, not a video file", record["error"]
+
+
+def run_process(arguments: list[str], **options):
+    return subprocess.Popen([sys.executable, "-m", "stdcli", *arguments], env=process_env(), text=True, **options)
+
+
+def test_a_closed_stdout_ends_the_run_quietly(model, tmp_path):
+    """`stdcli ask ... | head -1`: when the reader goes away, stdcli stops without a message or a traceback, with
+    the exit status a shell gives a process that SIGPIPE ended (141); what was finished is in --output."""
+    folder = make_folder(tmp_path / "videos", ["a.mp4", "b.mp4", "c.mp4"])
+    log = tmp_path / "log.jsonl"
+    child = run_process(["ask", str(folder), QUESTION, "--model", model, "--jsonl", "--output", str(log), *FAST],
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = child.stdout.readline()
+    child.stdout.close()  # as head -1 does
+    assert json.loads(first)["video"] == str(folder / "a.mp4")
+    assert child.wait(timeout=120) == 141
+    stderr = child.stderr.read()
+    assert "Traceback" not in stderr and "error" not in stderr, stderr
+    assert json.loads(log.read_text().splitlines()[0]) == json.loads(first)
+
+
+@pytest.mark.parametrize("signal_number, code, said", [(signal.SIGTERM, 143, "terminated"),
+                                                      (signal.SIGINT, 130, "interrupted")])
+def test_a_signal_during_start_up_is_one_line(model, good, signal_number, code, said):
+    """Ctrl-C or SIGTERM while Python and torch are still loading: one line, no traceback."""
+    child = run_process(["ask", good, QUESTION, "--model", model], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(0.8)
+    child.send_signal(signal_number)
+    out, err = child.communicate(timeout=60)
+    assert child.returncode == code, err
+    assert "Traceback" not in err and err.strip().splitlines() == [f"stdcli: {said}"], err
+
+
+def test_sigterm_keeps_finished_records(model, good, tmp_path):
+    log = tmp_path / "log.jsonl"
+    child = run_process(["ask", "-", QUESTION, "--model", model, "--output", str(log), "--max-new-tokens", "24"],
+                        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    child.stdin.write(f"{good}\n" * 300)
+    child.stdin.close()
+    deadline = time.monotonic() + 240
+    while not (log.exists() and log.read_text().count("\n") >= 1):
+        assert child.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    child.send_signal(signal.SIGTERM)
+    assert child.wait(timeout=60) == 143
+    assert "stdcli: terminated; finished records are kept" in child.stderr.read()
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert 1 <= len(records) < 300 and all(r["error"] is None for r in records)
 
 
 def test_python_warnings_print_as_one_line():
