@@ -14,7 +14,10 @@ def main() -> None:
         terminated = isinstance(stop, Terminated)
         print(f"stdcli: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
         sys.exit(143 if terminated else 130)
-    run()
+    try:
+        run()
+    finally:
+        STOPS.finished()
 
 
 if __name__ == "__main__":

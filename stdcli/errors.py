@@ -22,6 +22,11 @@ class StopSignals:
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # an ignored SIGINT (nohup, &) stays so
             signal.signal(signal.SIGINT, self._raise)
 
+    def finished(self) -> None:
+        """The run is over: a late Ctrl-C or SIGTERM must not turn its exit into a crash during shutdown."""
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
     def _raise(self, signum: int, frame: object) -> None:
         stop = Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
         self.first = self.first or stop

@@ -70,6 +70,36 @@ def test_batched_answers_equal_answers_decoded_alone(lm, videos, tmp_path, gamma
     assert [r.video for r in records if r.error is None] != videos
 
 
+def test_the_first_answers_end_before_later_videos_are_read(lm, videos):
+    """Videos are read as slots need them: the first records go out (to --output, at once) while later videos are
+    still unread, so an interrupted batched run keeps every answer that ended."""
+    options = AskOptions("What happens?", frames=FrameOptions(frames=4 if lm.family == "llava-ov" else None),
+                         decode=DecodeOptions(max_new_tokens=6, gamma=2))
+    read: list[str] = []
+
+    def paths():
+        for video in videos:
+            read.append(video)
+            yield video
+
+    read_at_record: list[int] = []
+    answer_videos(lm, paths(), options, 2, lambda record: read_at_record.append(len(read)))
+    assert len(read_at_record) == len(videos)
+    assert read_at_record[0] <= 3, read_at_record  # the first two videos, perhaps a third: not all seven
+
+
+def test_a_longer_prompt_than_the_window_was_sized_for_waits_for_a_new_window(lm, videos, make_video):
+    """Requests are admitted to a window's decoder only while they fit its caches; a longer one starts the next
+    window, and every answer is still the one decoded alone."""
+    options = AskOptions("What happens?", frames=FrameOptions(frames=4 if lm.family == "llava-ov" else None),
+                         decode=DecodeOptions(max_new_tokens=6, k=3, gamma=3))
+    order = [videos[0], videos[5], videos[3], videos[1], videos[2]]  # short first: later ones do not all fit
+    alone_answers = {v: answer_video(lm, v, options).answer for v in order}
+    records = []
+    answer_videos(lm, order, options, 2, records.append)
+    assert {r.video: r.answer for r in records} == alone_answers
+
+
 def test_batch_is_lowered_when_the_caches_do_not_fit(lm, videos, monkeypatch):
     options = AskOptions("What happens?", frames=FrameOptions(frames=4),
                          decode=DecodeOptions(max_new_tokens=6, gamma=2))

@@ -484,7 +484,8 @@ def test_process_reads_stdin_and_keeps_stdout_clean(model, tmp_path):
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process")
-def test_ctrl_c_keeps_finished_records(model, good, tmp_path):
+@pytest.mark.parametrize("batch", ["1", "3"])
+def test_ctrl_c_keeps_finished_records(model, good, tmp_path, batch):
     log = tmp_path / "log.jsonl"
     many = 300  # far more than can be answered before the signal comes
     (tmp_path / "paths.txt").write_text(f"{good}\n" * many)
@@ -493,7 +494,7 @@ def test_ctrl_c_keeps_finished_records(model, good, tmp_path):
           (tmp_path / "err").open("w") as err):
         child = subprocess.Popen(
             [sys.executable, "-m", "stdcli", "ask", "-", QUESTION, "--model", model, "--output", str(log), "--jsonl",
-             "--max-new-tokens", "24"],
+             "--max-new-tokens", "24", "--batch-size", batch],
             stdin=stdin, stdout=out, stderr=err, env=process_env(),
             # as from a terminal: a runner started in the background (nohup, `&`) passes SIGINT on as ignored
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),

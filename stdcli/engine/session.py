@@ -2,9 +2,11 @@
 
 Every way of decoding goes through `run_window`: one answer (`Engine.generate`), a folder run with several
 videos decoded together (`Engine.run` with a batch size; continuous batching: a slot whose answer ends takes the
-next request at once), and the benchmarks, which seed slots with prefilled states instead of prompts. Each window
-of requests gets one `GammaPolicy` (one gamma serves every slot of a cycle), started from the cost memory and
-left to it afterwards.
+next request at once), and the benchmarks, which seed slots with prefilled states instead of prompts. Requests
+are pulled from the caller's iterable only when a slot is free for them (a video is read when it can be decoded,
+not a window ahead), and admitted while they fit the caches the window's first requests sized; one that does not
+fit starts the next window. Each window gets one `GammaPolicy` (one gamma serves every slot of a cycle), started
+from the cost memory and left to it afterwards.
 
 `Engine` is what decoding one model needs across runs, held explicitly: its adapter, its fused weights, the
 decoder it keeps for reuse on a GPU (whose CUDA graphs are then replayed, not captured again) and the cost memory
@@ -13,9 +15,9 @@ of gamma auto. Nothing is stored on the transformers model.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import islice
 from typing import Any
 
 import torch
@@ -31,7 +33,10 @@ from .stats import DecodeStats
 
 # Caches of a decoder kept for reuse are rounded up to these sizes, so that prompts of similar lengths share it.
 DENSE_ROUNDING, SPARSE_ROUNDING = 4096, 1024
-WINDOW_PER_SLOT = 4  # requests taken per batch slot: enough to refill slots, few enough to hold their inputs
+# Elsewhere a window's caches are rounded up to these, so that later requests a little longer than the first fit;
+# attention reads the whole buffer there, so the room costs a little time.
+CPU_DENSE_ROUNDING, CPU_SPARSE_ROUNDING = 512, 256
+WINDOW_PER_SLOT = 4  # requests one window admits per batch slot before the policy starts afresh
 MEMORY_SHARE = 0.8  # of the free device memory the batch's caches may take
 
 
@@ -84,18 +89,27 @@ def finish_reason(state: Slot, eos: frozenset[int]) -> str:
 
 
 def run_window(decoder: Decoder, policy: GammaPolicy, requests: Sequence[Request],
-               on_tokens: TokensCallback | None = None, on_done: DoneCallback | None = None) -> None:
-    """THE decoding loop: fill free slots with the waiting requests (prefill, or seed a prefilled state), run the
-    policy's cycle over all active slots, hand out each slot's new tokens, and release finished slots (then
-    refilled) until every request is done. Whether the window's prefills build a sparse view is decided once,
-    by the policy, for all of them."""
+               on_tokens: TokensCallback | None = None, on_done: DoneCallback | None = None,
+               refill: Callable[[], Request | None] | None = None) -> None:
+    """THE decoding loop: fill free slots with the waiting requests (prefill, or seed a prefilled state), then,
+    once those are placed, with what `refill` gives (None: no more for this window); run the policy's cycle over
+    all active slots, hand out each slot's new tokens, and release finished slots (then refilled) until every
+    request is done. Whether the window's prefills build a sparse view is decided once, by the policy, for all of
+    them."""
     sparse_view = policy.wants_sparse_view()
-    waiting = list(requests)
+    waiting = deque(requests)
     owner: dict[int, Request] = {}
-    while waiting or any(decoder.slots):
+    while True:
         for slot in range(len(decoder.slots)):
-            if decoder.slots[slot] is None and waiting:
-                request = owner[slot] = waiting.pop(0)
+            if decoder.slots[slot] is not None:
+                continue
+            if not waiting and refill is not None:
+                if (more := refill()) is None:
+                    refill = None
+                else:
+                    waiting.append(more)
+            if waiting:
+                request = owner[slot] = waiting.popleft()
                 if request.prefilled is not None:
                     decoder.seed(slot, request.prefilled, sparse_view)
                     continue
@@ -104,6 +118,8 @@ def run_window(decoder: Decoder, policy: GammaPolicy, requests: Sequence[Request
                 state = decoder.slots[slot]
                 if on_tokens and state is not None:
                     on_tokens(request, first, state.stats)
+        if not any(decoder.slots):
+            return
         for slot, tokens in policy_cycle(decoder, policy).items():
             state = decoder.slots[slot]
             if on_tokens and state is not None:
@@ -114,6 +130,31 @@ def run_window(decoder: Decoder, policy: GammaPolicy, requests: Sequence[Request
                 policy.observe_answer(state.stats)
                 if on_done:
                     on_done(owner.pop(slot), Generation(state.tokens, state.stats, finish_reason(state, decoder.eos)))
+
+
+class _Pending:
+    """The caller's requests, pulled one at a time and only when wanted; one that did not fit a window is held
+    for the next."""
+
+    def __init__(self, requests: Iterator[Request]):
+        self.requests = requests
+        self.held: Request | None = None
+
+    def next(self) -> Request | None:
+        request, self.held = self.held, None
+        return request if request is not None else next(self.requests, None)
+
+    def take(self, count: int) -> list[Request]:
+        taken: list[Request] = []
+        while len(taken) < count and (request := self.next()) is not None:
+            taken.append(request)
+        return taken
+
+    def take_if(self, admit: Callable[[Request], bool]) -> Request | None:
+        request = self.next()
+        if request is not None and not admit(request):
+            self.held, request = request, None
+        return request
 
 
 class CallbackError(Exception):
@@ -194,11 +235,11 @@ class Engine:
 
     def decoder(self, options: DecodeOptions, batch: int, max_len: int, sparse_cap: int,
                 eos: Sequence[int] | None = None) -> Decoder:
-        """A decoder for one window. On CUDA with graphs on, the engine keeps its last decoder and hands it out
-        again while its caches are large enough and its batch is the same: its captured CUDA graphs are replayed,
-        so only the first answer of a folder run pays for capturing. Its caches are rounded up for that (the
-        decode kernel reads only each sequence's own length, so the room costs memory, not time). Elsewhere every
-        window gets a new decoder sized exactly (there, attention does read the whole buffer)."""
+        """A decoder for one window (cache lengths as `rounded` gives them). On CUDA with graphs on, the engine keeps
+        its last decoder and hands it out again while its caches are large enough and its batch is the same: its
+        captured CUDA graphs are replayed, so only the first answer of a folder run pays for capturing (the decode
+        kernel reads only each sequence's own length, so spare room costs memory, not time). Elsewhere every
+        window gets a new decoder (there, attention does read the whole buffer)."""
         if not (self.config.cuda_graphs and self.device.type == "cuda"):
             return self.new_decoder(options, batch, max_len, sparse_cap, eos)
         kept = self._kept
@@ -206,8 +247,7 @@ class Engine:
             kept.restart(options, eos)
             return kept
         self.release()  # its memory goes back before the new caches are allocated
-        self._kept = self.new_decoder(options, batch, _round_up(max_len, DENSE_ROUNDING),
-                                      _round_up(sparse_cap, SPARSE_ROUNDING), eos)
+        self._kept = self.new_decoder(options, batch, max_len, sparse_cap, eos)
         return self._kept
 
     @property
@@ -250,25 +290,26 @@ class Engine:
         on_error: Callable[[Request, Exception], None] | None = None,
         warn: Callable[[str], None] = lambda message: None,
     ) -> None:
-        """Decode every request, `batch_size` at a time, taking WINDOW_PER_SLOT * batch_size requests from the
-        iterable at a time (one at a time at batch 1). `on_tokens(request, tokens, stats)` after every step,
-        `on_done(request, generation)` as each answer ends. An error while decoding a window (out of memory, say)
-        goes to `on_error` for each of its unfinished requests, and the next window goes on; without `on_error`
-        it is raised. Errors of the callbacks themselves are raised as they are."""
-        window_size = 1 if batch_size == 1 else WINDOW_PER_SLOT * batch_size
-        pending = iter(requests)
+        """Decode every request, `batch_size` at a time. Requests are taken from the iterable only as slots free up
+        for them; a window admits up to WINDOW_PER_SLOT * batch_size of them (one at batch 1). `on_tokens(request,
+        tokens, stats)` after every step, `on_done(request, generation)` as each answer ends. An error while
+        decoding a window (out of memory, say) goes to `on_error` for each of its unfinished requests, and the next
+        window goes on; without `on_error` it is raised. Errors of the callbacks themselves are raised as they
+        are."""
+        pending = _Pending(iter(requests))
         tokens_cb, done_cb = _guarded(on_tokens), _guarded(on_done)
-        answered: set[int] = set()  # ids of the current window's requests whose answer ended
+        window: list[Request] = []  # the current window's requests, as they are admitted
+        answered: set[int] = set()  # ids of those whose answer ended
 
         def finished(request: Request, generation: Generation) -> None:
             answered.add(id(request))
             if done_cb:
                 done_cb(request, generation)
 
-        while window := list(islice(pending, window_size)):
-            answered.clear()
+        while first := pending.take(batch_size):
+            window[:], answered = list(first), set()
             try:
-                self._run_window(window, options, batch_size, eos, tokens_cb, finished, warn)
+                self._run_window(window, pending, options, batch_size, eos, tokens_cb, finished, warn)
             except CallbackError as error:
                 raise error.error from None
             except Exception as error:
@@ -278,12 +319,14 @@ class Engine:
                     if id(request) not in answered:
                         on_error(request, error)
 
-    def _run_window(self, window: list[Request], options: DecodeOptions, batch_size: int,
+    def _run_window(self, window: list[Request], pending: _Pending, options: DecodeOptions, batch_size: int,
                     eos: Sequence[int] | None, on_tokens: TokensCallback | None, on_done: DoneCallback,
                     warn: Callable[[str], None]) -> None:
+        """One window: caches sized for its first requests (with room to spare), then refilled from `pending`
+        with what fits; `window` collects every request it admits."""
         layouts = [self.adapter.layout(r.inputs) for r in window if r.inputs is not None]
         needs = [cache_capacity(*layout, options) for layout in layouts]
-        max_len, sparse_cap = max(n[0] for n in needs), max(n[1] for n in needs)
+        max_len, sparse_cap = self.rounded(max(n[0] for n in needs), max(n[1] for n in needs))
         wanted = min(batch_size, len(window))
         batch = self.fitting_batch(wanted, max_len, sparse_cap)
         if batch < wanted:
@@ -291,9 +334,28 @@ class Engine:
                  "not fit in memory")
         key = self.cost_key(max(prompt for prompt, _ in layouts), batch)
         policy = self.start_policy(options, key)
+        limit = 1 if batch_size == 1 else WINDOW_PER_SLOT * batch_size
+
+        def fits(request: Request) -> bool:
+            assert request.inputs is not None
+            dense, sparse = cache_capacity(*self.adapter.layout(request.inputs), options)
+            return dense <= max_len and sparse <= sparse_cap
+
+        def refill() -> Request | None:
+            if len(window) >= limit or (request := pending.take_if(fits)) is None:
+                return None
+            window.append(request)
+            return request
+
         with self.decoder(options, batch, max_len, sparse_cap, eos) as decoder:
-            run_window(decoder, policy, window, on_tokens, on_done)
+            run_window(decoder, policy, window, on_tokens, on_done, refill)
         self.finish_policy(key, policy)
+
+    def rounded(self, max_len: int, sparse_cap: int) -> tuple[int, int]:
+        """Cache lengths with room for later requests of similar length (and, on CUDA, for reuse)."""
+        if self.config.cuda_graphs and self.device.type == "cuda":
+            return _round_up(max_len, DENSE_ROUNDING), _round_up(sparse_cap, SPARSE_ROUNDING)
+        return _round_up(max_len, CPU_DENSE_ROUNDING), _round_up(sparse_cap, CPU_SPARSE_ROUNDING)
 
     def generate(self, inputs: dict[str, torch.Tensor], options: DecodeOptions | None = None, *,
                  eos: Sequence[int] | None = None, on_tokens: Callable[[list[int], DecodeStats], None] | None = None
