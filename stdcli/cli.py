@@ -12,7 +12,7 @@ import math
 import os
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -27,7 +27,8 @@ from .engine.options import AUTO, DEFAULT_GAMMA, DEFAULT_K, MAX_GAMMA, DecodeOpt
 from .errors import STOPS, Terminated
 from .inputs import AskOptions, FrameOptions, InputError, collect_videos
 from .model.registry import DEFAULT_MODEL, ModelLoadError, list_models
-from .records import JsonlWriter, Record, answered_keys, record_key
+from .records import JsonlWriter, Record
+from .resume import Ledger
 
 if TYPE_CHECKING:
     from .engine.costs import CostMemory
@@ -259,8 +260,8 @@ def ask(
         paths = collect_videos(videos, sys.stdin)
     except InputError as error:
         raise fail(str(error)) from None
-    done = answered_keys(output) if resume else set()
-    todo = [p for p in paths if record_key(p, question, model) not in done]
+    ledger = Ledger(output, model, warn=lambda message: say(f"warning: {message}")) if resume and output else None
+    todo = ledger.todo(paths, question) if ledger else paths
     if len(todo) < len(paths) and not quiet:
         say(f"resuming: {len(paths) - len(todo)} of {len(paths)} videos already answered in {output}")
     if not todo:
@@ -272,9 +273,11 @@ def ask(
         if writer:
             writer.close()
         raise
-    failures = _run(lm, todo, options, json_out, jsonl, writer, quiet, batch_size)
-    if failures and len(todo) > 1 and not quiet:
-        say(f"{failures} of {len(todo)} videos failed (their records say why)")
+    # with --resume, each video is claimed just before it is read: runs resuming into one file share the work
+    videos = ledger.claimed(todo, question) if ledger else todo
+    failures, answered = _run(lm, videos, len(todo), options, json_out, jsonl, writer, quiet, batch_size)
+    if failures and answered > 1 and not quiet:
+        say(f"{failures} of {answered} videos failed (their records say why)")
     raise typer.Exit(EXIT_FAILED if failures else 0)
 
 
@@ -387,17 +390,17 @@ def _load(model: str, device: str, dtype: str, quiet: bool, trust_remote_code: b
         raise fail(str(error)) from None
 
 
-def _run(lm: LoadedModel, paths: list[str], options: AskOptions, json_out: bool, jsonl: bool,
-         writer: JsonlWriter | None, quiet: bool, batch_size: int = 1) -> int:
-    """Answer every path (in order; with a batch, in the order answers end); returns the number of failures.
+def _run(lm: LoadedModel, paths: Iterable[str], total: int, options: AskOptions, json_out: bool, jsonl: bool,
+         writer: JsonlWriter | None, quiet: bool, batch_size: int = 1) -> tuple[int, int]:
+    """Answer every path (in order; with a batch, in the order answers end); returns (failed, records) counts.
     Ctrl-C keeps every finished record."""
     from .ask import answer_videos
 
-    failures = 0
+    failures = records = 0
     streaming = batch_size == 1  # several answers decoded together would interleave: they print whole, as they end
     current: str | None = None
     try:
-        with Display(len(paths), quiet=quiet, stream_answers=not (json_out or jsonl)) as display:
+        with Display(total, quiet=quiet, stream_answers=not (json_out or jsonl)) as display:
 
             def started(video: str) -> None:
                 nonlocal current
@@ -410,13 +413,14 @@ def _run(lm: LoadedModel, paths: list[str], options: AskOptions, json_out: bool,
                 display.text(delta, stats)
 
             def finished(record: Record) -> None:
-                nonlocal failures, current
+                nonlocal failures, records, current
                 started(record.video)
                 if not streaming and record.answer:
                     display.text(record.answer, None)
                 if writer:
                     writer.write(record)
                 failures += not record.ok
+                records += 1
                 printed = record.to_json(pretty=True) if json_out else record.to_json() if jsonl else None
                 display.video_finished(record, printed)
                 current = None
@@ -428,7 +432,7 @@ def _run(lm: LoadedModel, paths: list[str], options: AskOptions, json_out: bool,
         if writer:
             writer.close()
         lm.engine.memory.save()
-    return failures
+    return failures, records
 
 
 # --- stdcli models --------------------------------------------------------------------------------------------------

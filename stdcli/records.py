@@ -8,9 +8,11 @@ of the JSON.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -40,8 +42,9 @@ RECORD_KEYS = (
 # compare: with --compare, the dense run's answer and the measured speedup; warnings: the sampler's one-line warnings
 # (e.g. a damaged stretch that was skipped), a list on success; gammas: {"gamma": cycles} actually used ("0": plain
 # dense steps), dense_share: share of the decoded tokens that came from dense steps (both StD mode only);
-# finish_reason: "stop" (the model ended its answer) or "length" (cut off by max_new_tokens).
-EXTRA_KEYS = ("compare", "warnings", "gammas", "dense_share", "finish_reason")
+# finish_reason: "stop" (the model ended its answer) or "length" (cut off by max_new_tokens); video_path: the
+# video's absolute path, symbolic links resolved (what --resume matches, whatever the working folder).
+EXTRA_KEYS = ("compare", "warnings", "gammas", "dense_share", "finish_reason", "video_path")
 TIMING_KEYS = ("load_video_s", "prefill_s", "decode_s", "total_s")
 
 
@@ -69,6 +72,7 @@ class Record:
     gammas: dict[str, int] | None = None
     dense_share: float | None = None
     finish_reason: str | None = None
+    video_path: str | None = None
     stats: DecodeStats | None = field(default=None, repr=False, compare=False)  # not serialized
 
     @classmethod
@@ -78,6 +82,10 @@ class Record:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    def __post_init__(self) -> None:
+        if self.video_path is None and self.video != "-":
+            self.video_path = os.path.realpath(self.video)
 
     def to_dict(self) -> dict[str, Any]:
         record = {key: getattr(self, key) for key in RECORD_KEYS + EXTRA_KEYS}
@@ -89,54 +97,40 @@ class Record:
 
 
 class JsonlWriter:
-    """Appends records to a JSONL file, one flushed (and fsynced) line each, so an interrupted run keeps them."""
+    """Appends records to a JSONL file, one flushed (and fsynced) line each, so an interrupted run keeps them; each
+    line is written whole under an exclusive lock, so that runs appending to one file at once never mix lines."""
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file: IO[str] = self.path.open("a", encoding="utf-8")
-        if self._file.tell() > 0 and not _ends_with_newline(self.path):
-            self._file.write("\n")  # a previous run cut off mid-line: start clean
 
     def write(self, record: Record) -> None:
-        self._file.write(record.to_json() + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        with locked(self._file):
+            if not _ends_with_newline(self.path):
+                self._file.write("\n")  # a run killed mid-line: start clean
+            self._file.write(record.to_json() + "\n")
+            self._file.flush()
+            os.fsync(self._file.fileno())
 
     def close(self) -> None:
         self._file.close()
 
 
+@contextmanager
+def locked(file: IO[str]) -> Iterator[None]:
+    """An exclusive advisory lock on an open file for the block (other stdcli processes wait for it)."""
+    fcntl.flock(file.fileno(), fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(file.fileno(), fcntl.LOCK_UN)
+
+
 def _ends_with_newline(path: Path) -> bool:
+    """Whether the file is empty or its last line is whole."""
     with path.open("rb") as f:
+        if f.seek(0, os.SEEK_END) == 0:
+            return True
         f.seek(-1, os.SEEK_END)
         return f.read(1) == b"\n"
-
-
-def answered_keys(path: str | os.PathLike[str]) -> set[tuple[str, str, str]]:
-    """record_key of the successful records in a JSONL file; unreadable lines are ignored (failed videos are
-    retried by --resume)."""
-    path = Path(path)
-    if not path.is_file():
-        return set()
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    return {
-        record_key(str(r.get("video")), str(r.get("question")), str(r.get("model")))
-        for r in _read_records(lines)
-        if not r.get("error")
-    }
-
-
-def record_key(video: str, question: str, model: str) -> tuple[str, str, str]:
-    """What --resume matches: the video path normalized ("./a.mp4" is "a.mp4"), the exact question and model name."""
-    return os.path.normpath(video), question, model
-
-
-def _read_records(lines: Iterable[str]) -> Iterable[dict[str, Any]]:
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # e.g. the last line of a run killed mid-write
-        if isinstance(record, dict):
-            yield record

@@ -260,6 +260,46 @@ def test_resume_survives_a_cut_off_last_line(model, good, tmp_path):
     assert json.loads(kept[2])["question"] == "Another question?"
 
 
+def test_resume_knows_a_video_by_its_file_and_a_question_by_its_words(model, tmp_path, monkeypatch):
+    """The same video named another way (absolute, ./ from inside its folder) and the same question with other
+    surrounding whitespace are answered already; the record keeps the path and question as given."""
+    folder = make_folder(tmp_path / "videos", ["a.mp4", "b.mp4"])
+    log = tmp_path / "log.jsonl"
+    monkeypatch.chdir(tmp_path)
+    first = ask("videos", QUESTION, "--output", str(log), "--jsonl", model=model)
+    assert first.exit_code == 0 and [r["video"] for r in records_of(first.stdout)] == ["videos/a.mp4", "videos/b.mp4"]
+    again = ask(str(folder / "a.mp4"), f"  {QUESTION} ", "--output", str(log), "--resume", model=model)
+    assert again.exit_code == 0 and again.stdout == "", again.stdout
+    monkeypatch.chdir(folder)
+    inside = ask("./b.mp4", QUESTION + "\n", "--output", str(log), "--resume", model=model)
+    assert inside.exit_code == 0 and inside.stdout == ""
+    assert "resuming: 1 of 1 videos already answered" in inside.stderr
+
+
+def test_resume_warns_about_lines_it_cannot_read(model, good, tmp_path):
+    log = tmp_path / "log.jsonl"
+    assert ask(good, QUESTION, "--output", str(log), model=model).exit_code == 0
+    with log.open("a") as f:
+        f.write("not json at all\n[1, 2]\n")
+    result = ask(good, QUESTION, "--output", str(log), "--resume", model=model)
+    assert result.exit_code == 0 and result.stdout == ""
+    warnings = [line for line in lines(result.stderr) if "warning" in line]
+    assert warnings == [f"stdcli: warning: {log}: lines 2-3 are not records and were ignored"], result.stderr
+
+
+def test_concurrent_resume_runs_share_the_work(model, tmp_path):
+    """Two --resume runs over one output file at once: each video is answered once, by one of them."""
+    folder = make_folder(tmp_path / "videos", [f"v{i}.mp4" for i in range(6)])
+    log = tmp_path / "log.jsonl"
+    arguments = ["ask", str(folder), QUESTION, "--model", model, "--output", str(log), "--resume", "--quiet",
+                 "--max-new-tokens", "24"]
+    runs = [run_process(arguments, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(2)]
+    for run in runs:
+        assert run.wait(timeout=300) == 0, run.stderr.read()
+    videos = [json.loads(line)["video"] for line in log.read_text().splitlines()]
+    assert sorted(videos) == sorted(str(folder / f"v{i}.mp4") for i in range(6))  # once each
+
+
 # --- failures ----------------------------------------------------------------------------------------------------
 
 
