@@ -15,12 +15,15 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import torch
+
+from .engine import device as devices
 from .engine.options import DecodeOptions
 from .engine.session import Generation, Request
 from .engine.stats import DecodeStats, gamma_counts
 from .inputs import AskOptions, FrameOptions
 from .model.loading import LoadedModel
-from .model.prompts import FrameDefaults, build_inputs, frame_defaults
+from .model.prompts import FrameDefaults, build_inputs, frame_defaults, visual_token_count
 from .records import Record
 from .video import SampledVideo, sample_frames
 
@@ -38,9 +41,71 @@ def sampling_arguments(defaults: FrameDefaults, options: FrameOptions) -> dict[s
     }
 
 
-def sample_video(lm: LoadedModel, video: str, frames: FrameOptions) -> SampledVideo:
-    """The frames `lm` sees of `video`, sampled as its family's reference code does, with the user's overrides."""
-    return sample_frames(video, **sampling_arguments(frame_defaults(lm.family), frames))
+def sample_video(lm: LoadedModel, video: str, frames: FrameOptions,
+                 admit: Callable[[int, int, int], None] | None = None) -> SampledVideo:
+    """The frames `lm` sees of `video`, sampled as its family's reference code does, with the user's overrides;
+    `admit` as sample_frames takes it."""
+    return sample_frames(video, **sampling_arguments(frame_defaults(lm.family), frames), admit=admit)
+
+
+class TooLargeError(Exception):
+    """A request that cannot fit: a prompt longer than the model's context, or more memory than there is."""
+
+
+# What is surely allocated per visual token before decoding, beside the frames: Qwen's float32 pixel values are
+# 4 patches x 3 x 14 x 14 x 2 frames per token (about 19 kB), and the vision tower holds a few hidden states of
+# the same size; LLaVA-OneVision's are smaller per token. Not a full account: a floor that refuses what surely
+# cannot fit, never what might.
+BYTES_PER_VISUAL_TOKEN = 2 * 4 * 3 * 14 * 14 * 2 * 4
+
+
+def text_tokens(lm: LoadedModel, options: AskOptions) -> int:
+    """Tokens of the prompt without its video: the system prompt, the question and the chat template."""
+    return int(build_inputs(lm, None, options.question, options.system)["input_ids"].shape[1])
+
+
+def context_limit(lm: LoadedModel) -> int | None:
+    limit = getattr(lm.model.config.get_text_config(), "max_position_embeddings", None)
+    return int(limit) if limit else None
+
+
+def check_fits(lm: LoadedModel, frames: int, height: int, width: int, text: int, options: AskOptions) -> None:
+    """TooLargeError if `frames` frames of height x width with `text` tokens of text cannot be answered: a prompt
+    over the model's context, or memory beyond what is available (frames, pixel values and the KV cache)."""
+    visual = visual_token_count(lm, frames, height, width)
+    prompt = visual + text
+    limit = context_limit(lm)
+    fewer = "use fewer --frames, a lower --fps or --max-frames, or a smaller --max-pixels"
+    if limit is not None and prompt + options.decode.max_new_tokens > limit:
+        raise TooLargeError(f"{frames} frames make a prompt of {prompt:,} tokens (with up to "
+                            f"{options.decode.max_new_tokens} new ones), more than the model's context of "
+                            f"{limit:,} tokens: {fewer}")
+    dims = lm.engine.adapter.cache
+    kv = (prompt + options.decode.max_new_tokens) * dims.kv_bytes_per_token
+    host, device = frames * height * width * 3, visual * BYTES_PER_VISUAL_TOKEN + kv
+    if lm.device.type == "cpu":
+        host, device = host + device, 0
+    for need, where in ((host, torch.device("cpu")), (device, lm.device)):
+        free = devices.free_memory_bytes(where)
+        if need > free:
+            raise TooLargeError(f"{frames} frames ({prompt:,} tokens) need at least {need / GIB:.1f} GiB on {where}, "
+                                f"{free / GIB:.1f} GiB available: {fewer}")
+
+
+def check_request(lm: LoadedModel, options: AskOptions) -> None:
+    """TooLargeError for a request that no video can fit: a question longer than the context alone, or an exact
+    --frames count whose smallest possible frames already exceed it. Checked once, before any video is read."""
+    text = text_tokens(lm, options)
+    limit = context_limit(lm)
+    if limit is not None and text + options.decode.max_new_tokens > limit:
+        raise TooLargeError(f"the question alone is {text:,} tokens of prompt (with up to "
+                            f"{options.decode.max_new_tokens} new ones), more than the model's context of "
+                            f"{limit:,} tokens")
+    count = options.frames.frames
+    if count is not None:
+        multiple = frame_defaults(lm.family).multiple_of
+        smallest = QWEN_SMALLEST_FRAME if lm.family != "llava-ov" else 1
+        check_fits(lm, -(-count // multiple) * multiple, smallest, smallest, text, options)
 
 
 class TextStream:
@@ -75,6 +140,9 @@ def decode_answer(tokenizer: Any, tokens: Sequence[int]) -> str:
     return text.strip()
 
 
+GIB = 1 << 30
+QWEN_SMALLEST_FRAME = 28  # pixels a side: Qwen's processor scales any frame up to its minimum pixel count anyway
+
 # What stops the whole run, not just one video.
 STOP_THE_RUN = (KeyboardInterrupt, SystemExit, BrokenPipeError)
 
@@ -99,11 +167,14 @@ def prepare_inputs(lm: LoadedModel, video: str, sampled: SampledVideo, options: 
     return Prepared(video, sampled, inputs, load_video_s, time.perf_counter() - began, started)
 
 
-def prepare(lm: LoadedModel, video: str, options: AskOptions) -> Prepared | Record:
-    """Frames and prompt of one video, or its error record."""
+def prepare(lm: LoadedModel, video: str, options: AskOptions, text: int | None = None) -> Prepared | Record:
+    """Frames and prompt of one video, or its error record; the frames are checked to fit (check_fits) before they
+    are decoded. `text`: text_tokens(lm, options), when known."""
     started = time.perf_counter()
     try:
-        sampled = sample_video(lm, video, options.frames)
+        text = text_tokens(lm, options) if text is None else text
+        sampled = sample_video(lm, video, options.frames,
+                               admit=lambda count, height, width: check_fits(lm, count, height, width, text, options))
         return prepare_inputs(lm, video, sampled, options, started, time.perf_counter() - started)
     except STOP_THE_RUN:
         raise
@@ -166,9 +237,11 @@ def answer_videos(
         return
     streams: dict[int, TextStream] = {}
 
+    text = text_tokens(lm, options)
+
     def requests() -> Iterator[Request]:
         for video in videos:
-            item = prepare(lm, video, options)
+            item = prepare(lm, video, options, text)
             if isinstance(item, Record):
                 on_record(item)
             else:

@@ -269,6 +269,7 @@ def ask(
     writer = _open_output(output)  # before the model: a bad path should not cost a model load
     try:
         lm = _load(model, device, dtype, quiet, trust_remote_code)
+        _check_request(lm, options)
     except typer.Exit:
         if writer:
             writer.close()
@@ -305,6 +306,8 @@ def _ask_options(question, system, fps, frames, min_frames, max_frames, max_pixe
         (max_frames is not None and max_frames < 1, "--max-frames must be at least 1"),
         (min_frames is not None and max_frames is not None and min_frames > max_frames,
          "--min-frames is above --max-frames"),
+        (frames is not None and max_frames is not None and frames > max_frames,
+         f"--frames {frames} is above --max-frames {max_frames}"),
         (max_pixels is not None and max_pixels < 28 * 28, "--max-pixels must be at least 784"),
         (max_new_tokens < 1, "--max-new-tokens must be at least 1"),
         (not math.isfinite(temperature) or temperature < 0, "--temperature must be a number >= 0"),
@@ -387,6 +390,17 @@ def _load(model: str, device: str, dtype: str, quiet: bool, trust_remote_code: b
         return load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
                           cost_memory=_cost_memory())
     except ModelLoadError as error:
+        raise fail(str(error)) from None
+
+
+def _check_request(lm: LoadedModel, options: AskOptions) -> None:
+    """A request no video can fit (a question over the context, --frames beyond it) is a usage error, found before
+    any video is read."""
+    from .ask import TooLargeError, check_request
+
+    try:
+        check_request(lm, options)
+    except TooLargeError as error:
         raise fail(str(error)) from None
 
 

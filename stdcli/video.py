@@ -543,9 +543,12 @@ def sample_frames(
     max_frames: int = 768,
     multiple_of: int = 1,
     max_pixels: int | None = None,
+    admit: Callable[[int, int, int], None] | None = None,
 ) -> SampledVideo:
     """Sample frames spread evenly over the video: num_frames of them, or `fps` per second within the bounds (see
     choose_frame_count). Raises VideoError (one line) for a video that cannot be read, ValueError for bad arguments.
+    `admit(count, height, width)` is told how many frames of which size are about to be decoded, before any is:
+    it may raise to refuse what would not fit.
     """
     check_request(fps=fps, num_frames=num_frames, min_frames=min_frames, max_frames=max_frames, multiple_of=multiple_of)
     if max_pixels is not None and max_pixels < 1:
@@ -563,6 +566,9 @@ def sample_frames(
                 max_frames=max_frames,
                 multiple_of=multiple_of,
             )
+            if admit is not None and stream.width and stream.height:
+                width, height = scaled_size(stream.width, stream.height, max_pixels)
+                admit(count, height, width)
             wanted = target_indices(index.num_frames, count)
             decoded = _decode(path, container, stream, index, wanted, Pictures(max_pixels))
         except Undecodable as error:

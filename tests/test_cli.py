@@ -348,6 +348,9 @@ def test_a_damaged_stretch_is_a_warning_not_a_failure(model, tmp_path):
         (["{good}", QUESTION, "--temperature", "nan"], "--temperature must be a number >= 0"),
         (["{good}", QUESTION, "--temperature", "inf"], "--temperature must be a number >= 0"),
         (["{good}", QUESTION, "--top-p", "nan"], "--top-p must be in (0, 1]"),
+        (["{good}", QUESTION, "--frames", "100", "--max-frames", "50"], "--frames 100 is above --max-frames 50"),
+        (["{good}", QUESTION, "--frames", "100000"], "more than the model's context of 32,768 tokens"),
+        (["{good}", "many words " * 20000], "the question alone is"),
         (["{good}"], "missing the question"),
         ([], "give the videos and the question"),
         (["{good}", QUESTION, "--device", "tpu"], "unknown device 'tpu'"),
@@ -558,6 +561,40 @@ def test_ctrl_c_keeps_finished_records(model, good, tmp_path, batch):
     # stdout has the same records, but perhaps the last: the signal may come between writing the file and stdout
     printed = [json.loads(line) for line in (tmp_path / "out").read_text().splitlines()]
     assert printed in (records, records[:-1])
+
+
+@pytest.fixture(scope="module")
+def short_context_model(tmp_path_factory) -> str:
+    """The tiny checkpoint with a context of 128 tokens: a few frames of video fill it."""
+    from stdcli.model.build import save_tiny_checkpoint
+
+    folder = tmp_path_factory.mktemp("short_context")
+    return str(save_tiny_checkpoint("qwen2-vl", folder, text_config={"max_position_embeddings": 128}))
+
+
+def test_a_video_over_the_context_or_the_memory_is_refused_before_decoding(short_context_model, tmp_path,
+                                                                          monkeypatch):
+    """What cannot fit is refused with a clear record before its frames are decoded; the other videos go on."""
+    from stdcli import ask as ask_module
+
+    short, long = write_video(tmp_path / "short.mp4", frames=8, rate=4), write_video(tmp_path / "long.mp4",
+                                                                                     frames=160, rate=4)
+    decoded = []
+    real = ask_module.sample_frames
+    monkeypatch.setattr(ask_module, "sample_frames", lambda *a, **k: decoded.append(a[0]) or real(*a, **k))
+    result = ask(short, long, QUESTION, "--jsonl", "--fps", "4", model=short_context_model)
+    assert result.exit_code == 1, result.output
+    ok, refused = records_of(result.stdout)
+    assert ok["error"] is None and ok["prompt_tokens"] <= 128
+    assert refused["error"]["type"] == "TooLargeError"
+    assert "more than the model's context of 128 tokens" in refused["error"]["message"]
+    assert "fewer --frames" in refused["error"]["message"]
+
+    from stdcli.engine import device
+
+    monkeypatch.setattr(device, "free_memory_bytes", lambda where: 10_000)  # 10 kB: not even the frames fit
+    (small,) = records_of(ask(short, QUESTION, "--jsonl", model=short_context_model).stdout)
+    assert small["error"]["type"] == "TooLargeError" and "GiB available" in small["error"]["message"]
 
 
 def test_pipes_and_devices_are_not_called_empty_files(model, tmp_path):

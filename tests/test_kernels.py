@@ -32,6 +32,34 @@ cuda = pytest.mark.skipif(not kernels.available(torch.device("cuda")) or not tor
                           reason="needs a CUDA GPU and Triton")
 
 
+def reference_scores(query, key, queries, visual, scaling):
+    """score_visual_keys by the definition: the full causal softmax of every query over all keys, in float64."""
+    q, k = query.double() * scaling, key.double()
+    group = q.shape[0] // k.shape[0]
+    logits = torch.einsum("htd,hnd->htn", q[:, queries], k.repeat_interleave(group, dim=0))
+    logits = logits.masked_fill(torch.arange(k.shape[1])[None, None, :] > queries[None, :, None], float("-inf"))
+    probs = logits.softmax(-1)[:, :, visual]  # [Hq, T, V]
+    return probs.mean(1).view(k.shape[0], group, -1).sum(1)
+
+
+@pytest.mark.parametrize("text, visual_at, expected_queries", [(40, 10, 40), (700, 50, 512), (300, 5, 300)])
+def test_visual_scores_use_at_most_the_last_512_text_queries(text, visual_at, expected_queries):
+    """Scoring is linear in the prompt's length and bounded in memory: the text after the video ranks the visual
+    tokens by its last MAX_SCORE_QUERIES tokens (all of them in any usual question), a block of queries and of
+    keys at a time."""
+    from stdcli.engine.attention import MAX_SCORE_QUERIES, score_visual_keys
+
+    assert MAX_SCORE_QUERIES == 512
+    torch.manual_seed(text)
+    length = visual_at + 64 + text
+    query, key = torch.randn(4, length, 16), torch.randn(2, length, 16)
+    visual = torch.arange(visual_at, visual_at + 64)
+    queries = torch.arange(visual_at + 64, length)
+    got = score_visual_keys(query, key, queries, visual, 0.25, chunk=100)
+    want = reference_scores(query, key, queries[-expected_queries:], visual, 0.25)
+    torch.testing.assert_close(got.double(), want, atol=1e-6, rtol=1e-5)
+
+
 @cuda
 def test_step_context_uses_the_kernel_only_where_it_can_run():
     base = torch.tensor([3, 0], device="cuda")

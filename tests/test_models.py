@@ -234,6 +234,16 @@ def test_published_qwen_layout_gets_the_reference_video_bounds(tiny_checkpoint, 
     ).startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>")
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("frames, height, width", [(2, 56, 56), (6, 100, 40), (12, 33, 90)])
+def test_visual_tokens_are_known_before_the_processor_runs(family, frames, height, width, loaded, make_video):
+    """The count the memory and context checks use is the processor's own, for any frame size."""
+    lm = loaded(family)
+    inputs = build_inputs(lm, make_video(frames, height, width), "What happens?")
+    _, visual = lm.engine.adapter.layout(inputs)
+    assert prompts.visual_token_count(lm, frames, height, width) == visual
+
+
 def test_bad_frames_are_refused(loaded, make_video):
     video = make_video()
     video.frames = video.frames.astype("float32")

@@ -29,8 +29,13 @@ from . import kernels
 ATTENTION_NAME = "stdcli"
 STEP_KWARG = "std_step"
 
-# Keys per chunk when scoring visual tokens: bounds the score matrix to heads x text x chunk floats.
+# Keys per chunk when scoring visual tokens, and text queries per chunk: the score matrix is at most
+# heads x QUERY_CHUNK x SCORE_CHUNK floats, whatever the prompt's length.
 SCORE_CHUNK = 8192
+QUERY_CHUNK = 256
+# Text queries that rank the visual tokens: the last ones after the video (every usual question has fewer), so that
+# scoring costs O(prompt length) per layer even for a question of thousands of tokens.
+MAX_SCORE_QUERIES = 512
 
 
 @dataclass
@@ -81,28 +86,32 @@ def score_visual_keys(
 ) -> torch.Tensor:
     """Mean attention probability that the text queries pay to each visual key, per KV head.
 
-    query [Hq,L,D], key [Hkv,L,D] of one prompt (after RoPE); score_queries [T] and visual_keys [V] are positions.
-    Probabilities are the causal softmax over all keys, computed chunk by chunk (log-sum-exp first, then the
-    visual columns), so the full text x keys matrix of a long video never exists at once. Scores of the query
-    heads of a GQA group are summed. Returns [Hkv, V] float32.
+    query [Hq,L,D], key [Hkv,L,D] of one prompt (after RoPE); score_queries [T] and visual_keys [V] are positions;
+    the last MAX_SCORE_QUERIES of the queries rank. Probabilities are the causal softmax over all keys, computed
+    a block of queries and a chunk of keys at a time (log-sum-exp first, then the visual columns), so the full
+    text x keys matrix of a long video or a long question never exists at once. Scores of the query heads of a
+    GQA group are summed. Returns [Hkv, V] float32.
     """
     num_kv = key.shape[0]
     group = query.shape[0] // num_kv
-    q = query[:, score_queries].float() * scaling  # [Hq, T, D]
+    score_queries = score_queries[-MAX_SCORE_QUERIES:]
     keys = key.float()
-    lse = torch.full(q.shape[:2], float("-inf"), device=q.device)
-    for start in range(0, keys.shape[1], chunk):
-        block = _causal_logits(q, keys, score_queries, start, min(start + chunk, keys.shape[1]), group)
-        lse = torch.logaddexp(lse, torch.logsumexp(block, dim=-1))
-    scores = torch.empty(num_kv, visual_keys.numel(), device=q.device)
-    for start in range(0, visual_keys.numel(), chunk):
-        cols = visual_keys[start : start + chunk]
-        kv = keys[:, cols].repeat_interleave(group, dim=0)  # [Hq, C, D]
-        logits = torch.einsum("htd,hcd->htc", q, kv)
-        logits = logits.masked_fill(cols[None, None, :] > score_queries[None, :, None], float("-inf"))
-        probs = torch.exp(logits - lse[..., None])  # [Hq, T, C]
-        scores[:, start : start + chunk] = probs.sum(1).view(num_kv, group, -1).sum(1) / score_queries.numel()
-    return scores
+    scores = torch.zeros(num_kv, visual_keys.numel(), device=query.device)
+    for first in range(0, score_queries.numel(), QUERY_CHUNK):
+        positions = score_queries[first : first + QUERY_CHUNK]
+        q = query[:, positions].float() * scaling  # [Hq, T, D]
+        lse = torch.full(q.shape[:2], float("-inf"), device=q.device)
+        for start in range(0, keys.shape[1], chunk):
+            block = _causal_logits(q, keys, positions, start, min(start + chunk, keys.shape[1]), group)
+            lse = torch.logaddexp(lse, torch.logsumexp(block, dim=-1))
+        for start in range(0, visual_keys.numel(), chunk):
+            cols = visual_keys[start : start + chunk]
+            kv = keys[:, cols].repeat_interleave(group, dim=0)  # [Hq, C, D]
+            logits = torch.einsum("htd,hcd->htc", q, kv)
+            logits = logits.masked_fill(cols[None, None, :] > positions[None, :, None], float("-inf"))
+            probs = torch.exp(logits - lse[..., None])  # [Hq, T, C]
+            scores[:, start : start + chunk] += probs.sum(1).view(num_kv, group, -1).sum(1)
+    return scores / score_queries.numel()
 
 
 def _causal_logits(

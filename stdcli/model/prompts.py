@@ -3,6 +3,7 @@ code), its chat prompt, and the processor call with the sampled frames."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -62,6 +63,24 @@ def qwen_frame_pixel_bounds(num_frames: int, allowed: tuple[int, int], temporal_
     max_pixels = min(max(QWEN_VIDEO_MAX_PIXELS, low), high)
     shared = QWEN_VIDEO_TOTAL_PIXELS * temporal_patch_size // max(num_frames, 1)
     return min_pixels, max(min(max_pixels, shared), int(min_pixels * 1.05))
+
+
+def visual_token_count(lm: LoadedModel, frames: int, height: int, width: int) -> int:
+    """The video tokens the processor makes of `frames` frames of height x width, by the arithmetic of its resize
+    (Qwen: smart_resize within the per-frame pixel bounds, one token per 28x28 pixels and temporal patch;
+    LLaVA-OneVision: a fixed pooled grid per frame, plus one newline token): known before any frame is decoded."""
+    if lm.family == "llava-ov":
+        side = math.ceil(int(math.sqrt(lm.processor.num_image_tokens)) / 2)
+        return frames * side * side + 1
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+    processor = lm.processor.video_processor
+    factor = processor.patch_size * processor.merge_size
+    allowed = (processor.size["shortest_edge"], processor.size["longest_edge"])
+    min_pixels, max_pixels = qwen_frame_pixel_bounds(frames, allowed, processor.temporal_patch_size)
+    resized_height, resized_width = smart_resize(height, width, factor, min_pixels, max_pixels)
+    temporal = -(-frames // processor.temporal_patch_size)
+    return temporal * (resized_height // factor) * (resized_width // factor)
 
 
 def chat_messages(family: str, question: str, system: str | None, with_video: bool) -> list[dict[str, Any]]:
