@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from .compare import compare_with_dense
 from .engine import device as devices
-from .engine.options import DecodeOptions
 from .engine.session import Generation, Request
 from .engine.stats import DecodeStats, gamma_counts
 from .inputs import AskOptions, FrameOptions
@@ -295,32 +295,12 @@ def _answer_and_compare(lm: LoadedModel, video: str, options: AskOptions, on_tex
         if on_text is not None and (rest := stream.finish()):
             on_text(video, rest, std.stats)
         record = answer_record(lm, item, options, std)
-        record.compare = _compare(lm, item.inputs, options.decode, std)
+        record.compare = compare_with_dense(lm, item.inputs, options.decode, std, decode_answer)
     except STOP_THE_RUN:
         raise
     except Exception as error:  # one broken video must not stop a folder run: it is reported in its record
         return Record.failed(video, options.question, lm.name, options.mode, error)
     return record
-
-
-def _compare(lm: LoadedModel, inputs: dict[str, Any], options: DecodeOptions, std: Generation) -> dict[str, Any]:
-    """Decode the same inputs densely, in the same process, after the StD run (so any warm-up favours dense)."""
-    dense = lm.engine.generate(inputs, replace(options, gamma=0), eos=lm.eos_token_ids)
-
-    def per_token(stats: DecodeStats) -> float | None:
-        return stats.decode_s / stats.decoded_tokens if stats.decoded_tokens else None
-
-    def total(stats: DecodeStats) -> float:
-        return stats.prefill_s + stats.decode_s
-
-    dense_tok, std_tok = per_token(dense.stats), per_token(std.stats)
-    return {
-        "identical": dense.tokens == std.tokens,
-        "dense_answer": decode_answer(lm.tokenizer, dense.tokens),
-        "dense_tokens_per_s": _round(dense.stats.tokens_per_s),
-        "decode_speedup": _round(dense_tok / std_tok) if dense_tok and std_tok else None,
-        "total_speedup": _round(total(dense.stats) / total(std.stats)),
-    }
 
 
 def _round(value: float | None, digits: int = 4) -> float | None:

@@ -595,7 +595,7 @@ def bench(
         if max_new_tokens < 1:
             raise BenchError("--max-new-tokens must be at least 1")
         if random_init:
-            from .bench.profile import profile_random_init, profile_tables
+            from .bench.profile import profile_random_init, profile_tables, profile_verdict
 
             if videos or questions or frames:
                 raise BenchError("--random-init profiles decode steps: it takes no videos, --questions or --frames")
@@ -612,7 +612,7 @@ def bench(
                 decode_tokens=max_new_tokens if decode else 0,
                 progress=progress,
             )
-            tables = profile_tables(report)
+            tables, verdict = profile_tables(report), profile_verdict(report)
         else:
             from .bench.common import load_items
 
@@ -622,7 +622,7 @@ def bench(
             batch_sizes = bench_settings.parse_int_list(batch_size, "--batch-size")
             items = load_items(videos, questions)
             if batch_sizes:
-                from .bench.batches import batch_tables, bench_batches
+                from .bench.batches import batch_tables, batch_verdict, bench_batches
 
                 one_k, one_frames = _one_value(ks, "--k"), _one_value(frame_counts, "--frames")  # before the load
                 lm = _load(model or DEFAULT_MODEL, device, dtype, quiet)
@@ -630,16 +630,16 @@ def bench(
                     lm, items, batch_sizes=batch_sizes, gammas=gammas or [DEFAULT_GAMMA], k=one_k, frames=one_frames,
                     max_new_tokens=max_new_tokens, rounds=repeat or 1, progress=progress,
                 )
-                tables = batch_tables(report)
+                tables, verdict = batch_tables(report), batch_verdict(report)
             else:
-                from .bench.decoding import bench_model, model_tables
+                from .bench.decoding import bench_model, model_tables, model_verdict
 
                 lm = _load(model or DEFAULT_MODEL, device, dtype, quiet)
                 report = bench_model(
                     lm, items, ks=ks, gammas=gammas or [DEFAULT_GAMMA], frames=frame_counts,
                     max_new_tokens=max_new_tokens, repeat=repeat or 1, progress=progress,
                 )
-                tables = model_tables(report)
+                tables, verdict = model_tables(report), model_verdict(report)
     except BenchError as error:
         raise fail(str(error)) from None
     finally:
@@ -650,6 +650,7 @@ def bench(
         console = Console(stderr=True, width=200)  # a file or a pipe: no 80-column wrapping
     for table in tables:
         console.print(table)
+    say(verdict)
     if json_file:
         try:
             from .bench.common import write_json

@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from .engine.stats import DecodeStats
+from .engine.stats import DENSE_ONLY, DecodeStats
 from .records import Record
 
 
@@ -42,15 +42,28 @@ def stats_line(name: str, record: Record) -> str:
         f"prefill {format_ratio(prefill)}s",
         f"{format_ratio(record.tokens_per_s)} tok/s",
     ]
+    drafted = record.gammas is not None and any(g != "0" for g in record.gammas)
+    if record.mode == "std" and record.gammas is not None and not drafted:
+        parts.append(DENSE_ONLY)
     if record.acceptance_rate is not None:
         parts.append(f"acceptance {record.acceptance_rate:.2f}")
         parts.append(f"accepted length {format_ratio(record.mean_accepted_length)}")
     if record.speedup_est is not None:
         parts.append(f"speedup {record.speedup_est:.2f}x (estimated)")
+    elif drafted and not record.compare:
+        parts.append("speedup not estimated: too little decoding to time")
     compare = record.compare
     if compare:
         same = "identical" if compare["identical"] else "DIFFERENT"
-        parts.append(f"measured speedup {format_ratio(compare['decode_speedup'], 'x')} vs dense, answers {same}")
+        if compare["decode_speedup"] is not None:
+            low, high = compare["decode_speedup_range"]
+            measured = (f"measured speedup {compare['decode_speedup']:.2f}x vs dense ({low:.2f}-{high:.2f}x over "
+                        f"{compare['runs']} runs)")
+            parts.append(f"{measured}, answers {same}")
+        elif compare["note"] == DENSE_ONLY:  # said above
+            parts.append(f"answers {same} to dense")
+        else:
+            parts.append(f"{compare['note']}, answers {same}")
     return f"{name}: " + ", ".join(parts)
 
 

@@ -27,7 +27,8 @@ STD_EXTRA_KEYS = {"draft_s", "verify_s", "dense_steps", "cycles", "drafted", "ac
 CONFIG_KEYS = {"frames", "k", "gamma", "inputs", "runs", "prompt_tokens", "visual_tokens", "kept_tokens", "generate",
                "dense", "std", "decode_speedup_vs_generate", "decode_speedup_vs_dense", "e2e_speedup_vs_generate",
                "e2e_speedup_vs_dense", "acceptance_rate", "mean_accepted_length", "identical_to_dense",
-               "identical_to_generate", "dense_identical_to_generate", "total", "per_input"}
+               "identical_to_generate", "dense_identical_to_generate", "total", "per_input",
+               "decode_speedup_vs_dense_range"}
 INPUT_KEYS = {"frames", "video", "question", "sampled_frames", "prompt_tokens", "visual_tokens", "load_video_s",
               "processor_s", "vision_encoder_s"}
 STEP_KEYS = {"s", "floor_s", "bytes", "over_floor"}
@@ -97,6 +98,9 @@ def test_model_bench_runs_and_std_answers_equal_dense_in_float32(tiny_checkpoint
         assert c["decode_speedup_vs_dense"] > 0 and c["e2e_speedup_vs_generate"] > 0
     stderr = result.stderr
     assert "tok/s StD" in stderr and "identical" in stderr and "2/2" in stderr
+    # the run ends with one sentence: did StD help, by how much, on what
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(("stdcli: StD helped", "stdcli: StD did not help")) and "dense path" in last, last
 
 
 def test_builtin_model_missing_is_one_line_exit_2(videos, tmp_path, monkeypatch):
@@ -143,6 +147,7 @@ def test_random_init_profile_cli(tmp_path, monkeypatch):
     # random weights never yield a claimed acceptance rate
     assert not {"acceptance_rate", "mean_accepted_length", "identical_to_dense"} & all_keys(report)
     assert "PROJECTION" in result.stderr and "floor" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("stdcli: Projected, not measured: at acceptance 0.8")
 
 
 def test_random_init_decoding_compares_auto_with_fixed_gammas_and_dense():
@@ -238,7 +243,8 @@ def test_usage_errors_exit_2(videos):
 
 BATCH_CONFIG_KEYS = {"method", "gamma", "batch_size", "runs", "answers", "failed", "seconds", "answers_per_min",
                      "decoded_tokens", "decoded_tokens_per_s", "drafted", "accepted", "acceptance_rate", "gammas",
-                     "identical_to_generate", "total", "mismatches", "speedup_vs_generate", "speedup_vs_dense"}
+                     "identical_to_generate", "total", "mismatches", "speedup_vs_generate", "speedup_vs_dense",
+                     "round_seconds", "speedup_vs_dense_range"}
 BATCH_SETTINGS_KEYS = {"batch_sizes", "gamma", "k", "frames", "max_new_tokens", "rounds", "questions", "timing",
                        "identical"}
 
@@ -342,6 +348,8 @@ def test_batch_bench_cli_writes_json(tiny_checkpoint, videos, tmp_path):
     ]
     assert all(c["identical_to_generate"] == c["total"] == 2 for c in report["configs"])
     assert "answers/min" in result.stderr and "2/2" in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(("stdcli: StD helped", "stdcli: StD did not raise")) and "one round" in last, last
 
 
 def test_batch_bench_bad_values_exit_2(videos):

@@ -31,7 +31,8 @@ from tests.videos import damage_frames, write_video
 REPO = Path(__file__).resolve().parent.parent
 QUESTION = "What happens?"
 FAST = ["--max-new-tokens", "6"]  # short answers: the checkpoint is random, only the plumbing is under test
-COMPARE_KEYS = {"identical", "dense_answer", "dense_tokens_per_s", "decode_speedup", "total_speedup"}
+COMPARE_KEYS = {"identical", "dense_answer", "dense_tokens_per_s", "decode_speedup", "total_speedup",
+                "decode_speedup_range", "runs", "note"}
 ANSI = "\x1b["
 # Variables that make Rich colour or draw live displays even where stderr is not a terminal.
 TERMINAL_VARIABLES = ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "CLICOLOR_FORCE")
@@ -443,15 +444,46 @@ def test_dense_mode_and_compare_agree_with_std(model, good):
     assert dense["compare"] is None and dense["speedup_est"] is None
     assert dense["answer"] == std["answer"]  # greedy StD is lossless
 
-    result = ask(good, QUESTION, "--jsonl", "--k", "2", "--compare", model=model)
+    result = ask(good, QUESTION, "--jsonl", "--k", "2", "--gamma", "4", "--compare", model=model)
     assert result.exit_code == 0, result.output
     (record,) = records_of(result.stdout)
     check_record(record, good)
     compare = record["compare"]
     assert set(compare) == COMPARE_KEYS
     assert compare["identical"] is True and compare["dense_answer"] == record["answer"] == dense["answer"]
-    assert all(isinstance(compare[key], float) for key in ("dense_tokens_per_s", "total_speedup"))
+    assert isinstance(compare["dense_tokens_per_s"], float)
+    # measured after a warm-up, over several runs of each: a ratio above their spread, or no ratio and a note
+    assert compare["runs"] >= 3
+    low, high = compare["decode_speedup_range"]
+    assert low <= high
+    if low <= 1.0 <= high:
+        assert compare["decode_speedup"] is None and "no measurable difference" in compare["note"]
+    else:
+        assert low <= compare["decode_speedup"] <= high and compare["note"] is None
     assert "answers identical" in result.stderr
+
+
+def test_no_speedup_is_shown_where_no_draft_ran(model, good):
+    """gamma 4 with an answer shorter than its calibration steps: StD took dense steps only, and says so."""
+    result = ask(good, QUESTION, "--jsonl", "--gamma", "4", "--max-new-tokens", "3", "--compare", model=model)
+    (record,) = records_of(result.stdout)
+    assert record["gammas"] == {"0": 2} and record["speedup_est"] is None
+    compare = record["compare"]
+    assert compare["decode_speedup"] is None and compare["total_speedup"] is None and compare["runs"] == 0
+    assert compare["note"] == "dense steps only: drafting does not pay here"
+    (line,) = lines(result.stderr)
+    assert "dense steps only: drafting does not pay here" in line and "speedup" not in line
+
+
+def test_an_estimate_needs_enough_decoding_to_time():
+    from stdcli.engine.stats import MIN_ESTIMATE_DECODE_S
+
+    stats = DecodeStats(new_tokens=11, cycles=2, dense_steps=2, dense_step_s=0.01, draft_s=0.03, verify_s=0.02,
+                        dense_s=0.02)
+    assert stats.decode_s < MIN_ESTIMATE_DECODE_S and stats.speedup_est is None
+    stats.draft_s = MIN_ESTIMATE_DECODE_S
+    assert stats.speedup_est == pytest.approx(10 * 0.01 / stats.decode_s)
+    assert DecodeStats(new_tokens=11, dense_steps=10, dense_step_s=0.1, dense_s=1.0).speedup_est is None  # no draft
 
 
 def test_live_display_on_a_terminal_keeps_stdout_plain():

@@ -118,6 +118,7 @@ def _batch_summary(config: BatchConfig, passes: list[Pass], generate: list[Pass]
         "answers": len(answered),
         "failed": len(runs) - len(answered),
         "seconds": round_or_none(seconds),
+        "round_seconds": [round_or_none(s) for s, _ in passes],
         "answers_per_min": per_s(60 * len(answered)),
         "decoded_tokens": decoded,
         "decoded_tokens_per_s": per_s(decoded),
@@ -139,15 +140,43 @@ def _with_speedups(summaries: list[dict]) -> list[dict]:
     """Each configuration's answers per minute over generate's, and (StD) over our dense path's at the same batch
     size; null where the configuration is that baseline."""
     generate = next(s["answers_per_min"] for s in summaries if s["method"] == "generate")
-    dense = {s["batch_size"]: s["answers_per_min"] for s in summaries if s["method"] == "dense"}
+    dense = {s["batch_size"]: s for s in summaries if s["method"] == "dense"}
+
+    def spread(s: dict) -> list[float] | None:
+        """[lowest, highest] speedup over dense at the same batch size, round by round."""
+        pairs = zip(dense[s["batch_size"]]["round_seconds"], s["round_seconds"], strict=True)
+        ratios = [d / x for d, x in pairs if d and x]
+        return [round(min(ratios), 4), round(max(ratios), 4)] if ratios else None
+
     return [
         {
             **s,
             "speedup_vs_generate": None if s["method"] == "generate" else ratio(s["answers_per_min"], generate),
-            "speedup_vs_dense": ratio(s["answers_per_min"], dense[s["batch_size"]]) if s["method"] == "std" else None,
+            "speedup_vs_dense": (ratio(s["answers_per_min"], dense[s["batch_size"]]["answers_per_min"])
+                                 if s["method"] == "std" else None),
+            "speedup_vs_dense_range": spread(s) if s["method"] == "std" else None,
         }
         for s in summaries
     ]
+
+
+def batch_verdict(report: dict) -> str:
+    """One sentence: did StD raise folder throughput over our dense path, at which batch size, above the noise."""
+    where = f"{report['model']['name']} on {report['environment']['device_name'] or report['model']['device']}"
+    std = [c for c in report["configs"] if c["method"] == "std" and c["speedup_vs_dense"] is not None]
+    if not std:
+        return f"No StD configuration was measured with {where}."
+    best = max(std, key=lambda c: c["speedup_vs_dense"])
+    low, high = best["speedup_vs_dense_range"] or (best["speedup_vs_dense"],) * 2
+    rounds = len(best["round_seconds"])
+    label = f"StD γ {best['gamma']} at batch {best['batch_size']}"
+    if rounds > 1 and low > 1.0:
+        return (f"StD helped: {label} answered {best['speedup_vs_dense']:.2f}x as many videos per minute as our dense "
+                f"path ({low:.2f}-{high:.2f}x over {rounds} rounds) with {where}.")
+    noise = (f"{low:.2f}-{high:.2f}x over {rounds} rounds" if rounds > 1
+             else "one round: --repeat 3 to tell it from noise")
+    return (f"StD did not raise folder throughput with {where}: the best, {label}, answered "
+            f"{best['speedup_vs_dense']:.2f}x as many videos per minute as our dense path ({noise}).")
 
 
 def bench_batches(

@@ -17,7 +17,7 @@ import torch
 from ..ask import AskOptions, FrameOptions, decode_answer, prepare_inputs, sample_video
 from ..engine.device import synchronize
 from ..engine.options import AUTO, DEFAULT_GAMMA, DEFAULT_K, DecodeOptions
-from ..engine.stats import DecodeStats, gamma_counts
+from ..engine.stats import DENSE_ONLY, DecodeStats, gamma_counts
 from ..errors import one_line
 from .common import (
     BenchItem,
@@ -361,6 +361,7 @@ def _summarize(lm, frames, k, gamma, prepared: list[Prepared], gen: dict, dense:
         "std": s,
         "decode_speedup_vs_generate": ratio(s["decode_tokens_per_s"], g["decode_tokens_per_s"]),
         "decode_speedup_vs_dense": ratio(s["decode_tokens_per_s"], d["decode_tokens_per_s"]),
+        "decode_speedup_vs_dense_range": ratio_range([dense[x] for x in keys], std_runs),
         "e2e_speedup_vs_generate": ratio(_e2e_per_token(gen_runs), _e2e_per_token(std_runs)),
         "e2e_speedup_vs_dense": ratio(_e2e_per_token(dense_runs), _e2e_per_token(std_runs)),
         "acceptance_rate": round_or_none(s["accepted"] / s["drafted"]) if s["drafted"] else None,
@@ -372,6 +373,44 @@ def _summarize(lm, frames, k, gamma, prepared: list[Prepared], gen: dict, dense:
         "per_input": per_input,
     }
 
+
+
+def _per_token(run: Run) -> float | None:
+    return run.decode_s / run.decoded_tokens if run.decoded_tokens and run.decode_s > 0 else None
+
+
+def ratio_range(baseline: list[Run], runs: list[Run]) -> list[float] | None:
+    """[lowest, highest] of the per-run decode speedups (run by run, baseline over `runs`): the spread a speedup
+    must rise above to be more than noise."""
+    ratios = [b / r for b, r in ((_per_token(x), _per_token(y)) for x, y in zip(baseline, runs, strict=True))
+              if b is not None and r is not None]
+    return [round(min(ratios), 4), round(max(ratios), 4)] if ratios else None
+
+
+def _label(config: dict) -> str:
+    frames = "default frames" if config["frames"] is None else f"{config['frames']} frames"
+    return f"γ {config['gamma']}, K {config['k']}, {frames}"
+
+
+def model_verdict(report: dict) -> str:
+    """One sentence a newcomer understands: did StD help, by how much, on what (and was it above the noise)."""
+    where = f"{report['model']['name']} on {report['environment']['device_name'] or report['model']['device']}"
+    configs = [c for c in report["configs"] if c["decode_speedup_vs_dense"] is not None]
+    if not configs:
+        return f"Nothing was measured on {where}."
+    best = max(configs, key=lambda c: c["decode_speedup_vs_dense"])
+    speedup, spread, runs = best["decode_speedup_vs_dense"], best["decode_speedup_vs_dense_range"], best["runs"]
+    noise = f"{spread[0]:.2f}-{spread[1]:.2f}x over {runs} runs" if spread else "not timed"
+    if spread and runs > 1 and spread[0] > 1.0:
+        return (f"StD helped: {_label(best)} decoded {speedup:.2f}x as fast as our dense path ({noise}) with "
+                f"{where}.")
+    why = ""
+    if all(c["std"]["dense_share"] == 1.0 for c in configs):
+        why = f"; it took {DENSE_ONLY}"
+    elif runs == 1:
+        why = "; one run cannot tell this from noise (--repeat 3)"
+    return (f"StD did not help with {where}: the best setting ({_label(best)}) decoded at {speedup:.2f}x our dense "
+            f"path ({noise}){why}.")
 
 
 def model_tables(report: dict) -> list:

@@ -484,6 +484,29 @@ def profile_random_init(
 
 
 
+VERDICT_ACCEPTANCE = 0.8  # the acceptance the one-line summary projects at: StD's published Qwen2-VL-7B range
+
+
+def profile_verdict(report: dict) -> str:
+    """One sentence: what the step costs measured here mean for StD (a projection, said to be one), and what
+    decoding measured, where it ran."""
+    m = report["model"]
+    rows = [r for r in report["projection"]["rows"]
+            if r["basis"] == "measured" and r["acceptance"] == VERDICT_ACCEPTANCE]
+    if not rows:
+        return f"No point of {m['family']} {m['scale']} could be measured (see 'skipped' in the points)."
+    best, worst = max(rows, key=lambda r: r["speedup"]), min(rows, key=lambda r: r["speedup"])
+    text = (f"Projected, not measured: at acceptance {VERDICT_ACCEPTANCE}, StD would decode {m['family']} "
+            f"{m['scale']} {best['speedup']:.2f}x as fast as our dense path at {best['batch']} x {best['context']} "
+            f"(γ {best['best_gamma']}) and {worst['speedup']:.2f}x at {worst['batch']} x {worst['context']}, from "
+            "the step costs measured here")
+    decoded = [p for p in report["points"] if p.get("decode")]
+    if decoded:
+        autos = ", ".join(f"{p['decode']['auto_vs_dense']:.2f}x at {p['batch']} x {p['context']}" for p in decoded)
+        text += f"; measured, gamma auto decoded at {autos} of our dense path (random weights: no real acceptance)"
+    return text + "."
+
+
 def profile_tables(report: dict) -> list:
     """Rich tables of a profile_random_init report: step costs against floors, then the labelled projection."""
     from rich.table import Table

@@ -6,6 +6,11 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+# An estimate of the speedup is given only over at least this much decoding: below it, one slow step (an
+# allocation, a cold cache) and the timer's resolution move the ratio by more than drafting could.
+MIN_ESTIMATE_DECODE_S = 0.2
+DENSE_ONLY = "dense steps only: drafting does not pay here"
+
 
 @dataclass
 class DecodeStats:
@@ -54,8 +59,9 @@ class DecodeStats:
 
     @property
     def speedup_est(self) -> float | None:
-        """Decode time dense decoding would have taken (tokens x measured dense step) over the time taken."""
-        if self.dense_step_s is None or self.decode_s <= 0 or not self.cycles:
+        """Decode time dense decoding would have taken (tokens x measured dense step) over the time taken; None when
+        no draft ran (nothing to estimate) or the decoding was too short to time (MIN_ESTIMATE_DECODE_S)."""
+        if self.dense_step_s is None or not self.cycles or self.decode_s < MIN_ESTIMATE_DECODE_S:
             return None
         return self.decoded_tokens * self.dense_step_s / self.decode_s
 
