@@ -13,6 +13,7 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -364,13 +365,15 @@ def _open_output(output: Path | None) -> JsonlWriter | None:
         raise fail(f"cannot write --output {output}: {error.strerror or error}") from None
 
 
-def _quiet_loading_bars() -> None:
-    """No tqdm bars from transformers or the hub ("Loading weights", downloads) where there is no live display."""
+def _quiet_loading_bars(quiet: bool) -> None:
+    """No "Loading weights" bar from transformers, ever (on a terminal a transient status says what loads, and
+    leaves nothing behind); the hub's download bars only where there is no live display."""
     from huggingface_hub.utils import disable_progress_bars
     from transformers.utils import logging as transformers_logging
 
-    disable_progress_bars()
     transformers_logging.disable_progress_bar()
+    if not Display.live_possible(quiet):
+        disable_progress_bars()
 
 
 def _cost_memory() -> CostMemory:
@@ -382,13 +385,16 @@ def _cost_memory() -> CostMemory:
 
 def _load(model: str, device: str, dtype: str, quiet: bool, trust_remote_code: bool = False) -> LoadedModel:
     """The model, with the cost memory of earlier runs; a model that cannot be loaded is a usage error."""
+    from rich.console import Console
+
     from .model.loading import load_model
 
-    if not Display.live_possible(quiet):
-        _quiet_loading_bars()
+    _quiet_loading_bars(quiet)
+    status = Console(stderr=True).status(f"loading {model}") if Display.live_possible(quiet) else nullcontext()
     try:
-        return load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
-                          cost_memory=_cost_memory())
+        with status:
+            return load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
+                              cost_memory=_cost_memory())
     except ModelLoadError as error:
         raise fail(str(error)) from None
 
@@ -584,8 +590,6 @@ def bench(
     from rich.console import Console
 
     progress = None if quiet else (lambda message: say(f"bench: {message}"))
-    if not Display.live_possible(quiet):
-        _quiet_loading_bars()
     lm = None
     try:
         ks = bench_settings.parse_int_list(k, "--k") or [DEFAULT_K]

@@ -1,14 +1,21 @@
 """What a person sees on the terminal: the streamed answer, live decoding statistics, progress over a folder.
 
 Answers go to stdout, everything else to stderr. The live panel (Rich) is shown only when stderr is a terminal
-and --quiet is off; otherwise statistics are one plain line per video. When stdout is the same terminal, the
-answer streams inside the live panel and is printed to stdout when complete, so the two never interleave.
+and --quiet is off; otherwise statistics are one plain line per video. When stdout is a terminal too, the answer
+streams inside the live panel, and when it is complete the panel is paused (erased) while the header, the answer
+and the statistics line are written: Rich redraws its panel by moving the cursor up over the lines it drew, so
+anything written to the terminal behind its back would be overwritten. What stays on the screen is every answer,
+whole. Control characters a model emits (escape sequences among them) are shown as U+FFFD on a terminal; pipes
+and files get the answer as it is.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TextIO
 
 from rich.console import Console, Group
@@ -19,6 +26,12 @@ from rich.text import Text
 
 from .engine.stats import DENSE_ONLY, DecodeStats
 from .records import Record
+
+
+def for_terminal(text: str) -> str:
+    """`text` with every control character but newline and tab replaced by U+FFFD: a model's output must not
+    move the cursor or change the terminal's state."""
+    return "".join("\ufffd" if unicodedata.category(c) == "Cc" and c not in "\n\t" else c for c in text)
 
 
 def format_ratio(value: float | None, suffix: str = "") -> str:
@@ -117,9 +130,13 @@ class Display:
 
     def __enter__(self) -> Display:
         if self.live_enabled:
-            self.live = Live(console=self.console, refresh_per_second=8, transient=True, redirect_stdout=False)
-            self.live.start()
+            self._start_live()
         return self
+
+    def _start_live(self) -> None:
+        # a new Live each time: one restarted after stop() would erase as many lines upwards as it last drew
+        self.live = Live(console=self.console, refresh_per_second=8, transient=True, redirect_stdout=False)
+        self.live.start()
 
     def __exit__(self, exc_type, *exc) -> None:
         if self.live:
@@ -130,11 +147,11 @@ class Display:
     def video_started(self, name: str, mode: str) -> None:
         self.name, self.mode, self.answer = name, mode, ""
         self.started = time.perf_counter()
-        if self.stream_answers and self.total > 1:
-            self._write_stdout(f"==> {name} <==\n")
+        if self.stream_answers and self.total > 1 and not self.answer_in_panel:
+            self._write_stdout(self._header())
         self._refresh(None)
 
-    def text(self, delta: str, stats: DecodeStats) -> None:
+    def text(self, delta: str, stats: DecodeStats | None) -> None:
         """New answer text and the statistics so far."""
         self.answer += delta
         if self.stream_answers and not self.answer_in_panel:
@@ -144,27 +161,44 @@ class Display:
     def video_finished(self, record: Record, output: str | None) -> None:
         """`output` is what stdout gets for this video at the end (a JSON record), if anything."""
         failed = record.error is not None
-        if self.stream_answers:
-            if self.answer_in_panel:
-                self._write_stdout(self.answer)
-            if not failed or self.answer:  # a failure after some streamed text still ends its line
-                self._write_stdout("\n")
-        if output is not None:
-            self._write_stdout(output + "\n")
         self.progress.advance(self.task)
-        if failed or not self.quiet:  # errors are shown even with --quiet
-            self._print(stats_line(self.name, record))
-        if not self.quiet:
-            for warning in record.warnings or ():
-                self._print(f"stdcli: warning: {self.name}: {_without_name(self.name, warning)}")
+        with self._paused():
+            if self.stream_answers:
+                if self.answer_in_panel:
+                    self._write_stdout((self._header() if self.total > 1 else "") + self.answer)
+                if not failed or self.answer:  # a failure after some streamed text still ends its line
+                    self._write_stdout("\n")
+            if output is not None:
+                self._write_stdout(output + "\n")
+            if failed or not self.quiet:  # errors are shown even with --quiet
+                self._print(stats_line(self.name, record))
+            if not self.quiet:
+                for warning in record.warnings or ():
+                    self._print(f"stdcli: warning: {self.name}: {_without_name(self.name, warning)}")
         self.answer = ""  # printed and finished
         self._refresh(None)
+
+    def _header(self) -> str:
+        return f"==> {self.name} <==\n"
+
+    @contextmanager
+    def _paused(self) -> Iterator[None]:
+        """Stop the live panel (a transient one erases itself) while the block writes to the terminal, then draw
+        it again below what was written; nothing to pause where stdout is not the panel's terminal."""
+        if not (self.live and self.answer_in_panel):
+            yield
+            return
+        self.live.stop()
+        try:
+            yield
+        finally:
+            self._start_live()
 
     def _print(self, line: str) -> None:
         self.console.print(line, markup=False, highlight=False)
 
     def _write_stdout(self, text: str) -> None:
-        self.stdout.write(text)
+        self.stdout.write(for_terminal(text) if self.stdout.isatty() else text)
         self.stdout.flush()
 
     def _refresh(self, stats: DecodeStats | None) -> None:
@@ -172,7 +206,7 @@ class Display:
             return
         parts = []
         if self.answer_in_panel and self.answer:
-            parts.append(Text(self.answer))
+            parts.append(Text(for_terminal(self.answer)))
         if stats is not None:
             parts.append(stats_table(stats, self.mode, time.perf_counter() - self.started))
         if self.total > 1:
