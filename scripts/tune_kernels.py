@@ -1,11 +1,14 @@
-"""Micro-benchmarks behind the kernel choices of the fast path (7B shape, bf16, H200): the decode attention kernel's
-split count, and the Triton skinny matmul of kernels.py against cuBLAS for the projections of a decoding step.
+"""Micro-benchmarks behind the kernel choices of the fast path (7B shape, bf16, one CUDA GPU):
+
+- the batch-invariant matmul of kernels.py (`linear`) against cuBLAS for each projection of a decoding step, over
+  block configurations; one configuration per weight shape serves every row count (that is what makes it
+  batch-invariant), so the best is the one with the least time summed over 1, 8 and 16 rows;
+- the dequantizing int8 / int4 matmul (`quant_linear`) over its block width, warps and stages;
+- the decode attention kernel at its default split of the keys and at others.
 
     python scripts/tune_kernels.py [--json out.json]
 
-docs/bench/gpu-h200/tune_kernels.json was measured by the first version of this script (commit 593e3fb), which had
-its own copy of the skinny kernel, gave the q/k/v projection its bias in both contenders, and tried 40 rows
-(where the skinny matmul lost by 2-3x) instead of 16.
+It ends by printing the LINEAR_CONFIGS table for kernels.py.
 """
 
 from __future__ import annotations
@@ -17,7 +20,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from stdcli.engine import kernels
+from stdcli.engine import kernels, quant
+
+# (N, K) of the 7B language model's projections: qkv, o, gate_up, down, lm_head
+SHAPES = ((4608, 3584), (3584, 3584), (37888, 3584), (3584, 18944), (152064, 3584))
+ROWS = (1, 8, 16)  # one token at batch 1; a verify of 8 or a step at batch 16 (more rows are more tiles)
+LINEAR_CANDIDATES = ((32, 256, 4, 4), (64, 128, 4, 4), (16, 512, 4, 3), (32, 512, 8, 3), (64, 256, 8, 3),
+                     (128, 128, 8, 4), (32, 128, 4, 5), (16, 256, 4, 4))
+QUANT_CANDIDATES = ((32, 4, 3), (64, 4, 3), (64, 4, 4), (128, 4, 3), (128, 8, 3), (32, 2, 4))
+BANDWIDTH = 4.17e12  # bytes/s of a plain copy on the H200 (docs/benchmarks.md): the floors below
 
 
 def bench(fn, iters: int = 200) -> float:
@@ -39,51 +50,92 @@ def bench(fn, iters: int = 200) -> float:
     return start.elapsed_time(end) * 1e3 / iters
 
 
+def timed_or_none(fn) -> float | None:
+    try:
+        return bench(fn)
+    except Exception as error:  # a configuration that does not fit the GPU's shared memory is skipped
+        print("  skip:", str(error).splitlines()[0][:100], flush=True)
+        return None
+
+
+def tune_linear(dev: torch.device) -> tuple[list[dict], dict]:
+    entries, best_configs = [], {}
+    for n, k in SHAPES:
+        w = torch.randn(n, k, device=dev, dtype=torch.bfloat16) * 0.02
+        xs = {m: torch.randn(m, k, device=dev, dtype=torch.bfloat16) for m in ROWS}
+        floor_us = w.numel() * 2 / BANDWIDTH * 1e6
+        cublas = {m: bench(lambda x=x, w=w: F.linear(x, w)) for m, x in xs.items()}
+        results = {}
+        for config in LINEAR_CANDIDATES:
+            times = {m: timed_or_none(lambda x=x, w=w, config=config: kernels.linear(x, w, None, config))
+                     for m, x in xs.items()}
+            if all(t is not None for t in times.values()):
+                results[config] = times
+        best = min(results, key=lambda c: sum(results[c].values()))
+        best_configs[(n, k)] = best
+        for config, times in results.items():
+            entries.append({"n": n, "k": k, "config": config, "us": times, "cublas_us": cublas, "floor_us": floor_us,
+                            "best": config == best})
+        print(f"linear {n}x{k}: best {best} " + " ".join(
+            f"m{m} {results[best][m]:.1f} us (cuBLAS {cublas[m]:.1f})" for m in ROWS) + f", floor {floor_us:.1f} us",
+            flush=True)
+    return entries, best_configs
+
+
+def tune_quant(dev: torch.device) -> list[dict]:
+    entries = []
+    for bits in quant.BITS:
+        for n, k in SHAPES:
+            q = quant.quantize(torch.randn(n, k, device=dev, dtype=torch.bfloat16) * 0.02, bits)
+            floor_us = q.nbytes / BANDWIDTH * 1e6
+            for m in (1, 8):
+                x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
+                for block_n, warps, stages in QUANT_CANDIDATES:
+                    us = timed_or_none(lambda x=x, q=q, b=block_n, w=warps, s=stages: kernels.quant_linear(
+                        x, q, None, block_n=b, warps=w, stages=s))
+                    if us is not None:
+                        entries.append({"bits": bits, "n": n, "k": k, "m": m, "block_n": block_n, "warps": warps,
+                                        "stages": stages, "us": us, "floor_us": floor_us})
+                mine = [e for e in entries if (e["bits"], e["n"], e["k"], e["m"]) == (bits, n, k, m)]
+                top = min(mine, key=lambda e: e["us"])
+                print(f"int{bits} {n}x{k} m{m}: best block_n {top['block_n']}, warps {top['warps']}, stages "
+                      f"{top['stages']}: {top['us']:.1f} us, floor {floor_us:.1f} us", flush=True)
+    return entries
+
+
+def tune_attention(dev: torch.device) -> list[dict]:
+    entries = []
+    for batch, context in ((1, 16384), (1, 65536), (8, 16384), (16, 65536)):
+        q = torch.randn(batch, 28, 1, 128, device=dev, dtype=torch.bfloat16)
+        k = torch.randn(batch, 4, context, 128, device=dev, dtype=torch.bfloat16)
+        v = torch.randn_like(k)
+        base = torch.full((batch,), context - 1, device=dev)
+        floor_us = 2 * k.numel() * 2 / BANDWIDTH * 1e6
+        default = -(-context // kernels.keys_per_split(context))
+        for splits in sorted({default, max(1, default // 2), max(1, default // 4), default * 2}):
+            us = bench(lambda q=q, k=k, v=v, base=base, splits=splits: kernels.decode_attention(
+                q, k, v, base, 0.088, splits=splits))
+            entries.append({"batch": batch, "context": context, "splits": splits, "us": us, "floor_us": floor_us,
+                            "default": splits == default})
+            print(f"attention b{batch} {context}: splits {splits:4d}{' (default)' if splits == default else ''} "
+                  f"{us:8.1f} us, floor {floor_us:7.1f}", flush=True)
+        del k, v
+    return entries
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.manual_seed(0)
     dev = torch.device("cuda")
-    report = {"attention": [], "matmul": []}
-    # attention: 7B shape (28 query heads, 4 KV heads, 128 dims), one new token per sequence
-    for batch, context in ((1, 16384), (1, 65536), (8, 16384), (1, 640)):
-        q = torch.randn(batch, 28, 1, 128, device=dev, dtype=torch.bfloat16)
-        k = torch.randn(batch, 4, context, 128, device=dev, dtype=torch.bfloat16)
-        v = torch.randn_like(k)
-        base = torch.full((batch,), context - 1, device=dev)
-        floor_us = 2 * k.numel() * 2 / 4.17e12 * 1e6
-        default = kernels.split_count(context, batch, 4, 132)
-        for splits in sorted({default, max(1, default // 2), max(1, default // 4), default * 2}):
-            us = bench(lambda q=q, k=k, v=v, base=base, splits=splits: kernels.decode_attention(q, k, v, base, 0.088,
-                                                                                           splits=splits))
-            report["attention"].append({"batch": batch, "context": context, "splits": splits, "us": us,
-                                        "floor_us": floor_us, "default": splits == default})
-            print(f"attention b{batch} {context}: splits {splits:4d}{' (default)' if splits == default else ''} "
-                  f"{us:7.1f} us, floor {floor_us:6.1f}", flush=True)
-    # projections of a 7B layer: qkv, o, gate_up, down, lm_head (without bias: the skinny matmul takes none)
-    for n, k in ((4608, 3584), (3584, 3584), (37888, 3584), (3584, 18944), (152064, 3584)):
-        w = torch.randn(n, k, device=dev, dtype=torch.bfloat16) * 0.02
-        floor_us = w.numel() * 2 / 4.17e12 * 1e6
-        for m in (1, 8, kernels.SKINNY_ROWS):
-            x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
-            entry = {"n": n, "k": k, "m": m, "floor_us": floor_us, "cublas_us": bench(lambda x=x, w=w: F.linear(x, w))}
-            best = None
-            for config in ((32, 256, 4, 4), (64, 128, 4, 4), (16, 512, 4, 3), (32, 512, 8, 3), (64, 256, 8, 3),
-                           (128, 128, 8, 4)):
-                try:
-                    us = bench(lambda x=x, w=w, config=config: kernels.skinny_linear(x, w, config))
-                except Exception as error:  # a config that does not fit is skipped
-                    print("  skip", config, str(error)[:80])
-                    continue
-                if best is None or us < best[0]:
-                    best = (us, config)
-            ref = F.linear(x.float(), w.float())
-            got = kernels.skinny_linear(x, w, best[1])
-            entry.update(triton_us=best[0], config=best[1], max_err=float((got.float() - ref).abs().max()))
-            report["matmul"].append(entry)
-            print(f"linear {n}x{k} m{m}: cuBLAS {entry['cublas_us']:7.1f} us, Triton {best[0]:7.1f} us {best[1]}, "
-                  f"floor {floor_us:6.1f}", flush=True)
+    linear, best = tune_linear(dev)
+    report = {"device": torch.cuda.get_device_name(dev), "linear": linear, "quant": tune_quant(dev),
+              "attention": tune_attention(dev)}
+    print("LINEAR_CONFIGS = {")
+    for (n, k), config in best.items():
+        print(f"    ({n}, {k}): {config},")
+    print("}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
 

@@ -209,6 +209,7 @@ def answer_record(lm: LoadedModel, item: Prepared, options: AskOptions, result: 
         gammas=gamma_counts([stats.gammas]) if std else None,
         dense_share=_round(stats.dense_share) if std else None,
         finish_reason=result.finish_reason,
+        drafts=dict(sorted(stats.drafts.items())) if std else None,
         stats=stats,
     )
 

@@ -43,8 +43,9 @@ RECORD_KEYS = (
 # (e.g. a damaged stretch that was skipped), a list on success; gammas: {"gamma": cycles} actually used ("0": plain
 # dense steps), dense_share: share of the decoded tokens that came from dense steps (both StD mode only);
 # finish_reason: "stop" (the model ended its answer) or "length" (cut off by max_new_tokens); video_path: the
-# video's absolute path, symbolic links resolved (what --resume matches, whatever the working folder).
-EXTRA_KEYS = ("compare", "warnings", "gammas", "dense_share", "finish_reason", "video_path")
+# video's absolute path, symbolic links resolved (what --resume matches, whatever the working folder); drafts:
+# {"kind": cycles} of the StD cycles each draft kind drafted (StD mode only).
+EXTRA_KEYS = ("compare", "warnings", "gammas", "dense_share", "finish_reason", "video_path", "drafts")
 TIMING_KEYS = ("load_video_s", "prefill_s", "decode_s", "total_s")
 
 
@@ -73,6 +74,7 @@ class Record:
     dense_share: float | None = None
     finish_reason: str | None = None
     video_path: str | None = None
+    drafts: dict[str, int] | None = None
     stats: DecodeStats | None = field(default=None, repr=False, compare=False)  # not serialized
 
     @classmethod

@@ -23,11 +23,12 @@ ENVIRONMENT_KEYS = {"stdcli", "torch", "transformers", "python", "platform", "de
                     "device_memory_bytes", "cuda", "cpu_threads", "started"}
 METHOD_KEYS = {"runs", "prefill_s", "decode_s", "total_s", "new_tokens", "decoded_tokens", "decode_tokens_per_s",
                "peak_memory_bytes", "peak_memory_delta_bytes"}
-STD_EXTRA_KEYS = {"draft_s", "verify_s", "dense_steps", "cycles", "drafted", "accepted", "gammas", "dense_share"}
-CONFIG_KEYS = {"frames", "k", "gamma", "inputs", "runs", "prompt_tokens", "visual_tokens", "kept_tokens", "generate",
-               "dense", "std", "decode_speedup_vs_generate", "decode_speedup_vs_dense", "e2e_speedup_vs_generate",
-               "e2e_speedup_vs_dense", "acceptance_rate", "mean_accepted_length", "identical_to_dense",
-               "identical_to_generate", "dense_identical_to_generate", "total", "per_input",
+STD_EXTRA_KEYS = {"draft_s", "verify_s", "dense_steps", "cycles", "drafted", "accepted", "gammas", "drafts",
+                  "dense_share"}
+CONFIG_KEYS = {"frames", "k", "gamma", "draft", "inputs", "runs", "prompt_tokens", "visual_tokens", "kept_tokens",
+               "generate", "dense", "std", "decode_speedup_vs_generate", "decode_speedup_vs_dense",
+               "e2e_speedup_vs_generate", "e2e_speedup_vs_dense", "acceptance_rate", "mean_accepted_length",
+               "identical_to_dense", "identical_to_generate", "dense_identical_to_generate", "total", "per_input",
                "decode_speedup_vs_dense_range"}
 INPUT_KEYS = {"frames", "video", "question", "sampled_frames", "prompt_tokens", "visual_tokens", "load_video_s",
               "processor_s", "vision_encoder_s"}
@@ -152,23 +153,31 @@ def test_random_init_profile_cli(tmp_path, monkeypatch):
 
 def test_random_init_decoding_compares_auto_with_fixed_gammas_and_dense():
     report = profile.profile_random_init(
-        "qwen2-vl", scale="tiny", device="cpu", contexts=[160], batches=[1, 2], ks=[16], gammas=[1, 3, 12], iters=1,
-        warmup=0, decode_tokens=12, decode_rounds=1,
+        "qwen2-vl", scale="tiny", device="cpu", contexts=[160], batches=[1, 2], ks=[16], gammas=[1, 3, 12],
+        drafts=["sparse", "int4"], iters=1, warmup=0, decode_tokens=12, decode_rounds=1,
     )
     assert "MEASURED" in report["decode_label"] and "not a prediction" in report["decode_label"]
     for point in report["points"]:
+        assert [(d["draft"], d["k"]) for d in point["draft_steps"]] == [("sparse", 16), ("int4", 16)]
+        sparse, int4 = point["draft_steps"]
+        assert int4["bytes"] < sparse["bytes"]  # an int4 draft step reads about a quarter of the weights
         decode = point["decode"]
-        assert [c["gamma"] for c in decode["configs"]] == [0, 1, 3, 12, "auto"]
+        methods = [(c["gamma"], c["draft"]) for c in decode["configs"]]
+        assert methods == [(0, None), *((g, "sparse") for g in (1, 3, 12)), *((g, "int4") for g in (1, 3, 12)),
+                           ("auto", "auto")]
         for config in decode["configs"]:
-            # float32: every gamma (and auto's choices) gives the dense tokens, for every sequence
+            # float32: every gamma and draft kind (and auto's choices) gives the dense tokens, for every sequence
             assert config["identical_to_dense"] == config["total"] == point["batch"]
             assert config["decoded_tokens"] == 11 * point["batch"] and config["tokens_per_s"] > 0
-        fixed = {c["gamma"]: c for c in decode["configs"]}
-        assert fixed[3]["gammas"].get("3", 0) > 0 and fixed[3]["random_model_acceptance"] is not None
-        assert decode["best_fixed_gamma"] in (1, 3, 12)
-        rate = {g: c["tokens_per_s"] for g, c in fixed.items()}
-        assert decode["auto_vs_dense"] == pytest.approx(rate["auto"] / rate[0], abs=1e-3)
-        assert decode["auto_vs_best_fixed"] == pytest.approx(rate["auto"] / rate[decode["best_fixed_gamma"]], abs=1e-3)
+        fixed = {(c["gamma"], c["draft"]): c for c in decode["configs"]}
+        assert fixed[3, "int4"]["gammas"].get("3", 0) > 0 and fixed[3, "int4"]["drafts"] == {
+            "int4": sum(fixed[3, "int4"]["gammas"].get(str(g), 0) for g in range(1, 16))}
+        assert fixed[3, "sparse"]["random_model_acceptance"] is not None
+        best = (decode["best_fixed_gamma"], decode["best_fixed_draft"])
+        assert best in fixed and best[0] in (1, 3, 12)
+        rate = {m: c["tokens_per_s"] for m, c in fixed.items()}
+        assert decode["auto_vs_dense"] == pytest.approx(rate["auto", "auto"] / rate[0, None], abs=1e-3)
+        assert decode["auto_vs_best_fixed"] == pytest.approx(rate["auto", "auto"] / rate[best], abs=1e-3)
 
 
 def test_points_that_do_not_fit_are_skipped_with_a_note(monkeypatch):
@@ -245,8 +254,8 @@ BATCH_CONFIG_KEYS = {"method", "gamma", "batch_size", "runs", "answers", "failed
                      "decoded_tokens", "decoded_tokens_per_s", "drafted", "accepted", "acceptance_rate", "gammas",
                      "identical_to_generate", "total", "mismatches", "speedup_vs_generate", "speedup_vs_dense",
                      "round_seconds", "speedup_vs_dense_range"}
-BATCH_SETTINGS_KEYS = {"batch_sizes", "gamma", "k", "frames", "max_new_tokens", "rounds", "questions", "timing",
-                       "identical"}
+BATCH_SETTINGS_KEYS = {"batch_sizes", "gamma", "k", "draft", "frames", "max_new_tokens", "rounds", "questions",
+                       "timing", "identical"}
 
 
 @pytest.fixture(scope="module")

@@ -69,7 +69,8 @@ def test_fused_step_matches_transformers_forward(family, mode, length, fresh_lm,
             tokens = torch.arange(3, 3 + length, device=decoder.device)[None]
             base = on_device.dense_len if mode == "dense" else on_device.sparse_len
             with torch.inference_mode():
-                logits[use_fused] = decoder._model_step(mode, tokens, decoder._positions(on_device, length), base)
+                positions = decoder._positions(on_device, length)
+                logits[use_fused] = decoder._model_step(mode, "sparse", tokens, positions, base)
             written = decoder.storage.step_buffers(0, mode)[0][0, :, int(base[0]):int(base[0]) + length].clone()
         logits[use_fused, "written"] = written
     torch.testing.assert_close(logits[True], logits[False], atol=1e-5, rtol=1e-5)

@@ -139,16 +139,57 @@ def test_silu_mul_kernel(dtype):
     close(kernels.silu_mul(gate_up), fused.silu_mul(gate_up))
 
 
+ENGINE_DTYPE = torch.bfloat16 if DEVICE == "cuda" else torch.float32  # as the engine uses them on a GPU
+# Triton's interpreter is slow: on the CPU the invariance tests try fewer shapes, all of them on a GPU
+ROW_COUNTS = (*range(1, 17), 40, 72, 144) if DEVICE == "cuda" else (1, 3, 16, 40)
+VERIFY_LENGTHS = (1, 2, 5, 9, 16) if DEVICE == "cuda" else (1, 5)
+
+
 @triton_missing
-@pytest.mark.parametrize("rows", [1, 5, 16])
-def test_skinny_linear_kernel(rows):
-    torch.manual_seed(0)
-    dtype = torch.bfloat16 if DEVICE == "cuda" else torch.float32  # as the engine uses it on a GPU; exact elsewhere
-    weight = torch.randn(1000, 300, device=DEVICE, dtype=dtype)
-    x = torch.randn(rows, 300, device=DEVICE, dtype=dtype) / 300**0.5  # outputs of about unit size
-    close(kernels.skinny_linear(x, weight), torch.nn.functional.linear(x.float(), weight.float()).to(dtype))
-    with pytest.raises(ValueError, match="at most 16 rows"):
-        kernels.skinny_linear(torch.zeros(17, 300, device=DEVICE, dtype=dtype), weight)
+@pytest.mark.parametrize("rows", [1, 5, 16, 40, 144])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_linear_kernel(rows, with_bias):
+    torch.manual_seed(rows)
+    weight = torch.randn(1000, 300, device=DEVICE, dtype=ENGINE_DTYPE)
+    bias = torch.randn(1000, device=DEVICE, dtype=ENGINE_DTYPE) if with_bias else None
+    x = torch.randn(rows, 300, device=DEVICE, dtype=ENGINE_DTYPE) / 300**0.5  # outputs of about unit size
+    want = torch.nn.functional.linear(x.float(), weight.float(), None if bias is None else bias.float())
+    close(kernels.linear(x, weight, bias), want.to(ENGINE_DTYPE))
+
+
+@triton_missing
+def test_linear_rows_do_not_depend_on_the_rows_beside_them():
+    """Batch invariance: every row of a product of 1 to 144 rows (gamma + 1 verify tokens times 16 slots) is bit
+    for bit the row computed alone, whatever the other rows hold."""
+    torch.manual_seed(1)
+    weight = torch.randn(512, 256, device=DEVICE, dtype=ENGINE_DTYPE)
+    bias = torch.randn(512, device=DEVICE, dtype=ENGINE_DTYPE)
+    x = torch.randn(max(ROW_COUNTS), 256, device=DEVICE, dtype=ENGINE_DTYPE)
+    alone = torch.cat([kernels.linear(x[i : i + 1], weight, bias) for i in range(max(ROW_COUNTS))])
+    for rows in ROW_COUNTS:
+        assert torch.equal(kernels.linear(x[:rows], weight, bias), alone[:rows]), rows
+
+
+@triton_missing
+@pytest.mark.parametrize("group", [2, 7] if DEVICE == "cuda" else [7])
+def test_attention_rows_do_not_depend_on_the_rows_beside_them(group):
+    """Batch invariance: row i of a verify of L tokens (base + i keys visible) is bit for bit a dense step of that
+    token alone (one row over base + i keys), for L = 1 .. 16; and a sequence decoded among others of a batch is
+    bit for bit the sequence decoded alone."""
+    torch.manual_seed(group)
+    kv_heads, keys, head_dim, scaling = 2, (700 if DEVICE == "cuda" else 300), 32, 32**-0.5
+    key, value = torch.randn(2, 3, kv_heads, keys, head_dim, device=DEVICE, dtype=ENGINE_DTYPE)
+    base = torch.tensor([keys - 300, 17, keys - 50], device=DEVICE)
+    for length in VERIFY_LENGTHS:
+        query = torch.randn(3, kv_heads * group, length, head_dim, device=DEVICE, dtype=ENGINE_DTYPE)
+        together = kernels.decode_attention(query, key, value, base, scaling)  # [B, L, Hq, D]
+        for i in range(length):
+            step = kernels.decode_attention(query[:, :, i : i + 1], key, value, base + i, scaling)
+            assert torch.equal(together[:, i : i + 1], step), (length, i)
+        for b in range(3):
+            alone = kernels.decode_attention(query[b : b + 1], key[b : b + 1], value[b : b + 1], base[b : b + 1],
+                                             scaling)
+            assert torch.equal(together[b : b + 1], alone), (length, b)
 
 
 @triton_missing
@@ -208,8 +249,8 @@ def test_graphs_are_captured_once_and_reused_across_answers(tiny_checkpoint, mak
     for seed in range(3):
         inputs = build_inputs(lm, make_video(num_frames=4, seed=seed), "What happens?")
         want = lm.model.generate(**inputs, do_sample=False, max_new_tokens=20)[0, inputs["input_ids"].shape[1]:]
-        assert lm.engine.generate(inputs, DecodeOptions(20, k=4, gamma=3)).tokens == want.tolist()
+        assert lm.engine.generate(inputs, DecodeOptions(20, k=4, gamma=3, draft="sparse")).tokens == want.tolist()
         decoders.append(lm.engine.kept_decoder)
         assert decoders[-1].graph_failure is None
-        assert set(decoders[-1].graphs.steps) == {("dense", 1), ("sparse", 1), ("dense", 4)}
+        assert set(decoders[-1].graphs.steps) == {("dense", "", 1), ("sparse", "sparse", 1), ("dense", "", 4)}
     assert decoders[0] is decoders[1] is decoders[2]

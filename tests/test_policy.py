@@ -6,20 +6,24 @@ import pytest
 
 from stdcli.engine import policy
 from stdcli.engine.costs import CostMemory, cost_key, model_label
-from stdcli.engine.policy import AUTO, FIRST_PROBE_INTERVAL, FIRST_TRY_GAMMA, GammaPolicy, expected_tokens
+from stdcli.engine.policy import AUTO, FIRST_PROBE_INTERVAL, FIRST_TRY_GAMMA, Cycle, GammaPolicy, expected_tokens
 from stdcli.engine.stats import DecodeStats
 
 
-def run(p: GammaPolicy, steps: int, dense: float, draft: float, verify, accept: float) -> list[int]:
-    """Drive the policy for `steps` choices on a simulated device; returns the gammas it chose."""
+def run(p: GammaPolicy, steps: int, dense: float, draft, verify, accept) -> list[int]:
+    """Drive the policy for `steps` choices on a simulated device; returns the gammas it chose. `draft` and
+    `accept` are a number, or a dict by draft kind."""
     chosen = []
     for _ in range(steps):
-        g = p.choose()
+        cycle = p.choose()
+        g, kind = cycle.gamma, cycle.draft
         chosen.append(g)
         if g == 0:
-            p.observe(0, (0.0, dense), 0)
+            p.observe(cycle, (0.0, dense), 0)
         else:
-            p.observe(g, (g * draft, verify(g)), round(accept * g))
+            cost = draft[kind] if isinstance(draft, dict) else draft
+            rate = accept[kind] if isinstance(accept, dict) else accept
+            p.observe(cycle, (g * cost, verify(g)), round(rate * g))
     return chosen
 
 
@@ -57,12 +61,12 @@ def test_auto_goes_dense_when_a_draft_costs_a_dense_step():
 def test_acceptance_is_tracked_per_draft_position():
     """Drafts whose first token is always accepted and second always rejected: E(g) stops growing after g = 1."""
     p = GammaPolicy(AUTO)
-    p.observe(0, (0.0, 1.0), 0)
+    p.observe(Cycle("sparse", 0), (0.0, 1.0), 0)
     for _ in range(200):
-        p.observe(4, (0.4, 1.0), 1)
+        p.observe(Cycle("sparse", 4), (0.4, 1.0), 1)
     assert p.expected_tokens(1) == pytest.approx(2.0, abs=0.05)
     assert p.expected_tokens(4) == pytest.approx(2.0, abs=0.05)
-    assert p.best()[0] == 1
+    assert p.best()[0] == Cycle("sparse", 1)
 
 
 def test_auto_goes_dense_when_drafts_are_rejected():
@@ -92,7 +96,7 @@ def test_memory_skips_the_try():
     memory.remember(key, first)
     second = GammaPolicy.start(AUTO, 2, memory.get(key))
     assert run(second, 10, dense=1.0, draft=0.95, verify=lambda g: 1.1, accept=0.9) == [0] * 10
-    assert GammaPolicy.start(4, 2, memory.get(key)).draft_s is None  # a fixed gamma ignores the memory
+    assert GammaPolicy.start(4, 2, memory.get(key)).draft_s == {}  # a fixed gamma ignores the memory
 
 
 def test_costs_are_remembered_on_disk_across_processes(tmp_path):
@@ -110,6 +114,27 @@ def test_costs_are_remembered_on_disk_across_processes(tmp_path):
     assert CostMemory.load(path).get(unnamed) is None  # models without a name stay in the process
     path.write_text("{not json")
     assert CostMemory.load(path).get(key) is None  # a damaged cache is ignored, costs are measured again
+
+
+def test_auto_draft_chooses_the_kind_that_pays():
+    """Two draft kinds, each tried once: the cheap, well accepted one is taken; the other is left alone."""
+    p = GammaPolicy(AUTO, drafts=("int4", "sparse"))
+    run(p, 3, dense=1.0, draft={"int4": 0.3, "sparse": 0.95}, verify=lambda g: 1.05,
+        accept={"int4": 0.9, "sparse": 0.9})
+    cycles = []
+    for _ in range(40):
+        cycle = p.choose()
+        cycles.append(cycle)
+        cost = {"int4": 0.3, "sparse": 0.95}[cycle.draft]
+        p.observe(cycle, (cycle.gamma * cost, 1.05) if cycle.gamma else (0.0, 1.0), round(0.9 * cycle.gamma))
+    assert set(p.draft_s) == {"int4", "sparse"}  # both measured
+    assert all(c.draft == "int4" and c.gamma >= 3 for c in cycles[2:]), cycles
+
+
+def test_a_fixed_gamma_with_several_kinds_keeps_the_gamma():
+    p = GammaPolicy(5, calibration_steps=1, drafts=("int4", "sparse"))
+    chosen = run(p, 6, dense=1.0, draft={"int4": 0.3, "sparse": 0.5}, verify=lambda g: 1.0, accept=0.5)
+    assert chosen == [0, 5, 5, 5, 5, 5] and set(p.draft_s) == {"int4", "sparse"}
 
 
 def test_nothing_is_written_unless_saved(tmp_path):
@@ -144,8 +169,8 @@ def test_sparse_view_only_when_drafting_saves_more_than_the_view_costs():
     def policy_after(answer_tokens: int) -> GammaPolicy:
         p = GammaPolicy(AUTO)
         run(p, 30, dense=1.0, draft=0.1, verify=lambda g: 0.2 + 0.1 * g, accept=1.0)  # the best gamma's cost ~0.5/token
-        p.dense_s, p.draft_s, p.verify_s = 1.0, 0.1, {g: 0.2 + 0.1 * g for g in range(1, 9)}
-        p.judged, p.accepted = [10.0] * 8, [5.0] * 8  # acceptance 0.5 at every position
+        p.dense_s, p.draft_s, p.verify_s = 1.0, {"sparse": 0.1}, {g: 0.2 + 0.1 * g for g in range(1, 9)}
+        p.judged, p.accepted = {"sparse": [10.0] * 8}, {"sparse": [5.0] * 8}  # acceptance 0.5 at every position
         for _ in range(20):
             p.observe_answer(DecodeStats(new_tokens=answer_tokens, view_s=4.0))
         return p

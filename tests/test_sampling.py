@@ -221,7 +221,7 @@ def std_answers(model, inputs: dict, options: DecodeOptions, count: int, batch: 
             for slot in range(size):
                 decoder.prefill(slot, inputs)
             while not all(state.done for state in decoder.slots):
-                decoder.step()
+                decoder.step(draft=options.draft)
             for slot in range(size):
                 state = decoder.release(slot)
                 answers[tuple(state.tokens)] += 1
@@ -247,9 +247,11 @@ def resample_from_target(drafts, draft_probs, target_probs, generator):
 
 
 SETTINGS = {  # name: (options, answers drawn)
-    "t1": (DecodeOptions(ANSWER_TOKENS, k=1, gamma=2, temperature=1.0, seed=0, calibration_steps=0), 2000),
+    "t1": (DecodeOptions(ANSWER_TOKENS, k=1, gamma=2, temperature=1.0, seed=0, calibration_steps=0, draft="sparse"),
+           2000),
     "t0.8-top_p0.85": (
-        DecodeOptions(ANSWER_TOKENS, k=2, gamma=1, temperature=0.8, top_p=0.85, seed=10**6, calibration_steps=0),
+        DecodeOptions(ANSWER_TOKENS, k=2, gamma=1, temperature=0.8, top_p=0.85, seed=10**6, calibration_steps=0,
+                      draft="int4"),  # the quantized draft's own distribution, corrected by the same rule
         1500,
     ),
 }

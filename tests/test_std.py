@@ -17,13 +17,14 @@ import pytest
 import torch
 
 from stdcli.engine import DecodeOptions, DecodeStats, Engine, EngineConfig, cache_capacity
-from stdcli.engine.policy import MAX_AUTO_GAMMA, GammaPolicy
+from stdcli.engine.options import DRAFT_KINDS, SPARSE_DRAFT
+from stdcli.engine.policy import MAX_AUTO_GAMMA, Cycle, GammaPolicy
 from stdcli.model import build
 from stdcli.model.adapter import eos_token_ids, prompt_positions, visual_token_ids
 from stdcli.model.loading import load_model
 from stdcli.model.prompts import build_inputs
 
-CASES_PER_FAMILY = 110
+CASES_PER_FAMILY = 175
 WORDS = (
     "what happens in the video who moves first how many red circles are there describe the motion of each shape "
     "is the square above triangle when does light turn green why did ball stop near corner answer briefly please "
@@ -92,17 +93,20 @@ def run_case(lm, make_video, seed: int) -> list[tuple[dict, list[int], list[int]
     max_new_tokens = rng.randint(8 if with_eos else 1, 24)
     params = {"seed": seed, "frames": frames, "visual": visual, "prompt": inputs["input_ids"].shape[1], "k": k,
               "gamma": gamma, "calibration": calibration, "max_new_tokens": max_new_tokens, "fused": fused}
-    options = DecodeOptions(max_new_tokens, k, gamma, calibration_steps=calibration)
+    # every draft kind drafts every case it can (quantized drafts need the fused forward)
+    kinds = DRAFT_KINDS if fused and gamma != 0 else (SPARSE_DRAFT,)
+    options = [DecodeOptions(max_new_tokens, k, gamma, calibration_steps=calibration, draft=kind) for kind in kinds]
     # StD runs before the reference of its own prompt, so it cannot lean on model state that generate() leaves
-    result = std(lm, inputs, options, fused=fused)
+    results = [std(lm, inputs, o, fused=fused) for o in options]
     expected = reference(lm.model, inputs, max_new_tokens)
-    runs = [(params, expected, result.tokens, result.stats)]
+    runs = [({**params, "draft": o.draft}, expected, r.tokens, r.stats) for o, r in zip(options, results, strict=True)]
     if with_eos and len(expected) >= 3:
         # a token the reference emits mid-answer becomes the only end token: the answer stops at its first occurrence
         eos = expected[rng.randrange(1, len(expected) - 1)]
-        result = std(lm, inputs, options, eos=[eos], fused=fused)
-        runs.append(({**params, "eos": eos}, reference(lm.model, inputs, max_new_tokens, eos=eos), result.tokens,
-                     result.stats))
+        with_end = reference(lm.model, inputs, max_new_tokens, eos=eos)
+        for o in options:
+            result = std(lm, inputs, o, eos=[eos], fused=fused)
+            runs.append(({**params, "draft": o.draft, "eos": eos}, with_end, result.tokens, result.stats))
     return runs
 
 
@@ -110,11 +114,14 @@ def run_case(lm, make_video, seed: int) -> list[tuple[dict, list[int], list[int]
 def test_greedy_std_matches_generate(family, lms, make_video):
     lm = lms(family)
     failures, seen, totals = [], Counter(), Counter()
+    cases_drafted: dict[str, set[int]] = {kind: set() for kind in DRAFT_KINDS}
     for seed in range(CASES_PER_FAMILY):
         for params, expected, got, stats in run_case(lm, make_video, seed):
             if got != expected:
                 failures.append(f"{params}\n    generate: {expected}\n    std:      {got}")
             totals.update(runs=1, drafted=stats.drafted, accepted=stats.accepted, cycles=stats.cycles)
+            if stats.cycles:
+                cases_drafted[params["draft"]].add(params["seed"])
             seen.update(
                 dense=params["gamma"] == 0,
                 auto=params["gamma"] == "auto",
@@ -131,6 +138,9 @@ def test_greedy_std_matches_generate(family, lms, make_video):
     rejected = totals["drafted"] - totals["accepted"]
     print(f"{family}: {dict(totals)}, rejected {rejected}; runs covering {dict(seen)}")
     assert totals["accepted"] >= 100 and rejected >= 100, dict(totals)
+    drafted = {kind: len(seeds) for kind, seeds in cases_drafted.items()}
+    print(f"{family}: cases in which each draft kind drafted: {drafted}")
+    assert min(drafted.values()) >= 100, f"cases in which each draft kind drafted: {drafted}"
     for what in ("dense", "auto", "transformers_forward", "text_only", "one_frame", "k_is_1", "k_above_visual",
                  "calibrated",
                  "eos_inside_draft", "limit_inside_draft"):
@@ -200,7 +210,8 @@ def test_any_gamma_schedule_is_lossless(family, lms, make_video, monkeypatch):
     these tiny CPU models the real policy mostly, and rightly, picks dense steps)."""
     lm = lms(family)
     rng = random.Random(family)
-    monkeypatch.setattr(GammaPolicy, "choose", lambda self: rng.choice([0, 0, 0, 1, 2, 3, 5, MAX_AUTO_GAMMA]))
+    monkeypatch.setattr(GammaPolicy, "choose",
+                        lambda self: Cycle("sparse", rng.choice([0, 0, 0, 1, 2, 3, 5, MAX_AUTO_GAMMA])))
     monkeypatch.setattr(GammaPolicy, "wants_sparse_view", lambda self: True)
     failures, switches = [], 0
     for case in range(12):

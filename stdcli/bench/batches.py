@@ -186,6 +186,7 @@ def bench_batches(
     batch_sizes: Sequence[int] = (1, 4, 8),
     gammas: Sequence[int | str] = (DEFAULT_GAMMA,),
     k: int = DEFAULT_K,
+    draft: str = AUTO,
     frames: int | None = None,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     rounds: int = 1,
@@ -212,7 +213,7 @@ def bench_batches(
     env = environment(lm.device)
     meter = MemoryMeter(lm.device)
     options = AskOptions(DEFAULT_QUESTION, frames=FrameOptions(frames=frames),
-                         decode=DecodeOptions(max_new_tokens=max_new_tokens, k=k))
+                         decode=DecodeOptions(max_new_tokens=max_new_tokens, k=k, draft=draft))
     configs = batch_configs(batch_sizes, gammas)
     groups = _by_question(items)
     passes: dict[BatchConfig, list[Pass]] = {c: [] for c in configs}
@@ -243,6 +244,7 @@ def bench_batches(
             "batch_sizes": list(batch_sizes),
             "gamma": list(gammas),
             "k": k,
+            "draft": draft,
             "frames": frames,
             "max_new_tokens": max_new_tokens,
             "rounds": rounds,

@@ -17,7 +17,7 @@ import torch
 from ..ask import AskOptions, FrameOptions, decode_answer, prepare_inputs, sample_video
 from ..engine.device import synchronize
 from ..engine.options import AUTO, DEFAULT_GAMMA, DEFAULT_K, DecodeOptions
-from ..engine.stats import DENSE_ONLY, DecodeStats, gamma_counts
+from ..engine.stats import DENSE_ONLY, DecodeStats, draft_counts, gamma_counts
 from ..errors import one_line
 from .common import (
     BenchItem,
@@ -199,8 +199,8 @@ def _prepare(lm, item: BenchItem, frames: int | None, sampled_cache: dict) -> Pr
     return Prepared(item, prepared.inputs, info)
 
 
-def _std_options(max_new_tokens: int, k: int, gamma: int) -> DecodeOptions:
-    return DecodeOptions(max_new_tokens=max_new_tokens, k=k, gamma=gamma)
+def _std_options(max_new_tokens: int, k: int, gamma: int | str, draft: str) -> DecodeOptions:
+    return DecodeOptions(max_new_tokens=max_new_tokens, k=k, gamma=gamma, draft=draft)
 
 
 def bench_model(
@@ -209,13 +209,15 @@ def bench_model(
     *,
     ks: Sequence[int] = (DEFAULT_K,),
     gammas: Sequence[int | str] = (DEFAULT_GAMMA,),
+    drafts: Sequence[str] = (AUTO,),
     frames: Sequence[int | None] = (None,),
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     repeat: int = 1,
     warmup_new_tokens: int = WARMUP_NEW_TOKENS,
     progress: Progress = None,
 ) -> dict[str, Any]:
-    """Decode every item with transformers generate, our dense path and StD (every K x gamma), per frame count.
+    """Decode every item with transformers generate, our dense path and StD (every K x gamma x draft kind), per frame
+    count.
 
     Per frame count: one warm-up run of every method (and StD configuration) on the first input, then `repeat`
     rounds over the inputs; in each round every input runs every method once, in an order rotated by one position
@@ -231,7 +233,7 @@ def bench_model(
     check_frames(lm, frames)
     env = environment(lm.device)
     meter = MemoryMeter(lm.device)
-    std_configs = [(k, g) for k in ks for g in gammas]
+    std_configs = [(k, g, d) for k in ks for g in gammas for d in drafts]
     sampled_cache: dict = {}
     inputs_out: list[dict] = []
     configs_out: list[dict] = []
@@ -253,8 +255,8 @@ def bench_model(
         warm = min(max_new_tokens, warmup_new_tokens)
         run_generate(lm, first, warm, meter)
         run_engine(lm, first, DecodeOptions(max_new_tokens=warm, gamma=0), meter)
-        for k, g in std_configs:
-            run_engine(lm, first, _std_options(warm, k, g), meter)
+        for k, g, d in std_configs:
+            run_engine(lm, first, _std_options(warm, k, g, d), meter)
         for p in prepared:
             p.info["vision_encoder_s"] = round_or_none(time_vision_encoder(lm, p.inputs))
             inputs_out.append(p.info)
@@ -272,8 +274,8 @@ def bench_model(
                     else:
                         run = run_engine(lm, p.inputs, _std_options(max_new_tokens, *method), meter)
                     runs[method][(i, r)] = run
-        for k, g in std_configs:
-            configs_out.append(_summarize(lm, f, k, g, prepared, runs["generate"], runs["dense"], runs[(k, g)]))
+        for k, g, d in std_configs:
+            configs_out.append(_summarize(lm, f, (k, g, d), prepared, runs["generate"], runs["dense"], runs[(k, g, d)]))
     return {
         "schema": SCHEMA,
         "kind": "model",
@@ -282,6 +284,7 @@ def bench_model(
         "settings": {
             "k": list(ks),
             "gamma": list(gammas),
+            "draft": list(drafts),
             "frames": list(frames),
             "max_new_tokens": max_new_tokens,
             "repeat": repeat,
@@ -322,7 +325,9 @@ def _e2e_per_token(runs: list[Run]) -> float | None:
     return sum(r.prefill_s + r.decode_s for r in runs) / tokens if tokens else None
 
 
-def _summarize(lm, frames, k, gamma, prepared: list[Prepared], gen: dict, dense: dict, std: dict) -> dict[str, Any]:
+def _summarize(lm, frames, config: tuple[int, int | str, str], prepared: list[Prepared], gen: dict, dense: dict,
+               std: dict) -> dict[str, Any]:
+    k, gamma, draft = config
     keys = sorted(std)
     gen_runs, dense_runs, std_runs = [gen[x] for x in keys], [dense[x] for x in keys], [std[x] for x in keys]
     g, d, s = _method_summary(gen_runs), _method_summary(dense_runs), _method_summary(std_runs)
@@ -332,6 +337,7 @@ def _summarize(lm, frames, k, gamma, prepared: list[Prepared], gen: dict, dense:
         **{key: sum(getattr(r.stats, key) for r in std_runs)
            for key in ("dense_steps", "cycles", "drafted", "accepted")},
         gammas=gamma_counts(r.stats.gammas for r in std_runs),
+        drafts=draft_counts(r.stats.drafts for r in std_runs),
     )
     s["dense_share"] = ratio(s["dense_steps"], sum(r.decoded_tokens for r in std_runs))
     committed = sum(r.decoded_tokens - r.stats.dense_steps for r in std_runs)
@@ -351,6 +357,7 @@ def _summarize(lm, frames, k, gamma, prepared: list[Prepared], gen: dict, dense:
         "frames": frames,
         "k": k,
         "gamma": gamma,
+        "draft": draft,
         "inputs": len(prepared),
         "runs": len(keys),
         "prompt_tokens": mean([p.info["prompt_tokens"] for p in prepared]),
@@ -389,7 +396,7 @@ def ratio_range(baseline: list[Run], runs: list[Run]) -> list[float] | None:
 
 def _label(config: dict) -> str:
     frames = "default frames" if config["frames"] is None else f"{config['frames']} frames"
-    return f"γ {config['gamma']}, K {config['k']}, {frames}"
+    return f"γ {config['gamma']}, {config['draft']} draft, K {config['k']}, {frames}"
 
 
 def model_verdict(report: dict) -> str:
@@ -429,9 +436,9 @@ def model_tables(report: dict) -> list:
         + ("CUDA allocator peak" if memory_gpu else "peak RSS growth (VmHWM)")
         + " of the StD runs.",
     )
-    for column in ("frames", "K", "γ", "prompt", "prefill s gen/dense/std", "tok/s gen", "tok/s dense", "tok/s StD",
-                   "×gen", "×dense", "e2e ×gen", "e2e ×dense", "accept", "acc. len", "dense %", "identical",
-                   "peak MiB"):
+    for column in ("frames", "K", "γ", "draft", "prompt", "prefill s gen/dense/std", "tok/s gen", "tok/s dense",
+                   "tok/s StD", "×gen", "×dense", "e2e ×gen", "e2e ×dense", "accept", "acc. len", "dense %",
+                   "identical", "peak MiB"):
         speed.add_column(column, justify="right")
     for c in report["configs"]:
         g, d, s = c["generate"], c["dense"], c["std"]
@@ -440,6 +447,7 @@ def model_tables(report: dict) -> list:
             "default" if c["frames"] is None else str(c["frames"]),
             str(c["k"]),
             str(c["gamma"]),
+            _draft_cell(c["draft"], s["drafts"]),
             fmt(c["prompt_tokens"], ".0f"),
             f"{fmt(g['prefill_s'])}/{fmt(d['prefill_s'])}/{fmt(s['prefill_s'])}",
             fmt(g["decode_tokens_per_s"], ".1f"),
@@ -479,5 +487,8 @@ def model_tables(report: dict) -> list:
     return tables
 
 
-
-
+def _draft_cell(asked: str, ran: dict[str, int]) -> str:
+    """The draft kind asked for; for auto, the kinds that ran and their cycles."""
+    if asked != AUTO:
+        return asked
+    return "auto " + (" ".join(f"{kind}×{n}" for kind, n in ran.items()) if ran else "(none ran)")

@@ -15,10 +15,11 @@ import torch
 
 from ..engine.decoder import Decoder, Slot
 from ..engine.device import free_memory_bytes, synchronize
-from ..engine.options import AUTO, DEFAULT_K, MAX_AUTO_GAMMA, DecodeOptions
+from ..engine.options import AUTO, DEFAULT_K, MAX_AUTO_GAMMA, SPARSE_DRAFT, DecodeOptions
 from ..engine.policy import GammaPolicy, expected_tokens
+from ..engine.quant import weight_bytes
 from ..engine.session import Engine, Request, cache_capacity, run_window
-from ..engine.stats import gamma_counts
+from ..engine.stats import draft_counts, gamma_counts
 from ..model.adapter import eos_token_ids, visual_token_ids
 from ..model.loading import pick_device, pick_dtype
 from ..model.registry import REGISTRY, ModelLoadError
@@ -159,17 +160,17 @@ def seed_fresh_slots(decoder: Decoder, dense_len: int, sparse_len: int, tokens: 
                              max_new_tokens=1 << 30))
 
 
-def _time_steps(decoder: Decoder, plan: Sequence[tuple[int, int]], dense_len: int, tokens: list[int], iters: int,
-                warmup: int) -> list[tuple[float, float]]:
-    """Medians of (draft_s, verify_s or dense_s), by the engine's own clock, of Decoder.step(gamma) for each
-    (gamma, sparse_len) of `plan`, from fresh slots each time. The plan runs round-robin, warmup + iters rounds, so
-    a slow stretch of the machine weighs on every entry alike."""
+def _time_steps(decoder: Decoder, plan: Sequence[tuple[int, int, str]], dense_len: int, tokens: list[int],
+                iters: int, warmup: int) -> list[tuple[float, float]]:
+    """Medians of (draft_s, verify_s or dense_s), by the engine's own clock, of Decoder.step(gamma, draft) for each
+    (gamma, sparse_len, draft) of `plan`, from fresh slots each time. The plan runs round-robin, warmup + iters
+    rounds, so a slow stretch of the machine weighs on every entry alike."""
     samples: list[list[tuple[float, float]]] = [[] for _ in plan]
     for i in range(warmup + iters):
-        for j, (gamma, sparse_len) in enumerate(plan):
+        for j, (gamma, sparse_len, draft) in enumerate(plan):
             seed_fresh_slots(decoder, dense_len, sparse_len, tokens)
             synchronize(decoder.device)
-            decoder.step(gamma)
+            decoder.step(gamma, draft)
             synchronize(decoder.device)
             stats = decoder.release(0).stats
             if i >= warmup:
@@ -188,8 +189,8 @@ def _step_entry(seconds: float, nbytes: int, bandwidth: float) -> dict[str, Any]
 
 
 def _profile_point(engine: Engine, shape: _Shape, weights_read: int, bandwidth: float, context: int, batch: int,
-                   ks: Sequence[int], gammas: Sequence[int], text_tokens: int, iters: int, warmup: int,
-                   seed: int) -> dict[str, Any]:
+                   ks: Sequence[int], gammas: Sequence[int], drafts: Sequence[str], text_tokens: int, iters: int,
+                   warmup: int, seed: int) -> dict[str, Any]:
     device = engine.device
     kv = shape.kv_bytes_per_token
     kept = {k: min(k, context - text_tokens) + text_tokens for k in ks}
@@ -208,31 +209,34 @@ def _profile_point(engine: Engine, shape: _Shape, weights_read: int, bandwidth: 
     # dense: the --dense path's own decoder (gamma = 0, no sparse view)
     with engine.new_decoder(DecodeOptions(gamma=0), batch, context + 1, 1) as decoder:
         fill_random(decoder.storage.dense_k[..., :context, :], decoder.storage.dense_v[..., :context, :])
-        ((_, dense_s),) = _time_steps(decoder, [(0, 0)], context, tokens, iters, warmup)
+        ((_, dense_s),) = _time_steps(decoder, [(0, 0, SPARSE_DRAFT)], context, tokens, iters, warmup)
     del decoder
     release_memory(device)
     point["dense_step"] = _step_entry(dense_s, weights_read + batch * (context + 1) * kv, bandwidth)
     # StD: one decoder whose sparse view holds the largest K; smaller K are shorter views of it
     options = DecodeOptions(gamma=gmax, k=max(ks))
     cap = max(kept.values()) + gmax + 1
-    drafts, verifies = [], []
-    with engine.new_decoder(options, batch, context + gmax + 1, cap) as decoder:
+    draft_steps, verifies = [], []
+    with engine.new_decoder(options, batch, context + gmax + 1, cap, kinds=drafts) as decoder:
         c = decoder.storage
         fill_random(c.dense_k[..., :context, :], c.dense_v[..., :context, :], c.sparse_k, c.sparse_v)
-        # every gamma at the first K (verify costs do not depend on K), the largest gamma at the other K
-        plan = [(k, g) for index, k in enumerate(ks) for g in (gammas if index == 0 else [gmax])]
-        timed = _time_steps(decoder, [(g, kept[k]) for k, g in plan], context, tokens, iters, warmup)
-        for (k, g), (draft_s, verify_s) in zip(plan, timed, strict=True):
+        read = {kind: weights_read if kind == SPARSE_DRAFT else weight_bytes(decoder.drafts[kind]) for kind in drafts}
+        # every gamma at the first K and kind (verify costs depend on neither), the largest gamma at the others
+        plan = [(k, g, kind) for index, (k, kind) in enumerate((k, kind) for k in ks for kind in drafts)
+                for g in (gammas if index == 0 else [gmax])]
+        timed = _time_steps(decoder, [(g, kept[k], kind) for k, g, kind in plan], context, tokens, iters, warmup)
+        for (k, g, kind), (draft_s, verify_s) in zip(plan, timed, strict=True):
             if g == gmax:
-                entry = _step_entry(draft_s / g, weights_read + batch * (kept[k] + 1) * kv, bandwidth)
-                drafts.append({"k": k, "kept_tokens": kept[k], **entry})
-            if k == ks[0]:
+                entry = _step_entry(draft_s / g, read[kind] + batch * (kept[k] + 1) * kv, bandwidth)
+                entry["over_dense_step"] = round_or_none(draft_s / g / dense_s)
+                draft_steps.append({"k": k, "draft": kind, "kept_tokens": kept[k], **entry})
+            if k == ks[0] and kind == drafts[0]:
                 entry = _step_entry(verify_s, weights_read + batch * (context + g + 1) * kv, bandwidth)
                 entry["over_dense_step"] = round_or_none(verify_s / dense_s)
                 verifies.append({"gamma": g, "tokens": g + 1, **entry})
     del decoder
     release_memory(device)
-    point["draft_steps"] = drafts
+    point["draft_steps"] = draft_steps
     point["verify_steps"] = verifies
     return point
 
@@ -276,60 +280,88 @@ def _timed_decode(decoder: Decoder, prefilled: list[Slot], policy: GammaPolicy, 
     return time.perf_counter() - started, [finished[b] for b in range(len(prefilled))]
 
 
-def _decode_point(engine: Engine, context: int, batch: int, k: int, gammas: Sequence[int], text_tokens: int,
-                  new_tokens: int, rounds: int, seed: int) -> dict[str, Any]:
-    """Dense, every fixed gamma and auto decoding `new_tokens` per sequence for `batch` synthetic prompts of
-    `context` tokens, alternating, after a warm-up round (which captures the CUDA graphs and lets auto learn)."""
+def _decode_point(engine: Engine, context: int, batch: int, k: int, gammas: Sequence[int], drafts: Sequence[str],
+                  text_tokens: int, new_tokens: int, rounds: int, seed: int) -> dict[str, Any]:
+    """decode_prompts on `batch` synthetic prompts of `context` tokens, decoding past any end token."""
+    prompts = [synthetic_prompt(engine.model, context, text_tokens, seed + b) for b in range(batch)]
+    point = decode_prompts(engine, prompts, k, gammas, drafts, new_tokens, rounds, eos=(),
+                           acceptance_key="random_model_acceptance")
+    return {"context": context, **point}
+
+
+def decode_prompts(engine: Engine, prompts: Sequence[dict], k: int, gammas: Sequence[int], drafts: Sequence[str],
+                   new_tokens: int, rounds: int, eos: Sequence[int] | None = None,
+                   acceptance_key: str = "acceptance", warmup: bool = True) -> dict[str, Any]:
+    """Dense, every fixed gamma with every draft kind, and auto (gamma and kind) decoding up to `new_tokens` per
+    sequence for the prompts (one batch), alternating, after a warm-up round (which captures the CUDA graphs and
+    lets auto learn). The prompts are prefilled once: every run decodes from the same caches (decoding never writes
+    a prompt's entries). `eos`: the end tokens (default the model's; () decodes every sequence to `new_tokens`).
+    `acceptance_key` names the acceptance rate (a random model's is named apart from a trained one's); warmup=False
+    leaves the warm-up round out (where only tokens and acceptance count, not speed)."""
+    batch = len(prompts)
+    layouts = [engine.adapter.layout(p) for p in prompts]
     options = DecodeOptions(max_new_tokens=new_tokens, k=k, gamma=max(*gammas, MAX_AUTO_GAMMA))  # room for any
-    max_len, sparse_cap = cache_capacity(context, context - text_tokens, options)
-    methods: list[int | str] = [0, *gammas, AUTO]
+    needs = [cache_capacity(*layout, options) for layout in layouts]
+    max_len, sparse_cap = max(n[0] for n in needs), max(n[1] for n in needs)
+    auto_kinds = engine.draft_kinds(replace(options, draft=AUTO))
+    methods: list[tuple[int | str, str]] = [(0, SPARSE_DRAFT), *((g, d) for d in drafts for g in gammas),
+                                            (AUTO, AUTO)]
     runs: dict[Any, list[tuple[float, list[Slot]]]] = {m: [] for m in methods}
-    with engine.new_decoder(options, batch, max_len, sparse_cap, eos=()) as decoder:
-        for b in range(batch):
-            decoder.prefill(b, synthetic_prompt(engine.model, context, text_tokens, seed + b))
+    kinds = list(dict.fromkeys([*drafts, *auto_kinds]))
+    with engine.new_decoder(options, batch, max_len, sparse_cap, eos=eos, kinds=kinds) as decoder:
+        for b, prompt in enumerate(prompts):
+            decoder.prefill(b, prompt)
         prefilled = [decoder.release(b) for b in range(batch)]
-        key = engine.cost_key(context, batch)
-        for r in range(rounds + 1):  # round 0 warms up
+        key = engine.cost_key(max(prompt for prompt, _ in layouts), batch)
+        for r in range(0 if warmup else 1, rounds + 1):  # round 0 warms up
             order = methods[r % len(methods):] + methods[: r % len(methods)]
-            for method in order:
-                policy = engine.start_policy(replace(options, gamma=method), key)
+            for gamma, draft in order:
+                policy = engine.start_policy(replace(options, gamma=gamma, draft=draft), key)
                 result = _timed_decode(decoder, prefilled, policy, new_tokens)
                 engine.finish_policy(key, policy)
                 if r:
-                    runs[method].append(result)
+                    runs[gamma, draft].append(result)
     del decoder
-    dense_tokens = [s.tokens for _, slots in runs[0] for s in slots]
+    dense_tokens = [s.tokens for _, slots in runs[0, SPARSE_DRAFT] for s in slots]
     configs = []
-    for method in methods:
-        slots = [s for _, run in runs[method] for s in run]
-        seconds = sum(t for t, _ in runs[method])
+    for gamma, draft in methods:
+        slots = [s for _, run in runs[gamma, draft] for s in run]
+        seconds = sum(t for t, _ in runs[gamma, draft])
         decoded = sum(s.stats.decoded_tokens for s in slots)
         drafted, accepted = sum(s.stats.drafted for s in slots), sum(s.stats.accepted for s in slots)
         configs.append({
-            "gamma": method,
+            "gamma": gamma,
+            "draft": None if gamma == 0 else draft,
             "seconds": round_or_none(seconds),
             "decoded_tokens": decoded,
             "tokens_per_s": round_or_none(decoded / seconds) if seconds else None,
-            # named apart from a model's acceptance rate: this is a random model's, on a synthetic prompt
-            "random_model_acceptance": round_or_none(accepted / drafted) if drafted else None,
+            acceptance_key: round_or_none(accepted / drafted) if drafted else None,
             "dense_share": ratio(sum(s.stats.dense_steps for s in slots), decoded),
             "gammas": gamma_counts(s.stats.gammas for s in slots),
+            "drafts": draft_counts(s.stats.drafts for s in slots),
             "identical_to_dense": sum(s.tokens == d for s, d in zip(slots, dense_tokens, strict=True)),
             "total": len(slots),
+            # run by run, slot by slot: what each sequence drafted and kept (the dense runs: their tokens)
+            "sequences": [{"identical": s.tokens == d, "drafted": s.stats.drafted, "accepted": s.stats.accepted,
+                           **({"tokens": s.tokens} if gamma == 0 else {})}
+                          for s, d in zip(slots, dense_tokens, strict=True)],
         })
-    rate = {c["gamma"]: c["tokens_per_s"] for c in configs}
-    best = max(gammas, key=lambda g: rate[g])
+    rate = {(c["gamma"], c["draft"]): c["tokens_per_s"] for c in configs}
+    fixed = [(g, d) for g, d in methods[1:-1]]
+    best = max(fixed, key=lambda m: rate[m])
+    dense_rate, auto_rate = rate[0, None], rate[AUTO, AUTO]
     return {
-        "context": context,
         "batch": batch,
+        "prompt_tokens": [prompt for prompt, _ in layouts],
         "k": k,
         "new_tokens": new_tokens,
         "rounds": rounds,
         "configs": configs,
-        "best_fixed_gamma": best,
-        "auto_vs_best_fixed": ratio(rate[AUTO], rate[best]),
-        "auto_vs_dense": ratio(rate[AUTO], rate[0]),
-        "best_fixed_vs_dense": ratio(rate[best], rate[0]),
+        "best_fixed_gamma": best[0],
+        "best_fixed_draft": best[1],
+        "auto_vs_best_fixed": ratio(auto_rate, rate[best]),
+        "auto_vs_dense": ratio(auto_rate, dense_rate),
+        "best_fixed_vs_dense": ratio(rate[best], dense_rate),
     }
 
 
@@ -355,6 +387,7 @@ def projection(points: list[dict], acceptance: Sequence[float] = ACCEPTANCE_RATE
                             "context": point["context"],
                             "batch": point["batch"],
                             "k": draft["k"],
+                            "draft": draft["draft"],
                             "basis": basis,
                             "acceptance": a,
                             "best_gamma": best,
@@ -375,6 +408,7 @@ def profile_random_init(
     batches: Sequence[int] = DEFAULT_BATCHES,
     ks: Sequence[int] = (DEFAULT_K,),
     gammas: Sequence[int] = PROFILE_GAMMAS,
+    drafts: Sequence[str] = (SPARSE_DRAFT,),
     iters: int = DEFAULT_ITERS,
     warmup: int = WARMUP_ITERS,
     text_tokens: int = DEFAULT_TEXT_TOKENS,
@@ -385,9 +419,10 @@ def profile_random_init(
     decode_rounds: int = 2,
     progress: Progress = None,
 ) -> dict[str, Any]:
-    """Step costs of the real architecture with random weights against their floors, and the projected speedup.
-    With decode_tokens > 0, each point also decodes that many tokens per sequence densely, with every fixed gamma
-    and with gamma auto, on synthetic prompts, and reports the measured speeds (DECODE_LABEL).
+    """Step costs of the real architecture with random weights against their floors (a draft step of each draft
+    kind), and the projected speedup. With decode_tokens > 0, each point also decodes that many tokens per sequence
+    densely, with every fixed gamma and draft kind, and with auto, on synthetic prompts, and reports the measured
+    speeds (DECODE_LABEL). "auto" among `drafts` stands for the kinds auto chooses among here.
 
     Points that do not fit in the device's free memory (weights are checked before the model is built, each
     context x batch point before its caches are allocated) are skipped with a note, never attempted.
@@ -395,6 +430,7 @@ def profile_random_init(
     from ..model.build import MODEL_CLASSES, build_random_model, make_config
 
     family, scale = resolve_family(alias, scale)
+    kinds = [kind for kind in drafts if kind != AUTO]
     if iters < 1 or not contexts or not batches or not ks or not gammas:
         raise BenchError("the profile needs at least one context, batch size, K, gamma and iteration")
     if min(gammas) < 1:
@@ -424,6 +460,11 @@ def profile_random_init(
     say(progress, f"building {family} {scale} with random weights on {torch_device}")
     model = build_random_model(family, config, seed=seed, dtype=torch_dtype, device=str(torch_device))
     engine = Engine.of(model)
+    try:
+        kinds = list(dict.fromkeys([*kinds, *(engine.draft_kinds(DecodeOptions()) if AUTO in drafts else [])]))
+        engine.draft_kinds(DecodeOptions(draft=kinds[0]))  # a quantized kind the model cannot run is refused here
+    except ValueError as error:
+        raise BenchError(str(error)) from None
     say(progress, "measuring the memory bandwidth")
     bandwidth = measure_bandwidth(torch_device, bandwidth_bytes)
     dims = engine.adapter.cache
@@ -436,10 +477,10 @@ def profile_random_init(
         for batch in batches:
             say(progress, f"context {context}, batch {batch}")
             point = _profile_point(engine, shape, weights_read, bandwidth["bytes_per_s"], context, batch, list(ks),
-                                   sorted(gammas), text_tokens, iters, warmup, seed)
+                                   sorted(gammas), kinds, text_tokens, iters, warmup, seed)
             if decode_tokens and not point["skipped"]:
                 say(progress, f"context {context}, batch {batch}: decoding")
-                point["decode"] = _decode_point(engine, context, batch, ks[0], sorted(gammas), text_tokens,
+                point["decode"] = _decode_point(engine, context, batch, ks[0], sorted(gammas), kinds, text_tokens,
                                                 decode_tokens, decode_rounds, seed)
                 release_memory(torch_device)
             points.append(point)
@@ -470,6 +511,7 @@ def profile_random_init(
             "batches": list(batches),
             "k": list(ks),
             "gamma": sorted(gammas),
+            "draft": kinds,
             "text_tokens": text_tokens,
             "iters": iters,
             "warmup_iters": warmup,
@@ -528,23 +570,24 @@ def profile_tables(report: dict) -> list:
         d = p["dense_step"]
         steps.add_row(*where, "dense", fmt(d["s"] * 1e3), fmt(d["floor_s"] * 1e3), fmt(d["over_floor"]), "1.00")
         for x in p["draft_steps"]:
-            steps.add_row(*where, f"draft K={x['k']} ({x['kept_tokens']} kept)", fmt(x["s"] * 1e3),
-                          fmt(x["floor_s"] * 1e3), fmt(x["over_floor"]), fmt(x["s"] / d["s"]))
+            steps.add_row(*where, f"{x['draft']} draft K={x['k']} ({x['kept_tokens']} kept)", fmt(x["s"] * 1e3),
+                          fmt(x["floor_s"] * 1e3), fmt(x["over_floor"]), fmt(x["over_dense_step"]))
         for x in p["verify_steps"]:
             steps.add_row(*where, f"verify γ={x['gamma']} ({x['tokens']} tok)", fmt(x["s"] * 1e3),
                           fmt(x["floor_s"] * 1e3), fmt(x["over_floor"]), fmt(x["over_dense_step"]))
     proj = report["projection"]
     table = Table(title=proj["label"], caption=proj["formula"])
-    for column in ("context", "batch", "K", "step costs"):
+    for column in ("context", "batch", "K", "draft", "step costs"):
         table.add_column(column, justify="right")
     for a in proj["acceptance"]:
         table.add_column(f"a={a:g}", justify="right")
     grouped: dict = {}
     for row in proj["rows"]:
-        grouped.setdefault((row["context"], row["batch"], row["k"], row["basis"]), {})[row["acceptance"]] = row
-    for (context, batch, k, basis), cells in grouped.items():
+        where = (row["context"], row["batch"], row["k"], row["draft"], row["basis"])
+        grouped.setdefault(where, {})[row["acceptance"]] = row
+    for (context, batch, k, draft, basis), cells in grouped.items():
         table.add_row(
-            str(context), str(batch), str(k), basis,
+            str(context), str(batch), str(k), draft, basis,
             *(
                 f"{cells[a]['speedup']:.2f}× γ{cells[a]['best_gamma']}" if a in cells else "-"
                 for a in proj["acceptance"]
@@ -559,23 +602,28 @@ def _decode_table(report: dict) -> list:
     points = [p for p in report["points"] if p.get("decode")]
     if not points:
         return []
-    table = Table(title=report["decode_label"], caption="tok/s per gamma (0 = dense); identical: sequences equal to "
-                  "the dense ones, token for token")
-    for column in ("context", "batch", "tok/s by γ", "auto γ used", "accept", "auto ×best fixed", "auto ×dense",
+    table = Table(title=report["decode_label"], caption="tok/s per γ and draft kind (0 = dense); identical: "
+                  "sequences equal to the dense ones, token for token")
+    for column in ("context", "batch", "tok/s by γ:draft", "auto used", "accept", "auto ×best fixed", "auto ×dense",
                    "identical"):
         table.add_column(column, justify="right")
     for p in points:
         d = p["decode"]
-        by = {c["gamma"]: c for c in d["configs"]}
-        auto = by[AUTO]
+        auto = next(c for c in d["configs"] if c["gamma"] == AUTO)
+        used = [f"γ{g}×{n}" for g, n in auto["gammas"].items()] + [f"{k}×{n}" for k, n in auto["drafts"].items()]
         table.add_row(
             str(p["context"]), str(p["batch"]),
-            " ".join(f"{g}:{c['tokens_per_s']:.0f}" for g, c in by.items()),
-            " ".join(f"{g}×{n}" for g, n in auto["gammas"].items()),
+            " ".join(f"{_method(c)}:{c['tokens_per_s']:.0f}" for c in d["configs"]),
+            " ".join(used),
             fmt(auto["random_model_acceptance"]),
-            f"{fmt(d['auto_vs_best_fixed'])} (γ{d['best_fixed_gamma']})", fmt(d["auto_vs_dense"]),
-            ", ".join(f"{g}:{c['identical_to_dense']}/{c['total']}" for g, c in by.items() if g != 0),
+            f"{fmt(d['auto_vs_best_fixed'])} (γ{d['best_fixed_gamma']} {d['best_fixed_draft']})",
+            fmt(d["auto_vs_dense"]),
+            ", ".join(f"{_method(c)}:{c['identical_to_dense']}/{c['total']}" for c in d["configs"] if c["gamma"] != 0),
         )
     return [table]
 
 
+def _method(config: dict) -> str:
+    """dense, auto, or gamma/kind: "4/int4"."""
+    gamma = config["gamma"]
+    return "dense" if gamma == 0 else "auto" if gamma == AUTO else f"{gamma}/{config['draft']}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from ..engine.options import AUTO, MAX_GAMMA
+from ..engine.options import AUTO, DRAFT_KINDS, MAX_GAMMA
 
 SCHEMA = "stdcli-bench/1"
 METHODS = ("generate", "dense", "std")
@@ -93,3 +93,12 @@ def parse_gamma_list(text: str | None) -> list[int | str] | None:
     return ([AUTO] if AUTO in parts else []) + fixed
 
 
+
+
+def parse_draft_list(text: str) -> list[str]:
+    """"int4,sparse" -> ["int4", "sparse"]: StD draft kinds to bench, "auto" among them or not."""
+    kinds = list(dict.fromkeys(p.strip().lower() for p in text.split(",") if p.strip()))
+    unknown = [k for k in kinds if k != AUTO and k not in DRAFT_KINDS]
+    if not kinds or unknown:
+        raise BenchError(f"--draft takes a comma-separated list of {', '.join(DRAFT_KINDS)} and auto, got {text!r}")
+    return kinds

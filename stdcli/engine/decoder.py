@@ -36,7 +36,7 @@ from .cache import DENSE, SPARSE, EngineCache
 from .device import synchronize, to_device
 from .fused import FusedTextModel, decode_forward
 from .graphs import StepGraphs
-from .options import DecodeOptions, EngineConfig
+from .options import SPARSE_DRAFT, DecodeOptions, EngineConfig
 from .sampling import accept_greedy, accept_sampled, sample, token_probs
 from .stats import DecodeStats
 
@@ -102,7 +102,9 @@ class Decoder:
     """B slots of StD (or dense) decoding over one preallocated cache.
 
     A context manager: inside `with Decoder(...) as decoder:` the model's language attention is the engine's.
-    `fused`: the model's fused decoding forward (fused.py), or None for transformers' forward.
+    `fused`: the model's fused decoding forward (fused.py), or None for transformers' forward; `drafts`: the
+    weights each draft kind reads (the fused model itself for sparse drafts, or its quantized copies), empty where
+    drafts run through transformers' forward (sparse only).
     """
 
     def __init__(
@@ -116,6 +118,7 @@ class Decoder:
         config: EngineConfig | None = None,
         fused: FusedTextModel | None = None,
         eos: Sequence[int] | None = None,
+        drafts: dict[str, FusedTextModel] | None = None,
     ):
         self.adapter = adapter
         self.model = adapter.model
@@ -129,7 +132,8 @@ class Decoder:
         self.mrope = adapter.mrope
         self.generator = torch.Generator(self.device)
         self.slots: list[Slot | None] = []
-        self.restart(options, eos)
+        self.drafts: dict[str, FusedTextModel] = {}
+        self.restart(options, eos, drafts)
         self.last_draft_s = self.last_verify_s = 0.0
         self.last_captured = False  # whether the last step captured a graph (its time is not a step's cost)
         self.graphs: StepGraphs | None = None
@@ -158,12 +162,17 @@ class Decoder:
             and self.cache.sparse_cap >= (sparse_cap if options.drafting else 1)
         )
 
-    def restart(self, options: DecodeOptions, eos: Sequence[int] | None = None) -> None:
+    def restart(self, options: DecodeOptions, eos: Sequence[int] | None = None,
+                drafts: dict[str, FusedTextModel] | None = None) -> None:
         """Empty every slot for a run with these options (a new decoder's first, or a reused one's next); the caches
         and captured graphs stay."""
         self.options = options
+        self.drafts = dict(drafts or {})
         self.eos = frozenset(self.adapter.eos_ids if eos is None else eos)
         self.slots = [None] * self.storage.batch
+        # where an empty slot's rows of a step write: past what the slot last held, so that a prompt left in its
+        # caches (a sequence to seed again) stays whole while the other slots decode
+        self.parked = [(0, 0)] * self.storage.batch
         seed = options.seed if options.seed is not None else random.randrange(2**63)
         self.generator.manual_seed(seed)
 
@@ -185,28 +194,32 @@ class Decoder:
         return {i: s for i, s in enumerate(self.slots) if s is not None and not s.done}
 
     # ---- one decoding step of the model ----------------------------------------------------------
-    def _model_step(self, mode: str, tokens: torch.Tensor, positions: torch.Tensor, base_len: torch.Tensor
-                    ) -> torch.Tensor:
-        """Logits [B, L, V] of L new tokens per slot stored after base_len [B] entries of the `mode` cache."""
+    def _model_step(self, mode: str, draft: str, tokens: torch.Tensor, positions: torch.Tensor,
+                    base_len: torch.Tensor) -> torch.Tensor:
+        """Logits [B, L, V] of L new tokens per slot stored after base_len [B] entries of the `mode` cache; a
+        sparse step reads the weights of draft kind `draft`."""
         cache, length = self.storage, tokens.shape[1]
         write_pos = base_len[:, None] + torch.arange(length, device=self.device)
         ctx = step_context(mode, base_len, length, cache.buffer_len(mode), cache.dense_k.shape[-1])
         if self.fused is not None:
-            return decode_forward(self.fused, tokens, positions, cache.layer_buffers(mode), write_pos, ctx)
+            weights = self.drafts.get(draft, self.fused) if mode == SPARSE else self.fused
+            return decode_forward(weights, tokens, positions, cache.layer_buffers(mode), write_pos, ctx)
         out = self.model(input_ids=tokens, position_ids=positions, past_key_values=cache.step_view(mode, write_pos),
                          use_cache=True, **{STEP_KWARG: ctx})
         logits: torch.Tensor = out.logits
         return logits
 
-    def _forward(self, mode: str, tokens: torch.Tensor, positions: torch.Tensor, base_len: torch.Tensor
-                 ) -> torch.Tensor:
+    def _forward(self, mode: str, tokens: torch.Tensor, positions: torch.Tensor, base_len: torch.Tensor,
+                 draft: str = SPARSE_DRAFT) -> torch.Tensor:
+        if mode == DENSE:
+            draft = ""  # a dense step or verify reads the model's own weights, whatever drafted
         if self.graphs is None:
-            return self._model_step(mode, tokens, positions, base_len)
+            return self._model_step(mode, draft, tokens, positions, base_len)
 
         def step(*x: torch.Tensor) -> torch.Tensor:
-            return self._step_fn(mode, *x)
+            return self._step_fn(mode, draft, *x)
 
-        logits, captured = self.graphs.run((mode, tokens.shape[1]), step, tokens, positions, base_len)
+        logits, captured = self.graphs.run((mode, draft, tokens.shape[1]), step, tokens, positions, base_len)
         self.last_captured = self.last_captured or captured
         return logits
 
@@ -214,7 +227,8 @@ class Decoder:
         rows = 3 if self.mrope else 1
         table = torch.tensor(
             [[s.dense_len, s.sparse_len + s.unsynced, s.unsynced, s.last_token,
-              *(s.dense_len + d for d in s.rope_delta)] if s else [0] * (4 + rows) for s in self.slots],
+              *(s.dense_len + d for d in s.rope_delta)] if s else [*parked, 0, 0, *[parked[0]] * rows]
+             for s, parked in zip(self.slots, self.parked, strict=True)],
             dtype=torch.long,
         )
         t = to_device(table, self.device)
@@ -300,12 +314,13 @@ class Decoder:
         return cache.build_sparse(slot, kept, text.to(self.device))
 
     # ---- a cycle -----------------------------------------------------------------------------------
-    def _draft(self, on_device: SlotTensors, gamma: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """gamma tokens from the sparse view, one at a time. Returns drafts [B, g] (and their distributions)."""
+    def _draft(self, on_device: SlotTensors, gamma: int, draft: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """gamma tokens from the sparse view, one at a time, with the weights of draft kind `draft`. Returns drafts
+        [B, g] (and their distributions)."""
         token = on_device.last_token
         drafts, dists = [], []
         for j in range(gamma):
-            logits = self._forward(SPARSE, token, self._positions(on_device, 1, j), on_device.sparse_len + j)
+            logits = self._forward(SPARSE, token, self._positions(on_device, 1, j), on_device.sparse_len + j, draft)
             choice, probs = self._choose(logits[:, -1])
             token = choice[:, None]
             drafts.append(token)
@@ -355,9 +370,12 @@ class Decoder:
                 s.sparse_len, s.unsynced = s.sparse_len + s.unsynced, 0
 
     @torch.inference_mode()
-    def step(self, gamma: int | None = None) -> dict[int, list[int]]:
-        """Advance every active slot by one cycle of `gamma` drafts (default: the fixed gamma of the options);
-        returns the tokens each slot committed. The cycle's times are left in last_draft_s and last_verify_s."""
+    def step(self, gamma: int | None = None, draft: str = SPARSE_DRAFT) -> dict[int, list[int]]:
+        """Advance every active slot by one cycle of `gamma` drafts of kind `draft` (default: the fixed gamma of the
+        options, sparse drafts); returns the tokens each slot committed. The cycle's times are left in
+        last_draft_s and last_verify_s."""
+        if draft != SPARSE_DRAFT and draft not in self.drafts:
+            raise ValueError(f"this decoder has no {draft} draft (it has {', '.join(self.drafts) or 'sparse only'})")
         if gamma is None:
             if not isinstance(self.options.gamma, int):
                 raise ValueError("step needs a gamma: the options' gamma is auto")
@@ -376,7 +394,7 @@ class Decoder:
         draft_probs: torch.Tensor | None = None
         if gamma:
             self._sync_sparse(on_device)
-            drafts, draft_probs = self._draft(on_device, gamma)
+            drafts, draft_probs = self._draft(on_device, gamma, draft)
         else:
             drafts = torch.empty(self.storage.batch, 0, dtype=torch.long, device=self.device)
         clock.mark_drafted()
@@ -387,9 +405,9 @@ class Decoder:
         # the one synchronization of a cycle: what was accepted decides what the host does next
         rows = torch.cat([accepted[:, None], next_token[:, None], drafts], 1).tolist()
         self.last_draft_s, self.last_verify_s = clock.split()
-        return {i: self._commit(state, gamma, rows[i]) for i, state in active.items()}
+        return {i: self._commit(state, gamma, rows[i], draft) for i, state in active.items()}
 
-    def _commit(self, state: Slot, gamma: int, row: list[int]) -> list[int]:
+    def _commit(self, state: Slot, gamma: int, row: list[int], draft: str) -> list[int]:
         """One slot's outcome of a cycle, row = [accepted, the dense model's next token, drafts...]: keep the
         accepted drafts and that token; returns what was kept (EOS or the token limit may cut it)."""
         accepted, token, drafted = row[0], row[1], row[2:]
@@ -400,7 +418,7 @@ class Decoder:
         else:
             state.unsynced += 1
         state.last_token = token
-        state.stats.record_cycle(gamma, accepted, self.last_draft_s, self.last_verify_s)
+        state.stats.record_cycle(gamma, accepted, self.last_draft_s, self.last_verify_s, draft)
         return kept
 
     def release(self, slot: int) -> Slot:
@@ -408,4 +426,5 @@ class Decoder:
         if state is None:
             raise ValueError(f"slot {slot} is empty")
         self.slots[slot] = None
+        self.parked[slot] = (state.dense_len, state.sparse_len + state.unsynced)
         return state

@@ -7,14 +7,16 @@ weights (gpt-fast style), per layer:
     add + RMSNorm -> one QKV matmul -> RoPE and cache write -> attention -> o_proj
     add + RMSNorm -> one gate/up matmul -> SiLU * up -> down_proj
 
-On a CUDA GPU the element-wise parts are Triton kernels (kernels.py); elsewhere the same functions in PyTorch, so
-the CPU suite tests this forward against `model.generate`. Only decoding steps use it; the prompt (with the vision
-tower) still runs through transformers' forward.
+On a CUDA GPU the element-wise parts are Triton kernels (kernels.py), and in 16-bit the projections too: a
+batch-invariant matmul, so that a verify pass computes every token's row bit for bit as a dense step would (and
+StD's answers in bfloat16 are our dense path's); elsewhere the same functions in PyTorch, so the CPU suite tests
+this forward against `model.generate`. Only decoding steps use it; the prompt (with the vision tower) still runs
+through transformers' forward.
 
 The q/k/v and gate/up projections are concatenated once: their weights are re-pointed to views of the concatenated
 tensor (same values, no second copy), so transformers' forward and `generate` keep working on the same memory. The
 parameters are new objects then: code that holds the old ones (an optimizer built before) should decode with
-`DecodeOptions(fused=False)`.
+`EngineConfig(fused=False)`.
 """
 
 from __future__ import annotations
@@ -30,20 +32,24 @@ from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 from . import kernels
 from .attention import StepContext, step_attention
 from .cache import store_step_entries
+from .quant import QuantizedWeight, linear_reference
 
 # Decoder layers whose forward is exactly the one written out in `decode_forward`.
 SUPPORTED_LAYERS = ("Qwen2DecoderLayer", "Qwen2VLDecoderLayer", "Qwen2_5_VLDecoderLayer")
+
+
+Weight = torch.Tensor | QuantizedWeight  # a projection's weight: the model's own, or a draft's quantized copy
 
 
 @dataclass
 class FusedLayer:
     input_norm: torch.Tensor
     post_attention_norm: torch.Tensor
-    qkv_weight: torch.Tensor  # [(Hq + 2 Hkv) * D, hidden]
+    qkv_weight: Weight  # [(Hq + 2 Hkv) * D, hidden]
     qkv_bias: torch.Tensor | None
-    o_weight: torch.Tensor
-    gate_up_weight: torch.Tensor  # [2 * intermediate, hidden]
-    down_weight: torch.Tensor
+    o_weight: Weight
+    gate_up_weight: Weight  # [2 * intermediate, hidden]
+    down_weight: Weight
 
 
 @dataclass
@@ -51,7 +57,7 @@ class FusedTextModel:
     embed: torch.Tensor
     layers: list[FusedLayer]
     norm: torch.Tensor
-    lm_head: torch.Tensor
+    lm_head: Weight
     rotary: nn.Module  # the model's own rotary embedding: cos/sin exactly as its forward computes them
     eps: float
     q_heads: int
@@ -143,7 +149,8 @@ def still_shared(model: Any, fused: FusedTextModel) -> bool:
     """Whether the model's weights are still the views `fused` was built on: moving or casting the model
     (`model.to(...)`) gives its parameters new storage, and the fused weights must then be built again."""
     attn = language_model(model).layers[0].self_attn
-    return attn.q_proj.weight.data_ptr() == fused.layers[0].qkv_weight.data_ptr()
+    qkv = fused.layers[0].qkv_weight
+    return isinstance(qkv, torch.Tensor) and attn.q_proj.weight.data_ptr() == qkv.data_ptr()
 
 
 # ---- the element-wise parts in PyTorch: the CPU path, and the reference the kernels are tested against ----------
@@ -197,16 +204,22 @@ def decode_forward(
     delta = None
     for layer, (keys, values) in zip(fused.layers, buffers, strict=True):
         x = norm_fn(hidden, delta, layer.input_norm, fused.eps)
-        qkv = F.linear(x, layer.qkv_weight, layer.qkv_bias)
+        qkv = project(x, layer.qkv_weight, layer.qkv_bias)
         query = rope_fn(qkv, cos, sin, keys, values, write_pos, fused.q_heads, fused.kv_heads)
         attended = step_attention(query, keys, values, ctx, fused.scaling)  # [B, L, Hq, D]
-        delta = F.linear(attended.reshape(batch * length, -1), layer.o_weight)
+        delta = project(attended.reshape(batch * length, -1), layer.o_weight)
         x = norm_fn(hidden, delta, layer.post_attention_norm, fused.eps)
-        delta = F.linear(silu_mul_fn(wide_linear(x, layer.gate_up_weight)), layer.down_weight)
+        delta = project(silu_mul_fn(project(x, layer.gate_up_weight)), layer.down_weight)
     x = norm_fn(hidden, delta, fused.norm, fused.eps)
-    return wide_linear(x, fused.lm_head).view(batch, length, -1)
+    return project(x, fused.lm_head).view(batch, length, -1)
 
 
-def wide_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x @ weight.T for the wide projections (gate/up, lm_head): Triton's skinny matmul where it is faster."""
-    return kernels.skinny_linear(x, weight) if kernels.use_skinny_linear(x) else F.linear(x, weight)
+def project(x: torch.Tensor, weight: Weight, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ weight.T (+ bias): on a CUDA GPU in 16-bit the batch-invariant kernel of kernels.py, so that a verify of
+    gamma + 1 tokens computes each token's row as a dense step does; elsewhere F.linear. A quantized weight (a
+    draft's) is multiplied by the dequantizing kernel on a GPU, dequantized first elsewhere."""
+    if isinstance(weight, QuantizedWeight):
+        if kernels.available(x.device):
+            return kernels.quant_linear(x, weight, bias)
+        return linear_reference(x, weight, bias)
+    return kernels.linear(x, weight, bias) if kernels.use_linear_kernel(x) else F.linear(x, weight, bias)

@@ -79,11 +79,11 @@ class StepGraphs:
     fails, `failure` says why and every later step runs eagerly."""
 
     def __init__(self) -> None:
-        self.steps: dict[tuple[str, int], CapturedStep] = {}
+        self.steps: dict[tuple[str, str, int], CapturedStep] = {}
         self.pool = torch.cuda.graph_pool_handle()
         self.failure: str | None = None
 
-    def run(self, key: tuple[str, int], fn: Callable[..., torch.Tensor], *inputs: torch.Tensor
+    def run(self, key: tuple[str, str, int], fn: Callable[..., torch.Tensor], *inputs: torch.Tensor
             ) -> tuple[torch.Tensor, bool]:
         """fn(*inputs) replayed from the graph of `key`, or run and captured on its first call; also whether this
         call captured (its time is not a step's cost)."""

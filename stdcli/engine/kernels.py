@@ -11,16 +11,16 @@ The keys are split across many programs (a 7B model at batch 1 has only 4 KV hea
 would read the whole cache); each program handles all query heads of its KV head group and all new tokens, and a
 second small kernel merges the partial results by their log-sum-exp.
 
-The layer kernels (add + RMSNorm, RoPE + cache write, SiLU x up, a skinny matmul for the wide projections) have
+The layer kernels (add + RMSNorm, RoPE + cache write, SiLU x up, a batch-invariant matmul for the projections) have
 PyTorch counterparts in fused.py, which the CPU runs and the tests compare them with; in Triton's interpreter
 (TRITON_INTERPRET=1) they also run on the CPU, which is how CI tests them.
 """
 
 from __future__ import annotations
 
-import functools
-
 import torch
+
+from .quant import QuantizedWeight
 
 try:
     import triton
@@ -49,14 +49,16 @@ if triton is not None:
         stride_ob, stride_oh, stride_os, stride_om,
         stride_lb, stride_lh, stride_ls,
         scaling, keys_per_split,
-        GROUP: tl.constexpr, LEN: tl.constexpr, HEAD_DIM: tl.constexpr,
+        GROUP: tl.constexpr, LEN: tl.constexpr, HEAD_DIM: tl.constexpr, ROW_TILES: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
     ):
-        split = tl.program_id(0)
+        # row tiles of one split are neighbours in launch order: they read the same keys, which L2 then serves
+        split = tl.program_id(0) // ROW_TILES
+        rows = (tl.program_id(0) % ROW_TILES) * BLOCK_M + tl.arange(0, BLOCK_M)  # row = g * LEN + i: query head g
+        # of the group, new token i
         b = tl.program_id(1)
         kv_head = tl.program_id(2)
         base = tl.load(BASE + b)
-        rows = tl.arange(0, BLOCK_M)  # row = g * LEN + i: query head g of the group, new token i
         row_valid = rows < GROUP * LEN
         g = rows // LEN
         i = rows % LEN
@@ -196,46 +198,115 @@ if triton is not None:
         tl.store(OUT + row * width + cols, (act.to(tl.float32) * up.to(tl.float32)).to(gate.dtype), mask=valid)
 
     @triton.jit
-    def _skinny_linear_kernel(X, W, OUT, rows, width, depth, stride_x, stride_out,
-                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        rows_ = tl.arange(0, BLOCK_M)
+    def _linear_kernel(X, W, BIAS, OUT, rows, width, depth, stride_x, stride_w, stride_out,
+                       HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        # the row tiles of one column tile are neighbours in launch order: they read the same weights, which L2
+        # then serves
+        row_ids = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         for k0 in range(0, depth, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)
-            x = tl.load(X + rows_[:, None] * stride_x + ks[None, :],
-                        mask=(rows_[:, None] < rows) & (ks[None, :] < depth), other=0.0)
-            w = tl.load(W + cols[:, None] * depth + ks[None, :], mask=(cols[:, None] < width) & (ks[None, :] < depth),
-                        other=0.0)
+            x = tl.load(X + row_ids[:, None] * stride_x + ks[None, :],
+                        mask=(row_ids[:, None] < rows) & (ks[None, :] < depth), other=0.0)
+            w = tl.load(W + cols[:, None] * stride_w + ks[None, :],
+                        mask=(cols[:, None] < width) & (ks[None, :] < depth), other=0.0)
             acc = tl.dot(x, tl.trans(w), acc)
-        tl.store(OUT + rows_[:, None] * stride_out + cols[None, :], acc.to(OUT.dtype.element_ty),
-                 mask=(rows_[:, None] < rows) & (cols[None, :] < width))
+        if HAS_BIAS:
+            acc += tl.load(BIAS + cols, mask=cols < width, other=0.0).to(tl.float32)[None, :]
+        tl.store(OUT + row_ids[:, None] * stride_out + cols[None, :], acc.to(OUT.dtype.element_ty),
+                 mask=(row_ids[:, None] < rows) & (cols[None, :] < width))
 
 
-SKINNY_ROWS = 16  # the most rows skinny_linear takes: one tile of them, so the weight is read once
+    @triton.jit
+    def _quant_linear_kernel(X, Q, S, BIAS, OUT, rows, width, depth, stride_x, stride_q, stride_s, stride_out,
+                             BITS: tl.constexpr, HAS_BIAS: tl.constexpr, GROUP: tl.constexpr,
+                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        # one group of GROUP input columns per step: its integer levels times the inputs, then times its scale
+        row_ids = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        row_valid, col_valid = row_ids < rows, cols < width
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        for g in range(0, depth // GROUP):
+            if BITS == 8:
+                ks = g * GROUP + tl.arange(0, GROUP)
+                x = tl.load(X + row_ids[:, None] * stride_x + ks[None, :], mask=row_valid[:, None], other=0.0)
+                q = tl.load(Q + cols[:, None] * stride_q + ks[None, :], mask=col_valid[:, None], other=0)
+                part = tl.dot(x, tl.trans(q.to(x.dtype)))
+            else:  # two columns per byte: the even one in the low nibble
+                pairs = tl.arange(0, GROUP // 2)
+                x_ptr = X + row_ids[:, None] * stride_x + g * GROUP + 2 * pairs[None, :]
+                x_even = tl.load(x_ptr, mask=row_valid[:, None], other=0.0)
+                x_odd = tl.load(x_ptr + 1, mask=row_valid[:, None], other=0.0)
+                packed = tl.load(Q + cols[:, None] * stride_q + g * (GROUP // 2) + pairs[None, :],
+                                 mask=col_valid[:, None], other=0)
+                low = (packed & 0xF).to(tl.int8)
+                high = (packed >> 4).to(tl.int8)
+                low = tl.where(low > 7, low - 16, low)
+                high = tl.where(high > 7, high - 16, high)
+                part = tl.dot(x_even, tl.trans(low.to(x_even.dtype))) + tl.dot(x_odd, tl.trans(high.to(x_odd.dtype)))
+            scale = tl.load(S + cols * stride_s + g, mask=col_valid, other=0.0)
+            acc += part * scale[None, :]
+        if HAS_BIAS:
+            acc += tl.load(BIAS + cols, mask=col_valid, other=0.0).to(tl.float32)[None, :]
+        tl.store(OUT + row_ids[:, None] * stride_out + cols[None, :], acc.to(OUT.dtype.element_ty),
+                 mask=row_valid[:, None] & col_valid[None, :])
 
 
-def use_skinny_linear(x: torch.Tensor) -> bool:
-    """For the wide projections (gate/up, lm_head) of a decoding step in 16-bit: a few rows against a weight much
-    taller than wide, where cuBLAS reads the weight 5-10% slower (scripts/tune_kernels.py). The q/k/v, o and down
-    projections keep cuBLAS: it won for q/k/v and down, and the o projection of one row, faster here in isolation,
-    was tried only together with a fused down projection that made the step slower (docs/benchmarks.md)."""
-    return x.dtype in (torch.bfloat16, torch.float16) and x.shape[0] <= SKINNY_ROWS and available(x.device)
+# Batch invariance of the projections: one row's product must not depend on how many rows are computed with it.
+# cuBLAS picks its kernel (and split of the reduction) by the number of rows, so a verify of gamma + 1 tokens
+# would not compute what gamma + 1 dense steps compute; this kernel fixes everything that shapes a row's reduction
+# (tiles of LINEAR_ROWS rows, the block sizes, the order of the reduction over K) for a given weight, whatever
+# the number of rows. Its configuration depends on the weight's shape alone (linear_config).
+LINEAR_ROWS = 16
+# (block of N, block of K, warps, pipeline stages) by weight shape (N, K), measured at the 7B shape
+# (scripts/tune_kernels.py); other shapes take DEFAULT_LINEAR_CONFIG.
+LINEAR_CONFIGS: dict[tuple[int, int], tuple[int, int, int, int]] = {}
+DEFAULT_LINEAR_CONFIG = (32, 256, 4, 4)
 
 
-def skinny_linear(x: torch.Tensor, weight: torch.Tensor,
-                  config: tuple[int, int, int, int] | None = None) -> torch.Tensor:
-    """x [M, K] @ weight [N, K].T for M <= SKINNY_ROWS (no bias), fp32 accumulation. config: (block of N, block of
-    K, warps, pipeline stages); by default the best measured at the 7B shape for one row, or for several."""
+def use_linear_kernel(x: torch.Tensor) -> bool:
+    """Whether decoding steps project with `linear`: 16-bit on a CUDA GPU (float32 keeps cuBLAS, whose float32
+    results agree with transformers' forward to the last bits that matter, as the exactness tests check)."""
+    return x.dtype in (torch.bfloat16, torch.float16) and available(x.device)
+
+
+def linear_config(width: int, depth: int) -> tuple[int, int, int, int]:
+    return LINEAR_CONFIGS.get((width, depth), DEFAULT_LINEAR_CONFIG)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+           config: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+    """x [M, K] @ weight [N, K].T (+ bias [N]), fp32 accumulation, batch-invariant (see LINEAR_ROWS). config:
+    (block of N, block of K, warps, pipeline stages); by default linear_config of the weight's shape."""
     rows, depth = x.shape
-    if rows > SKINNY_ROWS:  # one program covers every row: more would be silently left out
-        raise ValueError(f"skinny_linear takes at most {SKINNY_ROWS} rows, got {rows}")
     width = weight.shape[0]
     out = torch.empty(rows, width, device=x.device, dtype=x.dtype)
-    block_n, block_k, warps, stages = config or ((32, 256, 4, 4) if rows == 1 else (64, 128, 4, 4))
-    _skinny_linear_kernel[(triton.cdiv(width, block_n),)](
-        x, weight, out, rows, width, depth, x.stride(0), out.stride(0),
-        BLOCK_M=SKINNY_ROWS, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages,
+    block_n, block_k, warps, stages = config or linear_config(width, depth)
+    _linear_kernel[(triton.cdiv(rows, LINEAR_ROWS), triton.cdiv(width, block_n))](
+        x, weight, x if bias is None else bias, out, rows, width, depth, x.stride(0), weight.stride(0),
+        out.stride(0), HAS_BIAS=bias is not None, BLOCK_M=LINEAR_ROWS, BLOCK_N=block_n, BLOCK_K=block_k,
+        num_warps=warps, num_stages=stages,
+    )
+    return out
+
+
+QUANT_BLOCK_N = 64  # output columns per program of the quantized matmul (its K step is one quantization group)
+
+
+def quant_linear(x: torch.Tensor, weight: QuantizedWeight, bias: torch.Tensor | None = None,
+                 block_n: int = QUANT_BLOCK_N, warps: int = 4, stages: int = 3) -> torch.Tensor:
+    """x [M, K] @ dequantize(weight).T (+ bias) for an int8 or int4 weight (quant.py), dequantized on the fly: the
+    weight is read in its quantized bytes only."""
+    rows, depth = x.shape
+    width = weight.shape[0]
+    group = depth // weight.scales.shape[1]
+    out = torch.empty(rows, width, device=x.device, dtype=x.dtype)
+    _quant_linear_kernel[(triton.cdiv(rows, LINEAR_ROWS), triton.cdiv(width, block_n))](
+        x, weight.packed, weight.scales, x if bias is None else bias, out, rows, width, depth, x.stride(0),
+        weight.packed.stride(0), weight.scales.stride(0), out.stride(0), BITS=weight.bits,
+        HAS_BIAS=bias is not None, GROUP=group, BLOCK_M=LINEAR_ROWS, BLOCK_N=block_n, num_warps=warps,
+        num_stages=stages,
     )
     return out
 
@@ -276,15 +347,19 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     return out
 
 
-@functools.cache
-def _sm_count(device_index: int | None) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
+# Batch invariance: the attention of one query row must not depend on how many rows (verify tokens, query heads)
+# or sequences are computed with it, so that a verify of gamma + 1 tokens writes and reads bit for bit what gamma
+# + 1 dense steps would. Everything that shapes a row's reduction is fixed: rows go in tiles of ATTENTION_ROWS,
+# keys in blocks of ATTENTION_KEYS, and the keys are split at multiples of keys_per_split(), which depends on the
+# buffer's length alone (dense steps and verifies read the same buffer).
+ATTENTION_ROWS, ATTENTION_KEYS = 16, 64
+TARGET_SPLITS = 64  # a 16K buffer in 64 splits of 256 keys: 256 programs at batch 1 for a 7B model's 4 KV heads
 
 
-def split_count(num_keys: int, batch: int, kv_heads: int, sm_count: int, min_keys: int = 128) -> int:
-    """Enough programs to fill the GPU a few times over, each reading at least `min_keys` keys."""
-    wanted = max(1, (4 * sm_count) // max(1, batch * kv_heads))
-    return max(1, min(wanted, -(-num_keys // min_keys)))
+def keys_per_split(num_keys: int) -> int:
+    """Keys each program reduces: about TARGET_SPLITS splits, a whole number of key blocks, at least two."""
+    wanted = -(-num_keys // TARGET_SPLITS)
+    return max(2 * ATTENTION_KEYS, -(-wanted // ATTENTION_KEYS) * ATTENTION_KEYS)
 
 
 def decode_attention(
@@ -293,28 +368,30 @@ def decode_attention(
 ) -> torch.Tensor:
     """query [B,Hq,L,D]; key/value [B,Hkv,N,D] (the whole preallocated buffer); base_len [B] int32.
 
-    Returns [B, L, Hq, D]: row i of sequence b attends to keys 0 .. base_len[b]+i.
+    Returns [B, L, Hq, D]: row i of sequence b attends to keys 0 .. base_len[b]+i. `splits` overrides the split
+    of the keys (for tuning; results then depend on it).
     """
     batch, q_heads, length, head_dim = query.shape
     kv_heads, num_keys = key.shape[1], key.shape[2]
     group = q_heads // kv_heads
-    if splits is None:
-        splits = split_count(num_keys, batch, kv_heads, _sm_count(query.device.index))
-    keys_per_split = -(-num_keys // splits)
+    per_split = keys_per_split(num_keys) if splits is None else -(-num_keys // splits)
+    splits = -(-num_keys // per_split)
     rows = group * length
-    block_m = max(16, triton.next_power_of_2(rows))
-    part_o = torch.empty(batch, kv_heads, splits, rows, head_dim, device=query.device, dtype=torch.float32)
-    part_lse = torch.empty(batch, kv_heads, splits, rows, device=query.device, dtype=torch.float32)
-    block_n = 64 if block_m <= 64 else 32
-    _split_kernel[(splits, batch, kv_heads)](
+    row_tiles = -(-rows // ATTENTION_ROWS)
+    part_o = torch.empty(batch, kv_heads, splits, row_tiles * ATTENTION_ROWS, head_dim, device=query.device,
+                         dtype=torch.float32)
+    part_lse = torch.empty(batch, kv_heads, splits, row_tiles * ATTENTION_ROWS, device=query.device,
+                           dtype=torch.float32)
+    _split_kernel[(splits * row_tiles, batch, kv_heads)](
         query, key, value, base_len, part_o, part_lse,
         query.stride(0), query.stride(1), query.stride(2),
         key.stride(0), key.stride(1), key.stride(2),
         value.stride(0), value.stride(1), value.stride(2),
         part_o.stride(0), part_o.stride(1), part_o.stride(2), part_o.stride(3),
         part_lse.stride(0), part_lse.stride(1), part_lse.stride(2),
-        scaling, keys_per_split,
-        GROUP=group, LEN=length, HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n,
+        scaling, per_split,
+        GROUP=group, LEN=length, HEAD_DIM=head_dim, ROW_TILES=row_tiles, BLOCK_M=ATTENTION_ROWS,
+        BLOCK_N=ATTENTION_KEYS,
         PRECISION="ieee" if query.dtype == torch.float32 else "tf32",  # float32 stays exact; tf32 is unused for 16-bit
         num_warps=4, num_stages=2,
     )

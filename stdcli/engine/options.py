@@ -16,6 +16,15 @@ MAX_AUTO_GAMMA = 8  # the largest gamma auto considers: beyond it E(g) grows lit
 MAX_GAMMA = 15
 
 
+# What a draft step reads: the sparse view with the model's own weights, or with their int8 / int4 copy (quant.py).
+SPARSE_DRAFT, INT8_DRAFT, INT4_DRAFT = "sparse", "int8", "int4"
+DRAFT_KINDS = (SPARSE_DRAFT, INT8_DRAFT, INT4_DRAFT)
+# What --draft auto chooses among on a CUDA GPU. int8 is left out: it costs twice int4's memory (half the weights'
+# bytes against a quarter) for a draft that reads twice as much; ask for it by name. Elsewhere auto is the sparse
+# draft alone: without the dequantizing kernels a quantized draft step costs more than a dense one.
+AUTO_DRAFTS = (INT4_DRAFT, SPARSE_DRAFT)
+
+
 def check_gamma(gamma: int | str) -> None:
     if not (gamma == AUTO or (isinstance(gamma, int) and 0 <= gamma <= MAX_GAMMA)):
         raise ValueError(f"gamma must be a count from 0 to {MAX_GAMMA} or {AUTO!r}, got {gamma!r}")
@@ -33,9 +42,12 @@ class DecodeOptions:
     seed: int | None = None
     # StD sequences start with this many plain dense steps: their measured cost is the baseline of `speedup_est`.
     calibration_steps: int = 2
+    draft: str = AUTO  # a kind of DRAFT_KINDS, or "auto": chosen every cycle, as gamma auto chooses gamma
 
     def __post_init__(self) -> None:
         check_gamma(self.gamma)
+        if self.draft != AUTO and self.draft not in DRAFT_KINDS:
+            raise ValueError(f"draft must be one of {', '.join(DRAFT_KINDS)} or {AUTO!r}, got {self.draft!r}")
 
     @property
     def greedy(self) -> bool:

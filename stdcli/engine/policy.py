@@ -11,7 +11,9 @@ with the most expected tokens per second, 0 when no gamma beats a dense step. Wh
 cycle now and then, at doubling intervals, since acceptance and costs change as the context grows. What a sequence
 measured can be remembered (costs.py: per model, device, dtype, batch and context size), so that the next video,
 and the next run, start from it instead of trying a cycle first: short answers would otherwise pay for that try.
-The policy is a plain object: it holds no global state and touches no file. The choice never changes the tokens:
+The same holds for the kind of draft (sparse view with the model's own weights, or its int8 / int4 copy):
+each kind's step cost and acceptance are tracked, tried once each, and the cheapest expected cycle wins. The
+policy is a plain object: it holds no global state and touches no file. The choice never changes the tokens:
 every gamma, 0 included, commits exactly what dense decoding would (greedy) or the same distribution (sampling).
 """
 
@@ -20,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .options import AUTO, MAX_AUTO_GAMMA
+from .options import AUTO, MAX_AUTO_GAMMA, SPARSE_DRAFT
 from .stats import DecodeStats
 
 FIRST_TRY_GAMMA = 4  # the first StD cycle, which measures the draft and verify costs
@@ -55,20 +57,31 @@ def _smooth(average: float | None, sample: float) -> float:
     return sample if average is None else (1 - COST_SMOOTHING) * average + COST_SMOOTHING * sample
 
 
+@dataclass(frozen=True)
+class Cycle:
+    """What the next cycle does: `gamma` drafts of kind `draft` (gamma 0: a plain dense step)."""
+
+    draft: str
+    gamma: int
+
+
 @dataclass
 class GammaPolicy:
-    """The gamma of each cycle. `gamma` is a fixed count (after `calibration_steps` dense steps, whose cost is the
-    baseline of the speedup estimate) or AUTO. `observe` is told what each cycle cost and accepted."""
+    """The draft kind and gamma of each cycle. `gamma` is a fixed count (after `calibration_steps` dense steps,
+    whose cost is the baseline of the speedup estimate) or AUTO; `drafts` the draft kinds to choose among (one:
+    that kind). `observe` is told what each cycle cost and accepted. Draft costs and acceptance are kept per kind;
+    a verify costs the same whichever kind drafted."""
 
     gamma: int | str
     calibration_steps: int = 2
+    drafts: tuple[str, ...] = (SPARSE_DRAFT,)
     max_gamma: int = MAX_AUTO_GAMMA
     dense_s: float | None = None
-    draft_s: float | None = None  # one draft step
+    draft_s: dict[str, float] = field(default_factory=dict)  # kind -> one draft step
     verify_s: dict[int, float] = field(default_factory=dict)  # gamma -> one verify of gamma + 1 tokens
-    # per draft position j (0-based): decayed counts of drafts judged there and of those accepted
-    judged: list[float] = field(default_factory=lambda: _prior(MAX_AUTO_GAMMA, PRIOR_DRAFTS))
-    accepted: list[float] = field(default_factory=lambda: _prior(MAX_AUTO_GAMMA, PRIOR_ACCEPTANCE * PRIOR_DRAFTS))
+    # per kind and draft position j (0-based): decayed counts of drafts judged there and of those accepted
+    judged: dict[str, list[float]] = field(default_factory=dict)
+    accepted: dict[str, list[float]] = field(default_factory=dict)
     dense_steps: int = 0
     since_cycle: int = 0  # dense steps since the last StD cycle
     probe_interval: int = FIRST_PROBE_INTERVAL
@@ -77,22 +90,25 @@ class GammaPolicy:
     view_s: float | None = None  # moving average of what ranking and building one answer's sparse view costs
     can_draft: bool = True  # False once this answer was prefilled without one
     # best() of the last cycle's costs, reused by dense steps (a few us per step, which a small model notices)
-    best_memo: tuple[int, float] | None = field(default=None, init=False, repr=False, compare=False)
+    best_memo: tuple[Cycle, float] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        # a fixed gamma beyond auto's range drafts positions auto never tracks: track them too, from the prior
-        if isinstance(self.gamma, int) and self.gamma > len(self.judged):
-            extra = self.gamma - len(self.judged)
-            self.judged = self.judged + _prior(extra, PRIOR_DRAFTS)
-            self.accepted = self.accepted + _prior(extra, PRIOR_ACCEPTANCE * PRIOR_DRAFTS)
+        # every kind tracks as many positions as the longest draft (a fixed gamma may draft beyond auto's range),
+        # starting from the prior
+        positions = max(MAX_AUTO_GAMMA, self.gamma if isinstance(self.gamma, int) else 0)
+        for kind in self.drafts:
+            judged, accepted = self.judged.setdefault(kind, []), self.accepted.setdefault(kind, [])
+            judged += _prior(positions - len(judged), PRIOR_DRAFTS)
+            accepted += _prior(positions - len(accepted), PRIOR_ACCEPTANCE * PRIOR_DRAFTS)
 
     @classmethod
-    def start(cls, gamma: int | str, calibration_steps: int, known: GammaPolicy | None = None) -> GammaPolicy:
-        """A policy for a new sequence (or batch window): for auto, continuing from `known`, what an earlier one
-        measured (CostMemory.get), if any; a fixed gamma ignores it."""
+    def start(cls, gamma: int | str, calibration_steps: int, known: GammaPolicy | None = None,
+              drafts: tuple[str, ...] = (SPARSE_DRAFT,)) -> GammaPolicy:
+        """A policy for a new sequence (or batch window) choosing among `drafts`: for auto, continuing from
+        `known`, what an earlier one measured (CostMemory.get), if any; a fixed gamma ignores it."""
         if gamma != AUTO or known is None:
-            return cls(gamma, calibration_steps)
-        return known.copy(dense_steps=0, since_cycle=0, calibration_steps=calibration_steps)
+            return cls(gamma, calibration_steps, drafts)
+        return known.copy(dense_steps=0, since_cycle=0, calibration_steps=calibration_steps, drafts=drafts)
 
     @property
     def worth_remembering(self) -> bool:
@@ -107,17 +123,24 @@ class GammaPolicy:
     def from_saved(cls, values: dict[str, Any]) -> GammaPolicy:
         state = {name: values[name] for name in SAVED_FIELDS}
         state["verify_s"] = {int(g): float(s) for g, s in state["verify_s"].items()}
-        return cls(AUTO, **state)
+        state["draft_s"] = {str(kind): float(s) for kind, s in state["draft_s"].items()}
+        return cls(AUTO, drafts=tuple(state["judged"]), **state)
 
     def copy(self, **changes: Any) -> GammaPolicy:
-        lists = {"verify_s": dict(self.verify_s), "judged": list(self.judged), "accepted": list(self.accepted)}
-        return replace(self, **{**lists, **changes})
+        copied = {"verify_s": dict(self.verify_s), "draft_s": dict(self.draft_s),
+                  "judged": {k: list(v) for k, v in self.judged.items()},
+                  "accepted": {k: list(v) for k, v in self.accepted.items()}}
+        policy = replace(self, **{**copied, **changes})
+        return policy
 
-    def expected_tokens(self, gamma: int) -> float:
-        """Tokens a cycle of `gamma` drafts commits on average, by the per-position acceptance rates."""
+    def expected_tokens(self, gamma: int, draft: str | None = None) -> float:
+        """Tokens a cycle of `gamma` drafts of kind `draft` (default: the first) commits on average, by the
+        per-position acceptance rates."""
+        kind = self.drafts[0] if draft is None else draft
+        judged, accepted = self.judged[kind], self.accepted[kind]
         total, reach = 1.0, 1.0
         for j in range(gamma):
-            reach *= self.accepted[j] / self.judged[j]
+            reach *= accepted[j] / judged[j]
             total += reach
         return total
 
@@ -125,9 +148,9 @@ class GammaPolicy:
         """Whether this answer's prefill should rank visual tokens and build the sparse view. Under auto, only when
         the remembered costs say drafting saves more over an answer of the usual length than the view costs,
         and one answer in VIEW_EVERY anyway, whose probes keep the costs current."""
-        wanted = self.gamma != AUTO or self.draft_s is None or self.dense_s is None
+        wanted = self.gamma != AUTO or self.untried() is not None or self.dense_s is None
         if not wanted:
-            dense, _ = self.measured_costs()
+            dense = self.measured_dense()
             rate = self.best()[1]
             saved = max(dense - 1 / rate, 0.0) * (self.answer_tokens or 0.0)  # seconds, one answer
             wanted = rate > MARGIN / dense and saved > (self.view_s or 0.0)
@@ -142,36 +165,51 @@ class GammaPolicy:
         if self.can_draft and stats.view_s > 0:
             self.view_s = _smooth(self.view_s, stats.view_s)
 
-    def choose(self) -> int:
+    def untried(self) -> str | None:
+        """The first draft kind whose step cost is not measured yet."""
+        return next((kind for kind in self.drafts if kind not in self.draft_s), None)
+
+    def choose(self) -> Cycle:
+        dense_step = Cycle(self.drafts[0], 0)
         if not self.can_draft:
-            return 0
+            return dense_step
         if self.gamma != AUTO:
-            return 0 if self.gamma and self.dense_steps < self.calibration_steps else int(self.gamma)
+            if self.gamma and self.dense_steps < self.calibration_steps:
+                return dense_step
+            untried = self.untried()
+            if untried is not None or len(self.drafts) == 1:
+                return Cycle(untried or self.drafts[0], int(self.gamma))
+            return Cycle(max(self.drafts, key=lambda kind: self.rate(kind, int(self.gamma))), int(self.gamma))
         if self.dense_steps < max(self.calibration_steps, 1) or self.dense_s is None:
-            return 0
-        if self.draft_s is None:
-            return min(FIRST_TRY_GAMMA, self.max_gamma)
+            return dense_step
+        untried = self.untried()
+        if untried is not None:  # one cycle measures what this kind's draft steps and verifies cost
+            return Cycle(untried, min(FIRST_TRY_GAMMA, self.max_gamma))
         if self.best_memo is None or self.since_cycle % BEST_EVERY == 0:
             self.best_memo = self.best()
         best, rate = self.best_memo
         if rate > MARGIN / self.dense_s or self.since_cycle >= self.probe_interval:  # a win, or a probe
             return best
-        return 0
+        return dense_step
 
-    def measured_costs(self) -> tuple[float, float]:
-        """(dense step, draft step) seconds: what the cost model needs measured before it can compare gammas."""
-        if self.dense_s is None or self.draft_s is None:
-            raise ValueError("the cost model needs a measured dense step and draft step")
-        return self.dense_s, self.draft_s
+    def measured_dense(self) -> float:
+        """Seconds of a dense step, which the cost model needs measured before it can compare anything with it."""
+        if self.dense_s is None:
+            raise ValueError("the cost model needs a measured dense step")
+        return self.dense_s
 
-    def best(self) -> tuple[int, float]:
-        """(gamma, expected tokens per second) of the best gamma >= 1 by the cost model (costs measured)."""
-        _, draft = self.measured_costs()
-        rates = {
-            g: self.expected_tokens(g) / (g * draft + self.verify_cost(g))
-            for g in range(1, self.max_gamma + 1)
-        }
-        best = max(rates, key=lambda g: rates[g])
+    def rate(self, draft: str, gamma: int) -> float:
+        """Expected tokens per second of cycles of `gamma` drafts of kind `draft` (its costs measured)."""
+        return self.expected_tokens(gamma, draft) / (gamma * self.draft_s[draft] + self.verify_cost(gamma))
+
+    def best(self) -> tuple[Cycle, float]:
+        """The best cycle (draft kind, gamma >= 1) by the cost model, among the kinds measured, and its expected
+        tokens per second."""
+        rates = {Cycle(kind, g): self.rate(kind, g)
+                 for kind in self.drafts if kind in self.draft_s for g in range(1, self.max_gamma + 1)}
+        if not rates:
+            raise ValueError("the cost model needs a measured draft step")
+        best = max(rates, key=lambda cycle: rates[cycle])
         return best, rates[best]
 
     def verify_cost(self, gamma: int) -> float:
@@ -179,14 +217,15 @@ class GammaPolicy:
         measured verify."""
         if gamma in self.verify_s:
             return self.verify_s[gamma]
-        dense, _ = self.measured_costs()
+        dense = self.measured_dense()
         nearest = min(self.verify_s, key=lambda g: (abs(g - gamma), g))
         per_token = max(self.verify_s[nearest] - dense, 0.0) / nearest
         return dense + per_token * gamma
 
-    def observe(self, gamma: int, costs: tuple[float, float] | None, accepted: int) -> None:
+    def observe(self, cycle: Cycle, costs: tuple[float, float] | None, accepted: int) -> None:
         """One cycle happened: its measured (draft_s, verify_s), verify_s being the dense step's time when
         gamma = 0; None when the cycle's time is not a step's cost (it captured a CUDA graph)."""
+        gamma, kind = cycle.gamma, cycle.draft
         if gamma == 0:
             self.dense_steps += 1
             self.since_cycle += 1
@@ -199,17 +238,18 @@ class GammaPolicy:
                 self.dense_s = _smooth(self.dense_s, costs[1])
             return
         if costs is not None:
-            self.draft_s = _smooth(self.draft_s, costs[0] / gamma)
+            self.draft_s[kind] = _smooth(self.draft_s.get(kind), costs[0] / gamma)
             self.verify_s[gamma] = _smooth(self.verify_s.get(gamma), costs[1])
+        judged, hits = self.judged[kind], self.accepted[kind]
         for j in range(gamma):
-            self.judged[j] *= ACCEPTANCE_DECAY
-            self.accepted[j] *= ACCEPTANCE_DECAY
+            judged[j] *= ACCEPTANCE_DECAY
+            hits[j] *= ACCEPTANCE_DECAY
             if j <= accepted:  # drafts after the first rejected one were never judged
-                self.judged[j] += 1
-                self.accepted[j] += j < accepted
+                judged[j] += 1
+                hits[j] += j < accepted
         self.best_memo = None
         probing = self.since_cycle >= self.probe_interval
-        if self.gamma == AUTO and probing and self.draft_s is not None and self.dense_s is not None:
+        if self.gamma == AUTO and probing and self.untried() is None and self.dense_s is not None:
             winning = self.best()[1] > MARGIN / self.dense_s
             self.probe_interval = FIRST_PROBE_INTERVAL if winning else min(2 * self.probe_interval, LAST_PROBE_INTERVAL)
         self.since_cycle = 0

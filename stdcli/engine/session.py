@@ -23,12 +23,14 @@ from typing import Any
 import torch
 
 from ..model.adapter import ModelAdapter
+from . import kernels
 from .costs import CostMemory, cost_key, model_label
 from .decoder import Decoder, Slot
 from .device import device_label, free_memory_bytes
-from .fused import FusedTextModel, fused_text_model, still_shared
-from .options import DecodeOptions, EngineConfig
+from .fused import FusedTextModel, fused_text_model, still_shared, unsupported_reason
+from .options import AUTO, AUTO_DRAFTS, INT4_DRAFT, INT8_DRAFT, MAX_GAMMA, SPARSE_DRAFT, DecodeOptions, EngineConfig
 from .policy import GammaPolicy
+from .quant import quantized_text_model
 from .stats import DecodeStats
 
 # Caches of a decoder kept for reuse are rounded up to these sizes, so that prompts of similar lengths share it.
@@ -36,6 +38,7 @@ DENSE_ROUNDING, SPARSE_ROUNDING = 4096, 1024
 # Elsewhere a window's caches are rounded up to these, so that later requests a little longer than the first fit;
 # attention reads the whole buffer there, so the room costs a little time.
 CPU_DENSE_ROUNDING, CPU_SPARSE_ROUNDING = 512, 256
+QUANT_BITS = {INT8_DRAFT: 8, INT4_DRAFT: 4}
 WINDOW_PER_SLOT = 4  # requests one window admits per batch slot before the policy starts afresh
 MEMORY_SHARE = 0.8  # of the free device memory the batch's caches may take
 
@@ -63,8 +66,10 @@ DoneCallback = Callable[[Request, Generation], None]
 
 
 def cache_capacity(prompt_tokens: int, visual_tokens: int, options: DecodeOptions) -> tuple[int, int]:
-    """(dense, sparse) cache lengths one prompt needs: generated tokens plus a cycle's scratch room."""
-    room = options.max_new_tokens + options.max_gamma + 1
+    """(dense, sparse) cache lengths one prompt needs: generated tokens plus a cycle's scratch room. The room is
+    that of the longest draft whatever gamma is asked for: dense decoding and StD then read caches of one length,
+    which the decode kernel splits alike, so that their results agree bit for bit in 16-bit too."""
+    room = options.max_new_tokens + MAX_GAMMA + 1
     kept = min(options.k, visual_tokens) + prompt_tokens - visual_tokens
     return prompt_tokens + room, kept + room
 
@@ -76,11 +81,11 @@ def policy_cycle(decoder: Decoder, policy: GammaPolicy) -> dict[int, list[int]]:
     active = list(decoder.active().values())
     if not active:
         return {}
-    gamma, accepted = policy.choose(), sum(s.stats.accepted for s in active)
-    committed = decoder.step(gamma)
+    cycle, accepted = policy.choose(), sum(s.stats.accepted for s in active)
+    committed = decoder.step(cycle.gamma, cycle.draft)
     mean_accepted = round((sum(s.stats.accepted for s in active) - accepted) / len(active))
     costs = None if decoder.last_captured else (decoder.last_draft_s, decoder.last_verify_s)
-    policy.observe(gamma, costs, mean_accepted)
+    policy.observe(cycle, costs, mean_accepted)
     return committed
 
 
@@ -190,6 +195,7 @@ class Engine:
         self.config = config or EngineConfig()
         self.memory = memory if memory is not None else CostMemory()
         self._fused: FusedTextModel | None = None
+        self._quantized: dict[str, FusedTextModel] = {}  # draft kind -> the fused model's quantized copy
         self._kept: Decoder | None = None
 
     @classmethod
@@ -211,8 +217,35 @@ class Engine:
         if not self.config.fused:
             return None
         if self._fused is None or not still_shared(self.model, self._fused):
-            self._fused = fused_text_model(self.model)
+            self._fused, self._quantized = fused_text_model(self.model), {}
         return self._fused
+
+    def draft_kinds(self, options: DecodeOptions) -> tuple[str, ...]:
+        """What the policy chooses among: the kind asked for, or for auto the kinds that can pay here (quantized
+        drafts need the fused forward and the GPU kernels)."""
+        fast = self.fused() is not None and kernels.available(self.device)
+        if options.draft != AUTO:
+            if options.draft != SPARSE_DRAFT and self.fused() is None:
+                raise ValueError(f"{options.draft} drafts need the fused decoding forward, which this model's "
+                                 f"architecture does not have ({unsupported_reason(self.model)})")
+            return (options.draft,)
+        return AUTO_DRAFTS if fast else (SPARSE_DRAFT,)
+
+    def draft_models(self, kinds: Sequence[str]) -> dict[str, FusedTextModel]:
+        """The weights each draft kind reads, quantized copies made on first use (quant.py says what they add to
+        memory); empty where the model decodes through transformers' forward (sparse drafts only)."""
+        fused = self.fused()
+        if fused is None:
+            return {}
+        models = {}
+        for kind in kinds:
+            if kind == SPARSE_DRAFT:
+                models[kind] = fused
+                continue
+            if kind not in self._quantized:
+                self._quantized[kind] = quantized_text_model(fused, QUANT_BITS[kind])
+            models[kind] = self._quantized[kind]
+        return models
 
     def cost_key(self, prompt_tokens: int, batch: int = 1) -> str:
         name = model_label(self.adapter.name, id(self.model))
@@ -220,7 +253,8 @@ class Engine:
         return cost_key(name, device_label(self.device), dtype, batch, prompt_tokens)
 
     def start_policy(self, options: DecodeOptions, key: str) -> GammaPolicy:
-        return GammaPolicy.start(options.gamma, options.calibration_steps, self.memory.get(key))
+        return GammaPolicy.start(options.gamma, options.calibration_steps, self.memory.get(key),
+                                 self.draft_kinds(options))
 
     def finish_policy(self, key: str, policy: GammaPolicy) -> None:
         self.memory.remember(key, policy)
@@ -228,10 +262,12 @@ class Engine:
 
     # ---- decoders --------------------------------------------------------------------------------
     def new_decoder(self, options: DecodeOptions, batch: int, max_len: int, sparse_cap: int,
-                    eos: Sequence[int] | None = None) -> Decoder:
-        """A decoder of its own, not kept (use it as a context manager)."""
+                    eos: Sequence[int] | None = None, kinds: Sequence[str] | None = None) -> Decoder:
+        """A decoder of its own, not kept (use it as a context manager), with the draft kinds `options` asks for (or
+        `kinds`)."""
         return Decoder(self.adapter, options, batch=batch, max_len=max_len, sparse_cap=sparse_cap,
-                       config=self.config, fused=self.fused(), eos=eos)
+                       config=self.config, fused=self.fused(), eos=eos,
+                       drafts=self.draft_models(kinds or self.draft_kinds(options)))
 
     def decoder(self, options: DecodeOptions, batch: int, max_len: int, sparse_cap: int,
                 eos: Sequence[int] | None = None) -> Decoder:
@@ -244,7 +280,7 @@ class Engine:
             return self.new_decoder(options, batch, max_len, sparse_cap, eos)
         kept = self._kept
         if kept is not None and kept.fits(options, batch, max_len, sparse_cap) and kept.fused is self.fused():
-            kept.restart(options, eos)
+            kept.restart(options, eos, self.draft_models(self.draft_kinds(options)))
             return kept
         self.release()  # its memory goes back before the new caches are allocated
         self._kept = self.new_decoder(options, batch, max_len, sparse_cap, eos)

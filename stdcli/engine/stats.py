@@ -29,6 +29,7 @@ class DecodeStats:
     dense_s: float = 0.0
     dense_step_s: float | None = None  # fastest measured dense step: the baseline of speedup_est
     gammas: dict[int, int] = field(default_factory=dict)  # gamma -> cycles with it (0: dense steps)
+    drafts: dict[str, int] = field(default_factory=dict)  # draft kind -> StD cycles it drafted
 
     @property
     def decode_s(self) -> float:
@@ -65,8 +66,9 @@ class DecodeStats:
             return None
         return self.decoded_tokens * self.dense_step_s / self.decode_s
 
-    def record_cycle(self, gamma: int, accepted: int, draft_s: float, verify_s: float) -> None:
-        """One cycle of `gamma` drafts (0: a dense step, timed as verify_s) committed `accepted` + 1 tokens."""
+    def record_cycle(self, gamma: int, accepted: int, draft_s: float, verify_s: float, draft: str) -> None:
+        """One cycle of `gamma` drafts of kind `draft` (0: a dense step, timed as verify_s) committed
+        `accepted` + 1 tokens."""
         self.gammas[gamma] = self.gammas.get(gamma, 0) + 1
         if gamma == 0:
             self.dense_steps += 1
@@ -74,6 +76,7 @@ class DecodeStats:
             self.dense_step_s = verify_s if self.dense_step_s is None else min(self.dense_step_s, verify_s)
             return
         self.cycles += 1
+        self.drafts[draft] = self.drafts.get(draft, 0) + 1
         self.drafted += gamma
         self.accepted += accepted
         self.draft_s += draft_s
@@ -88,3 +91,11 @@ def gamma_counts(histograms: Iterable[Mapping[int, int] | Mapping[str, int]]) ->
         for gamma, cycles in histogram.items():
             total[int(gamma)] += cycles
     return {str(gamma): cycles for gamma, cycles in sorted(total.items())}
+
+
+def draft_counts(histograms: Iterable[Mapping[str, int]]) -> dict[str, int]:
+    """StD cycles per draft kind summed over histograms (DecodeStats.drafts, or records' "drafts")."""
+    total: Counter[str] = Counter()
+    for histogram in histograms:
+        total.update(histogram)
+    return dict(sorted(total.items()))
