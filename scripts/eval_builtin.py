@@ -3,6 +3,12 @@
     python scripts/eval_builtin.py                          # the installed built-in model, on the CPU
     python scripts/eval_builtin.py --model runs/builtin/final --device cuda --json docs/model-eval.json
     python scripts/eval_builtin.py --samples samples    # the samples' example questions (samples/truth.jsonl)
+    python scripts/eval_builtin.py --device cuda --dtype bfloat16 --drafts --json OUT/drafts.json
+
+--drafts: instead of scoring transformers' answers, decode every question with our dense path and with StD (gamma
+--gamma, each draft kind, and auto), the questions of a clip as one batch (stdcli.bench.profile.decode_prompts),
+and report how many answers equal the dense ones, token for token, and each draft kind's acceptance per question
+type; the dense answers are scored as above.
 
 Each held-out clip (seeds from 10,000,000 up: never seen in training) is written as an 8 fps 224x224 H.264 file,
 then read back by `sample_video` with the model family's default sampling, prompted with `build_inputs`, and
@@ -25,6 +31,7 @@ from pathlib import Path
 import torch
 
 from stdcli.ask import decode_answer, sample_video
+from stdcli.engine.options import DEFAULT_K
 from stdcli.inputs import FrameOptions
 from stdcli.model.loading import load_model
 from stdcli.model.prompts import build_inputs
@@ -82,8 +89,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4, help="processes writing the clips")
     parser.add_argument("--samples", type=Path, help="instead, answer the example questions of samples/truth.jsonl")
     parser.add_argument("--json", type=Path, help="write the figures (and every answer) here")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--drafts", action="store_true", help="compare StD's draft kinds with our dense path")
+    parser.add_argument("--gamma", type=int, default=4, help="--drafts: the fixed gamma of every draft kind")
     args = parser.parse_args()
-    lm = load_model(args.model, device=args.device, dtype="float32")
+    lm = load_model(args.model, device=args.device, dtype=args.dtype)
     pad_id = lm.tokenizer.convert_tokens_to_ids("<|endoftext|>")
 
     def answer(path: str, qas: list[QA]) -> list[str]:
@@ -98,8 +108,10 @@ def main() -> None:
     if args.samples:
         score_samples(args.samples, answer)
         return
-    jobs = [(EVAL_SEED_BASE + i, "short") for i in range(args.start, args.start + args.short)]
-    jobs += [(EVAL_SEED_BASE + 500_000 + i, "long") for i in range(args.start_long, args.start_long + args.long)]
+    if args.drafts:
+        compare_drafts(lm, args)
+        return
+    jobs = held_out_clips(args)
     correct: dict[tuple[str, str], list[bool]] = defaultdict(list)
     answers = []
     started = time.perf_counter()
@@ -133,6 +145,59 @@ def main() -> None:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"summary": summary, "per_type": table, "answers": answers}, indent=1))
+
+
+def held_out_clips(args) -> list[tuple[int, str]]:
+    jobs = [(EVAL_SEED_BASE + i, "short") for i in range(args.start, args.start + args.short)]
+    return jobs + [(EVAL_SEED_BASE + 500_000 + i, "long") for i in range(args.start_long, args.start_long + args.long)]
+
+
+def compare_drafts(lm, args) -> None:
+    """--drafts (module docstring)."""
+    from stdcli.bench.profile import decode_prompts
+    from stdcli.engine.options import DRAFT_KINDS
+
+    jobs = held_out_clips(args)
+    totals: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))  # method -> counts
+    by_type: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))  # (method, qtype) ->
+    correct: dict[str, list[bool]] = defaultdict(list)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(args.workers) as pool:
+        paths = pool.map(write_clip, [(seed, kind, f"{tmp}/{kind}-{seed}.mp4") for seed, kind in jobs])
+        for (seed, kind), path in zip(jobs, paths, strict=True):
+            clip = generate_clip(seed, kind)
+            qas = questions_for(clip, random.Random(seed))
+            video = sample_video(lm, path, FrameOptions())
+            prompts = [build_inputs(lm, video, qa.question) for qa in qas]
+            point = decode_prompts(lm.engine, prompts, k=DEFAULT_K, gammas=[args.gamma], drafts=DRAFT_KINDS,
+                                   new_tokens=96, rounds=1, warmup=False)
+            for config in point["configs"]:
+                method = "dense" if config["gamma"] == 0 else f"{config['gamma']}/{config['draft']}"
+                for qa, sequence in zip(qas, config["sequences"], strict=True):
+                    qtype = f"{kind}/{qa.qtype}"
+                    for counts in (totals[method], by_type[method, qtype]):
+                        counts["answers"] += 1
+                        counts["identical"] += sequence["identical"]
+                        counts["drafted"] += sequence["drafted"]
+                        counts["accepted"] += sequence["accepted"]
+                    if config["gamma"] == 0:
+                        said = decode_answer(lm.tokenizer, sequence["tokens"])
+                        correct[qtype].append(is_correct(qa, said, clip))
+    rate = lambda c: round(c["accepted"] / c["drafted"], 4) if c["drafted"] else None  # noqa: E731
+    summary = {method: {**c, "acceptance": rate(c)} for method, c in totals.items()}
+    per_type = {f"{method} {qtype}": {**c, "acceptance": rate(c)} for (method, qtype), c in sorted(by_type.items())}
+    accuracy = {qtype: round(sum(v) / len(v), 4) for qtype, v in sorted(correct.items())}
+    for method, c in summary.items():
+        print(f"{method:12s} identical {c['identical']}/{c['answers']}  acceptance {c['acceptance']}")
+    for name, c in per_type.items():
+        print(f"  {name:34s} n={c['answers']:4d} acceptance {c['acceptance']}")
+    print(json.dumps({"dense_accuracy": accuracy, "seconds": round(time.perf_counter() - started, 1)}))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "model": args.model, "device": str(lm.device), "dtype": str(lm.dtype), "gamma": args.gamma,
+            "questions": sum(len(v) for v in correct.values()), "methods": summary, "per_type": per_type,
+            "dense_accuracy": accuracy, "seconds": round(time.perf_counter() - started, 1)}, indent=1))
 
 
 if __name__ == "__main__":

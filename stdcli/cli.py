@@ -24,10 +24,10 @@ from . import __version__
 from .bench import settings as bench_settings
 from .bench.settings import BenchError
 from .display import Display
-from .engine.options import AUTO, DEFAULT_GAMMA, DEFAULT_K, MAX_GAMMA, DecodeOptions
+from .engine.options import AUTO, DEFAULT_GAMMA, DEFAULT_K, DRAFT_KINDS, MAX_GAMMA, DecodeOptions
 from .errors import STOPS, Terminated
 from .inputs import AskOptions, FrameOptions, InputError, collect_videos
-from .model.registry import DEFAULT_MODEL, ModelLoadError, list_models
+from .model.registry import DEFAULT_MODEL, INFLATE_SHAPES, ModelLoadError, list_models
 from .records import JsonlWriter, Record
 from .resume import Ledger
 
@@ -203,6 +203,15 @@ def ask(
             ),
         ),
     ] = DEFAULT_GAMMA,
+    draft: Annotated[
+        str,
+        typer.Option(
+            help=(
+                "StD: what drafts read: sparse (the top-K view, the model's weights), int8 or int4 (the same view "
+                "with quantized weights, made at the first use), or auto: chosen every cycle, as gamma is."
+            ),
+        ),
+    ] = AUTO,
     batch_size: Annotated[
         int,
         typer.Option(
@@ -245,7 +254,7 @@ def ask(
     videos, question = _videos_and_question(arguments or [])
     options = _ask_options(
         question, system, fps, frames, min_frames, max_frames, max_pixels, max_new_tokens, temperature, top_p,
-        seed, dense, k, gamma, compare,
+        seed, dense, k, gamma, draft, compare,
     )
     if json_out and jsonl:
         raise fail("--json and --jsonl are exclusive")
@@ -297,7 +306,7 @@ def _videos_and_question(arguments: list[str]) -> tuple[list[str], str]:
 
 
 def _ask_options(question, system, fps, frames, min_frames, max_frames, max_pixels, max_new_tokens, temperature,
-                 top_p, seed, dense, k, gamma, compare) -> AskOptions:
+                 top_p, seed, dense, k, gamma, draft, compare) -> AskOptions:
     checks = [
         (fps is not None and frames is not None, "--fps and --frames are exclusive"),
         (fps is not None and not math.isfinite(fps), "--fps must be a positive number"),
@@ -314,6 +323,7 @@ def _ask_options(question, system, fps, frames, min_frames, max_frames, max_pixe
         (not math.isfinite(temperature) or temperature < 0, "--temperature must be a number >= 0"),
         (not 0 < top_p <= 1, "--top-p must be in (0, 1]"),
         (k < 1, "--k must be at least 1"),
+        (draft != AUTO and draft not in DRAFT_KINDS, f"--draft must be one of {', '.join(DRAFT_KINDS)} or auto"),
         (dense and compare, "--compare compares StD with dense: drop --dense"),
         (not question.strip(), "the question is empty"),
     ]
@@ -322,7 +332,8 @@ def _ask_options(question, system, fps, frames, min_frames, max_frames, max_pixe
             raise fail(message)
     gamma = _parse_gamma(gamma)
     decode = DecodeOptions(
-        max_new_tokens=max_new_tokens, k=k, gamma=0 if dense else gamma, temperature=temperature, top_p=top_p, seed=seed
+        max_new_tokens=max_new_tokens, k=k, gamma=0 if dense else gamma, temperature=temperature, top_p=top_p,
+        seed=seed, draft=draft,
     )
     frame_options = FrameOptions(fps=fps, frames=frames, min_frames=min_frames, max_frames=max_frames,
                                  max_pixels=max_pixels)
@@ -396,6 +407,26 @@ def _load(model: str, device: str, dtype: str, quiet: bool, trust_remote_code: b
             return load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
                               cost_memory=_cost_memory())
     except ModelLoadError as error:
+        raise fail(str(error)) from None
+
+
+def _load_for_bench(model: str, device: str, dtype: str, quiet: bool, inflate: str | None) -> LoadedModel:
+    """The model to bench, or (--inflate) the inflated model: built from the model loaded in float32, in the dtype
+    asked for."""
+    if inflate is None:
+        return _load(model, device, dtype, quiet)
+    from rich.console import Console
+
+    from .model.inflate import InflateError, inflate_loaded
+    from .model.loading import pick_dtype
+
+    small = _load(model, device, "float32", quiet)
+    status = Console(stderr=True).status(f"inflating {model} to {inflate}") if Display.live_possible(quiet) \
+        else nullcontext()
+    try:
+        with status:
+            return inflate_loaded(small, inflate, pick_dtype(dtype, small.device))
+    except (InflateError, ModelLoadError) as error:
         raise fail(str(error)) from None
 
 
@@ -523,6 +554,10 @@ def bench(
             show_default=False,
         ),
     ] = None,
+    draft: Annotated[
+        str,
+        typer.Option(help="StD: draft kinds, comma-separated list of sparse, int8, int4 and auto."),
+    ] = AUTO,
     frames: Annotated[
         str | None,
         typer.Option(help="Frame counts, comma-separated list (default: the model's own sampling)."),
@@ -568,6 +603,16 @@ def bench(
         str | None,
         typer.Option(help="--random-init: 7b (default), 2b (qwen2-vl-2b) or tiny.", show_default=False),
     ] = None,
+    inflate: Annotated[
+        str | None,
+        typer.Option(
+            help=(
+                "Embed the model (Qwen2-VL, e.g. the built-in one) in a larger shape computing the same function: "
+                "7b measures a trained model at the step cost of Qwen2-VL-7B."
+            ),
+            show_default=False,
+        ),
+    ] = None,
     context: Annotated[
         str | None,
         typer.Option(help="--random-init: context lengths in tokens (default 16384,65536).", show_default=False),
@@ -594,6 +639,7 @@ def bench(
     try:
         ks = bench_settings.parse_int_list(k, "--k") or [DEFAULT_K]
         gammas = bench_settings.parse_gamma_list(gamma)
+        drafts = bench_settings.parse_draft_list(draft)
         if repeat is not None and repeat < 1:
             raise BenchError("--repeat must be at least 1")
         if max_new_tokens < 1:
@@ -601,8 +647,9 @@ def bench(
         if random_init:
             from .bench.profile import profile_random_init, profile_tables, profile_verdict
 
-            if videos or questions or frames:
-                raise BenchError("--random-init profiles decode steps: it takes no videos, --questions or --frames")
+            if videos or questions or frames or inflate:
+                raise BenchError("--random-init profiles decode steps: it takes no videos, --questions, --frames or "
+                                 "--inflate")
             report = profile_random_init(
                 model or "qwen2-vl",
                 scale=scale,
@@ -612,6 +659,7 @@ def bench(
                 batches=bench_settings.parse_int_list(batch_size, "--batch-size") or bench_settings.DEFAULT_BATCHES,
                 ks=ks,
                 gammas=_fixed_gammas(gammas) or bench_settings.PROFILE_GAMMAS,
+                drafts=drafts,
                 iters=repeat or bench_settings.DEFAULT_ITERS,
                 decode_tokens=max_new_tokens if decode else 0,
                 progress=progress,
@@ -622,6 +670,8 @@ def bench(
 
             if scale or context or decode:
                 raise BenchError("--scale, --context and --decode go with --random-init")
+            if inflate is not None and inflate not in INFLATE_SHAPES:
+                raise BenchError(f"--inflate takes {' or '.join(INFLATE_SHAPES)}, got {inflate!r}")
             frame_counts: list[int | None] = list(bench_settings.parse_int_list(frames, "--frames") or [None])
             batch_sizes = bench_settings.parse_int_list(batch_size, "--batch-size")
             items = load_items(videos, questions)
@@ -629,18 +679,20 @@ def bench(
                 from .bench.batches import batch_tables, batch_verdict, bench_batches
 
                 one_k, one_frames = _one_value(ks, "--k"), _one_value(frame_counts, "--frames")  # before the load
-                lm = _load(model or DEFAULT_MODEL, device, dtype, quiet)
+                one_draft = _one_value(drafts, "--draft")
+                lm = _load_for_bench(model or DEFAULT_MODEL, device, dtype, quiet, inflate)
                 report = bench_batches(
-                    lm, items, batch_sizes=batch_sizes, gammas=gammas or [DEFAULT_GAMMA], k=one_k, frames=one_frames,
+                    lm, items, batch_sizes=batch_sizes, gammas=gammas or [DEFAULT_GAMMA], k=one_k, draft=one_draft,
+                    frames=one_frames,
                     max_new_tokens=max_new_tokens, rounds=repeat or 1, progress=progress,
                 )
                 tables, verdict = batch_tables(report), batch_verdict(report)
             else:
                 from .bench.decoding import bench_model, model_tables, model_verdict
 
-                lm = _load(model or DEFAULT_MODEL, device, dtype, quiet)
+                lm = _load_for_bench(model or DEFAULT_MODEL, device, dtype, quiet, inflate)
                 report = bench_model(
-                    lm, items, ks=ks, gammas=gammas or [DEFAULT_GAMMA], frames=frame_counts,
+                    lm, items, ks=ks, gammas=gammas or [DEFAULT_GAMMA], drafts=drafts, frames=frame_counts,
                     max_new_tokens=max_new_tokens, repeat=repeat or 1, progress=progress,
                 )
                 tables, verdict = model_tables(report), model_verdict(report)

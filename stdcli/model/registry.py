@@ -179,3 +179,13 @@ def resolve_model(name: str) -> Resolved:
 def list_models() -> list[Resolved]:
     """Every alias of the registry, where it resolves and whether it is available offline."""
     return [resolve_model(alias) for alias in REGISTRY]
+
+
+# Language-model shapes the built-in model can be inflated into (inflate.py): Qwen2-VL-7B-Instruct's (config.json),
+# and a reduced one for the CPU tests.
+INFLATE_SHAPES: dict[str, dict[str, int]] = {
+    "7b": {"hidden_size": 3584, "num_attention_heads": 28, "num_key_value_heads": 4, "num_hidden_layers": 28,
+           "intermediate_size": 18944, "vocab_size": 152064},
+    "test": {"hidden_size": 512, "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 10,
+             "intermediate_size": 1536, "vocab_size": 1000},
+}
