@@ -50,8 +50,9 @@ __all__ = ["VIDEO_EXTENSIONS", "SampledVideo", "VideoError", "choose_frame_count
 # are pixel-format conversions it cannot do).
 _READ_ERRORS = (av.error.FFmpegError, OSError, ValueError)
 _FALLBACK_FPS = 25.0  # FFmpeg's own guess for a stream that states no rate
-# Decoders sample_frames runs at once by default: each holds its own reference frames (some 100 MB for 4K), and
-# beyond this the threads wait for each other (memory bandwidth, Python's lock) more than they decode.
+# Decoders sample_frames runs at once by default. Each holds its own reference frames (some 100 MB for 4K), and the
+# Python work between frames does not run in parallel (PyAV holds Python's lock while it wraps a frame), so more
+# decoders gain less and less; callers can ask for more with `threads`.
 MAX_THREADS = 8
 
 
