@@ -12,27 +12,35 @@ How (docs/video.md has the details and the benchmark):
    code do).
 3. Each wanted frame is reached by seeking to the keyframe at or before it and decoding forward; when the next wanted
    frame has no keyframe between it and the decoder's position, decoding just goes on. Only wanted frames are
-   converted to RGB (downscaled on the way if max_pixels asks), then turned upright per the display matrix.
+   converted to RGB (downscaled on the way if max_pixels asks), then turned upright per the display matrix, each
+   written straight into the one array returned.
+   The GOPs that hold wanted frames are decoded by several threads at once, each with its own container and
+   decoder (`threads`; default one per core, up to MAX_THREADS): a GOP decodes the same wherever it is decoded.
 4. A packet the decoder rejects spoils every frame decoded after it up to the next keyframe (they reference it):
    those frames are skipped, a wanted frame among them is replaced by the nearest decodable one, and
-   SampledVideo.warnings says so.
+   SampledVideo.warnings says so. Damage met by any thread makes the whole video decode again on one thread, so
+   that which frames are replaced, and the warnings, never depend on the number of threads.
 Streams without timestamps (raw elementary streams) or that cannot seek are decoded once from the start instead.
 """
 
 from __future__ import annotations
 
 import bisect
+import collections
 import itertools
 import math
 import os
 import stat
 import statistics
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from .inputs import VIDEO_EXTENSIONS
 
@@ -42,6 +50,10 @@ __all__ = ["VIDEO_EXTENSIONS", "SampledVideo", "VideoError", "choose_frame_count
 # are pixel-format conversions it cannot do).
 _READ_ERRORS = (av.error.FFmpegError, OSError, ValueError)
 _FALLBACK_FPS = 25.0  # FFmpeg's own guess for a stream that states no rate
+# Decoders sample_frames runs at once by default. Each holds its own reference frames (some 100 MB for 4K), and the
+# Python work between frames does not run in parallel (PyAV holds Python's lock while it wraps a frame), so more
+# decoders gain less and less; callers can ask for more with `threads`.
+MAX_THREADS = 8
 
 
 class VideoError(Exception):
@@ -310,6 +322,7 @@ def decodable_frames(
     position_of: Callable[[int], int] | None,
     damaged: set[int],
     first_position: int = 0,
+    rejected: Callable[[], None] | None = None,
 ) -> Iterator[tuple[int, av.VideoFrame]]:
     """Decode `packets`, yield (position, frame) for each frame that decoded cleanly, in presentation order.
 
@@ -319,7 +332,7 @@ def decodable_frames(
     that come out while spoiled, or out of presentation order (which a healthy decoder never does), are not trusted
     either. Such frames' positions go to `damaged` and they are not yielded. `position_of` maps a timestamp to a
     position; None for an untimed or counted stream, whose frames are counted from the first packet given, which
-    is at `first_position`.
+    is at `first_position`. `rejected()`, if given, is told of each packet the decoder rejects.
     """
     spoiled = False
     spoiled_pts: set[int] = set()
@@ -332,6 +345,8 @@ def decodable_frames(
             frames = stream.decode(packet)
         except av.error.FFmpegError:
             spoiled, frames = True, []
+            if rejected is not None:
+                rejected()
         if spoiled and position_of and _timestamp(packet) is not None:
             spoiled_pts.add(_timestamp(packet))
             damaged.add(position_of(_timestamp(packet)))
@@ -391,7 +406,7 @@ class Undecodable(Exception):
 class Decoded:
     """The outcome of decoding the wanted positions."""
 
-    pictures: dict[int, np.ndarray] = field(default_factory=dict)  # position -> RGB picture, upright
+    pictures: dict[int, int] = field(default_factory=dict)  # position -> what `picture` made of it (Pictures: a slot)
     chosen: dict[int, int] = field(default_factory=dict)  # wanted position -> position of the frame returned
     damaged: set[int] = field(default_factory=set)  # positions found undecodable on the way
 
@@ -400,7 +415,7 @@ def decode_positions(
     run: Callable[[int], Iterator[tuple[int, av.VideoFrame]]],
     keyframe_before: Callable[[int], int] | None,
     wanted: Iterable[int],
-    picture: Callable[[av.VideoFrame], np.ndarray],
+    picture: Callable[[av.VideoFrame], int],
     decoded: Decoded,
 ) -> None:
     """Settle every wanted position with a decoded frame: its own, or the nearest decodable one.
@@ -460,7 +475,7 @@ def _nearest(
 
 
 def _choose(
-    decoded: Decoded, target: int, found: tuple[int, av.VideoFrame], picture: Callable[[av.VideoFrame], np.ndarray]
+    decoded: Decoded, target: int, found: tuple[int, av.VideoFrame], picture: Callable[[av.VideoFrame], int]
 ) -> None:
     position, frame = found
     decoded.chosen[target] = position
@@ -472,24 +487,55 @@ def _choose(
 
 
 class Pictures:
-    """Turns decoded frames into upright RGB arrays, all of the first one's size (downscaled to max_pixels).
+    """Turns decoded frames into upright RGB pictures, written straight into one preallocated array, `frames`, of
+    `capacity` slots, all of the first frame's size (downscaled to max_pixels).
 
     The size and the display matrix are taken from the first frame, so that a stream that changes resolution
-    mid-way still stacks into one array.
+    mid-way still fits in one array. Writing each picture into its slot as it is converted, rather than stacking
+    them at the end, keeps one copy of the frames in memory instead of two (stacking 1,200 720p frames took longer
+    than decoding them).
     """
 
-    def __init__(self, max_pixels: int | None):
+    def __init__(self, max_pixels: int | None, capacity: int):
         self.max_pixels = max_pixels
+        self.capacity = capacity
+        self.frames: np.ndarray | None = None
         self.size: tuple[int, int] | None = None
         self.orientation = (False, False, False)
 
-    def __call__(self, frame: av.VideoFrame) -> np.ndarray:
-        if self.size is None:
-            self.size = scaled_size(frame.width, frame.height, self.max_pixels)
-            self.orientation = orientation(display_matrix(frame))
+    def writer(self, first_slot: int = 0) -> Callable[[av.VideoFrame], int]:
+        """A `picture` for decode_positions: converts each frame it is given into the next slot, from first_slot
+        on, and returns the slot. One per thread: its swscale context is not thread-safe, and it is kept from frame
+        to frame (frame.to_ndarray builds one per frame, which cost more than converting a 224x224 frame)."""
+        slots = itertools.count(first_slot)
+        reformatter = VideoReformatter()
+
+        def write(frame: av.VideoFrame) -> int:
+            if self.frames is None:
+                self._start(frame)
+            assert self.frames is not None and self.size is not None
+            slot = next(slots)
+            width, height = self.size
+            # threads=1: pictures are converted in parallel by the decoding threads already; swscale's own threads
+            # measured slower, and their output is the same (tests/test_video_threads.py compares)
+            rgb = reformatter.reformat(frame, width, height, "rgb24", interpolation="AREA", threads=1).to_ndarray()
+            self.frames[slot] = orient(rgb, self.orientation)
+            return slot
+
+        return write
+
+    def _start(self, frame: av.VideoFrame) -> None:
+        self.size = scaled_size(frame.width, frame.height, self.max_pixels)
+        self.orientation = orientation(display_matrix(frame))
         width, height = self.size
-        rgb = frame.to_ndarray(format="rgb24", width=width, height=height, interpolation="AREA")
-        return orient(rgb, self.orientation)
+        shape = (height, width) if not self.orientation[0] else (width, height)
+        self.frames = np.empty((self.capacity, *shape, 3), np.uint8)
+
+    def gather(self, slots: list[int]) -> np.ndarray:
+        """The pictures in these slots, in this order: the array itself when that is every slot in order (the usual
+        case), else a copy (repeated frames, or damage that made several wanted frames take the same one)."""
+        assert self.frames is not None
+        return self.frames if slots == list(range(self.capacity)) else self.frames[slots]
 
 
 def scaled_size(width: int, height: int, max_pixels: int | None) -> tuple[int, int]:
@@ -544,15 +590,20 @@ def sample_frames(
     multiple_of: int = 1,
     max_pixels: int | None = None,
     admit: Callable[[int, int, int], None] | None = None,
+    threads: int | None = None,
 ) -> SampledVideo:
     """Sample frames spread evenly over the video: num_frames of them, or `fps` per second within the bounds (see
     choose_frame_count). Raises VideoError (one line) for a video that cannot be read, ValueError for bad arguments.
     `admit(count, height, width)` is told how many frames of which size are about to be decoded, before any is:
-    it may raise to refuse what would not fit.
+    it may raise to refuse what would not fit. `threads`: how many decoders may run at once, each on its own
+    stretch of the video (None: one per CPU core, at most MAX_THREADS); the frames are the same whatever it is.
     """
     check_request(fps=fps, num_frames=num_frames, min_frames=min_frames, max_frames=max_frames, multiple_of=multiple_of)
     if max_pixels is not None and max_pixels < 1:
         raise ValueError(f"max_pixels must be at least 1, got {max_pixels}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    workers = threads or min(available_cores(), MAX_THREADS)
     path = os.fspath(path)
     with _open(path) as container:
         try:
@@ -570,7 +621,8 @@ def sample_frames(
                 width, height = scaled_size(stream.width, stream.height, max_pixels)
                 admit(count, height, width)
             wanted = target_indices(index.num_frames, count)
-            decoded = _decode(path, container, stream, index, wanted, Pictures(max_pixels))
+            pictures = Pictures(max_pixels, capacity=len(set(wanted)))
+            decoded = _decode(path, container, stream, index, wanted, pictures, workers)
         except Undecodable as error:
             raise VideoError(f"{path}: {error}") from error
         except _READ_ERRORS as error:
@@ -578,7 +630,7 @@ def sample_frames(
     chosen = [decoded.chosen[w] for w in wanted]
     return SampledVideo(
         path=path,
-        frames=np.stack([decoded.pictures[p] for p in chosen]),
+        frames=pictures.gather([decoded.pictures[p] for p in chosen]),
         indices=chosen,
         timestamps=[index.seconds(p) for p in chosen],
         source_fps=index.fps,
@@ -594,25 +646,23 @@ def _decode(
     stream: av.video.stream.VideoStream,
     index: StreamIndex,
     wanted: list[int],
-    picture: Pictures,
+    pictures: Pictures,
+    workers: int,
 ) -> Decoded:
-    """Seek to each wanted frame. An untimed stream, or one whose container turns out unable to seek, is decoded
-    once from the start instead, reopened (the index pass read it to the end)."""
+    """Seek to each wanted frame, with `workers` decoders at once where that returns the same frames (see
+    _decode_in_parallel). An untimed stream, or one whose container turns out unable to seek, is decoded once from
+    the start instead, reopened (the index pass read it to the end)."""
     if index.timed:
+        if workers > 1:
+            decoded = _decode_in_parallel(path, container, stream, index, wanted, pictures, workers)
+            if decoded is not None:
+                return decoded
+            # sequentially, then, into the same pictures: their size and orientation came from the first wanted
+            # frame, decoded as this pass decodes it
         decoded = Decoded()
-
-        def run(target: int) -> Iterator[tuple[int, av.VideoFrame]]:
-            packets = packets_from_keyframe(container, stream, index, target)
-            if not index.counted:
-                return decodable_frames(packets, stream, index.position, decoded.damaged)
-            first = next(packets, None)
-            if first is None:
-                return iter(())
-            start = index.position(_timestamp(first)) if _timestamp(first) is not None else 0
-            return decodable_frames(itertools.chain([first], packets), stream, None, decoded.damaged, start)
-
         try:
-            decode_positions(run, index.keyframe_before, wanted, picture, decoded)
+            run = _seeking_runs(container, stream, index, decoded.damaged)
+            decode_positions(run, index.keyframe_before, wanted, pictures.writer(), decoded)
             return decoded
         except CannotSeek:
             pass
@@ -624,8 +674,144 @@ def _decode(
         def run_once(_: int) -> Iterator[tuple[int, av.VideoFrame]]:
             return decodable_frames(again.demux(stream), stream, position_of, decoded.damaged)
 
-        decode_positions(run_once, None, wanted, picture, decoded)
+        decode_positions(run_once, None, wanted, pictures.writer(), decoded)
         return decoded
+
+
+def _seeking_runs(
+    container: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    index: StreamIndex,
+    damaged: set[int],
+    rejected: Callable[[], None] | None = None,
+) -> Callable[[int], Iterator[tuple[int, av.VideoFrame]]]:
+    """`run` for decode_positions: decodes from the keyframe at or before the target on (see decodable_frames)."""
+
+    def run(target: int) -> Iterator[tuple[int, av.VideoFrame]]:
+        packets = packets_from_keyframe(container, stream, index, target)
+        if not index.counted:
+            return decodable_frames(packets, stream, index.position, damaged, rejected=rejected)
+        first = next(packets, None)
+        if first is None:
+            return iter(())
+        start = index.position(_timestamp(first)) if _timestamp(first) is not None else 0
+        return decodable_frames(itertools.chain([first], packets), stream, None, damaged, start, rejected)
+
+    return run
+
+
+# ---------------------------------------------------------------------------------------------- decoding in parallel
+
+
+def _decode_in_parallel(
+    path: str,
+    container: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    index: StreamIndex,
+    wanted: list[int],
+    pictures: Pictures,
+    workers: int,
+) -> Decoded | None:
+    """What the sequential pass decodes, with up to `workers` decoders at once; None where that might differ.
+
+    The sequential pass decodes each GOP that holds wanted frames from its keyframe (a seek) up to its last wanted
+    frame, and only carries what it learnt from one GOP to the next when frames were missing or damaged (the
+    nearest decodable frame, the GOP before a damaged keyframe). So each such GOP is decoded on its own, by
+    whichever thread is free, each thread with its own container and decoder, and written into its own slots. Only
+    a GOP that decoded plainly counts (one run, nothing damaged, every wanted frame found as itself): anything else
+    returns None and the caller decodes sequentially, which handles damage exactly as before.
+
+    The first wanted frame is decoded alone first, on the caller's container: its frame sets the pictures' size and
+    orientation, as in the sequential pass. Decoder threads inside one decoder (frame threading) are not used: they
+    report a damaged packet's error a few frames late, which let a garbage frame through as a good one.
+    """
+    targets = sorted(set(wanted))
+    units = _units(targets, index.keyframe_before)
+    first = _decode_unit(container, stream, index, units[0], pictures.writer(0))
+    if first is None:
+        return None
+    slots = itertools.accumulate(len(unit) for unit in units[:-1])  # a unit's first slot: where the one before ends
+    pending = collections.deque(zip(slots, units[1:], strict=True))
+    results = [first]
+    failed = threading.Event()
+
+    def drain() -> None:
+        """Decode units until none is left or one did not decode plainly (then the others stop too)."""
+        try:
+            own = _open(path)
+            own_stream = _video_stream(own, path)
+        except VideoError:  # the file went away, or changed, since it was indexed
+            failed.set()
+            return
+        with own:
+            while not failed.is_set():
+                try:
+                    slot, unit = pending.popleft()  # atomic: no lock needed
+                except IndexError:
+                    return
+                result = _decode_unit(own, own_stream, index, unit, pictures.writer(slot))
+                if result is None:
+                    failed.set()
+                else:
+                    results.append(result)
+
+    count = min(workers, len(pending))
+    if count:
+        with ThreadPoolExecutor(count) as pool:
+            for future in [pool.submit(drain) for _ in range(count)]:
+                future.result()  # re-raises what is not a read error: a bug must not pass for a fallback
+    return None if failed.is_set() else _merged(results)
+
+
+def _units(targets: list[int], keyframe_before: Callable[[int], int]) -> list[list[int]]:
+    """The sorted targets in the runs the sequential pass makes: one per keyframe, the first target alone."""
+    return [targets[:1]] + [list(group) for _, group in itertools.groupby(targets[1:], keyframe_before)]
+
+
+def _decode_unit(
+    container: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    index: StreamIndex,
+    targets: list[int],
+    picture: Callable[[av.VideoFrame], int],
+) -> Decoded | None:
+    """Decode targets that share a keyframe; None unless that went plainly: a single run, no packet rejected, no
+    frame damaged, every target found as itself (the sequential pass then decodes them the same way). A rejected
+    packet counts on its own: in a counted stream it may spoil no frame that comes out, yet decoded on another
+    decoder, whose output lags differently, it may."""
+    decoded = Decoded()
+    runs = rejections = 0
+
+    def reject() -> None:
+        nonlocal rejections
+        rejections += 1
+
+    seeking = _seeking_runs(container, stream, index, decoded.damaged, reject)
+
+    def run(target: int) -> Iterator[tuple[int, av.VideoFrame]]:
+        nonlocal runs
+        runs += 1
+        return seeking(target)
+
+    try:
+        decode_positions(run, index.keyframe_before, targets, picture, decoded)
+    except (CannotSeek, Undecodable, *_READ_ERRORS):
+        return None
+    plain = runs == 1 and not rejections and not decoded.damaged and all(decoded.chosen[t] == t for t in targets)
+    return decoded if plain else None
+
+
+def _merged(parts: list[Decoded]) -> Decoded:
+    merged = Decoded()
+    for part in parts:
+        merged.pictures.update(part.pictures)
+        merged.chosen.update(part.chosen)
+    return merged
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def damage_warnings(index: StreamIndex, decoded: Decoded) -> list[str]:
