@@ -150,9 +150,10 @@ def test_random_init_profile_cli(tmp_path, monkeypatch):
     assert result.stderr.strip().splitlines()[-1].startswith("stdcli: Projected, not measured: at acceptance 0.8")
 
 
-def test_random_init_decoding_compares_auto_with_fixed_gammas_and_dense():
+@pytest.mark.parametrize("family", ["qwen2-vl", "qwen3-vl"])  # our fused forward, transformers' forward
+def test_random_init_decoding_compares_auto_with_fixed_gammas_and_dense(family):
     report = profile.profile_random_init(
-        "qwen2-vl", scale="tiny", device="cpu", contexts=[160], batches=[1, 2], ks=[16], gammas=[1, 3, 12], iters=1,
+        family, scale="tiny", device="cpu", contexts=[160], batches=[1, 2], ks=[16], gammas=[1, 3, 12], iters=1,
         warmup=0, decode_tokens=12, decode_rounds=1,
     )
     assert "MEASURED" in report["decode_label"] and "not a prediction" in report["decode_label"]
@@ -169,6 +170,17 @@ def test_random_init_decoding_compares_auto_with_fixed_gammas_and_dense():
         rate = {g: c["tokens_per_s"] for g, c in fixed.items()}
         assert decode["auto_vs_dense"] == pytest.approx(rate["auto"] / rate[0], abs=1e-3)
         assert decode["auto_vs_best_fixed"] == pytest.approx(rate["auto"] / rate[decode["best_fixed_gamma"]], abs=1e-3)
+
+
+def test_random_init_scale_follows_the_alias():
+    assert profile.resolve_family("qwen2-vl", None) == ("qwen2-vl", "7b")
+    assert profile.resolve_family("qwen2-vl-2b", None) == ("qwen2-vl", "2b")
+    assert profile.resolve_family("llava-ov", None) == ("llava-ov", "7b")
+    assert profile.resolve_family("qwen3-vl", None) == ("qwen3-vl", "8b")
+    assert profile.resolve_family("qwen3-vl-2b", None) == ("qwen3-vl", "2b")
+    assert profile.resolve_family("qwen3-vl", "tiny") == ("qwen3-vl", "tiny")
+    with pytest.raises(settings.BenchError, match="no '32b' scale for qwen3-vl; available: tiny, 2b, 8b"):
+        profile.resolve_family("qwen3-vl-32b", None)
 
 
 def test_points_that_do_not_fit_are_skipped_with_a_note(monkeypatch):
