@@ -601,7 +601,11 @@ def bench(
     ] = False,
     scale: Annotated[
         str | None,
-        typer.Option(help="--random-init: 7b (default), 2b (qwen2-vl-2b) or tiny.", show_default=False),
+        typer.Option(
+            help="--random-init: the --model alias's size (7b; 2b for qwen2-vl-2b, qwen3-vl-2b; 8b for qwen3-vl), "
+            "or tiny.",
+            show_default=False,
+        ),
     ] = None,
     inflate: Annotated[
         str | None,

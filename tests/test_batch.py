@@ -27,7 +27,7 @@ def videos(tmp_path_factory) -> list[str]:
     return [write_video(folder / f"v{i}.mp4", frames=n, width=56, height=56, rate=4) for i, n in enumerate(FRAMES)]
 
 
-@pytest.fixture(scope="module", params=["qwen2-vl", "llava-ov"])
+@pytest.fixture(scope="module", params=["qwen2-vl", "llava-ov", "qwen3-vl"])
 def lm(request, tiny_checkpoint, test_device):
     return load_model(str(tiny_checkpoint(request.param)), device=test_device, dtype="float32")
 

@@ -151,33 +151,50 @@ def test_random_init_profile_cli(tmp_path, monkeypatch):
     assert result.stderr.strip().splitlines()[-1].startswith("stdcli: Projected, not measured: at acceptance 0.8")
 
 
-def test_random_init_decoding_compares_auto_with_fixed_gammas_and_dense():
+KINDS = {"qwen2-vl": ["sparse", "int4"], "qwen3-vl": ["sparse"]}  # quantized drafts need our fused forward
+
+
+@pytest.mark.parametrize("family", ["qwen2-vl", "qwen3-vl"])  # our fused forward, transformers' forward
+def test_random_init_decoding_compares_auto_with_fixed_gammas_and_dense(family):
     report = profile.profile_random_init(
-        "qwen2-vl", scale="tiny", device="cpu", contexts=[160], batches=[1, 2], ks=[16], gammas=[1, 3, 12],
-        drafts=["sparse", "int4"], iters=1, warmup=0, decode_tokens=12, decode_rounds=1,
+        family, scale="tiny", device="cpu", contexts=[160], batches=[1, 2], ks=[16], gammas=[1, 3, 12],
+        drafts=KINDS[family], iters=1, warmup=0, decode_tokens=12, decode_rounds=1,
     )
     assert "MEASURED" in report["decode_label"] and "not a prediction" in report["decode_label"]
+    kinds = KINDS[family]
     for point in report["points"]:
-        assert [(d["draft"], d["k"]) for d in point["draft_steps"]] == [("sparse", 16), ("int4", 16)]
-        sparse, int4 = point["draft_steps"]
-        assert int4["bytes"] < sparse["bytes"]  # an int4 draft step reads about a quarter of the weights
+        assert [(d["draft"], d["k"]) for d in point["draft_steps"]] == [(kind, 16) for kind in kinds]
+        if "int4" in kinds:
+            sparse, int4 = point["draft_steps"]
+            assert int4["bytes"] < sparse["bytes"]  # an int4 draft step reads about a quarter of the weights
         decode = point["decode"]
         methods = [(c["gamma"], c["draft"]) for c in decode["configs"]]
-        assert methods == [(0, None), *((g, "sparse") for g in (1, 3, 12)), *((g, "int4") for g in (1, 3, 12)),
-                           ("auto", "auto")]
+        assert methods == [(0, None), *((g, kind) for kind in kinds for g in (1, 3, 12)), ("auto", "auto")]
         for config in decode["configs"]:
             # float32: every gamma and draft kind (and auto's choices) gives the dense tokens, for every sequence
             assert config["identical_to_dense"] == config["total"] == point["batch"]
             assert config["decoded_tokens"] == 11 * point["batch"] and config["tokens_per_s"] > 0
         fixed = {(c["gamma"], c["draft"]): c for c in decode["configs"]}
-        assert fixed[3, "int4"]["gammas"].get("3", 0) > 0 and fixed[3, "int4"]["drafts"] == {
-            "int4": sum(fixed[3, "int4"]["gammas"].get(str(g), 0) for g in range(1, 16))}
+        for kind in kinds:
+            assert fixed[3, kind]["gammas"].get("3", 0) > 0 and fixed[3, kind]["drafts"] == {
+                kind: sum(fixed[3, kind]["gammas"].get(str(g), 0) for g in range(1, 16))}
         assert fixed[3, "sparse"]["random_model_acceptance"] is not None
         best = (decode["best_fixed_gamma"], decode["best_fixed_draft"])
         assert best in fixed and best[0] in (1, 3, 12)
         rate = {m: c["tokens_per_s"] for m, c in fixed.items()}
         assert decode["auto_vs_dense"] == pytest.approx(rate["auto", "auto"] / rate[0, None], abs=1e-3)
         assert decode["auto_vs_best_fixed"] == pytest.approx(rate["auto", "auto"] / rate[best], abs=1e-3)
+
+
+def test_random_init_scale_follows_the_alias():
+    assert profile.resolve_family("qwen2-vl", None) == ("qwen2-vl", "7b")
+    assert profile.resolve_family("qwen2-vl-2b", None) == ("qwen2-vl", "2b")
+    assert profile.resolve_family("llava-ov", None) == ("llava-ov", "7b")
+    assert profile.resolve_family("qwen3-vl", None) == ("qwen3-vl", "8b")
+    assert profile.resolve_family("qwen3-vl-2b", None) == ("qwen3-vl", "2b")
+    assert profile.resolve_family("qwen3-vl", "tiny") == ("qwen3-vl", "tiny")
+    with pytest.raises(settings.BenchError, match="no '32b' scale for qwen3-vl; available: tiny, 2b, 8b"):
+        profile.resolve_family("qwen3-vl-32b", None)
 
 
 def test_points_that_do_not_fit_are_skipped_with_a_note(monkeypatch):

@@ -463,6 +463,23 @@ def test_dense_mode_and_compare_agree_with_std(model, good):
     assert "answers identical" in result.stderr
 
 
+def test_qwen3_vl_answers_with_std_by_default(tiny_checkpoint, good):
+    """A Qwen3-VL checkpoint loaded by path answers like the other families: StD by default, the same answer as
+    --dense, its prompt holding the frames' timestamps beside the visual tokens."""
+    qwen3 = str(tiny_checkpoint("qwen3-vl"))
+    result = ask(good, QUESTION, "--jsonl", "--k", "2", "--gamma", "3", model=qwen3)
+    assert result.exit_code == 0, result.output
+    (std,) = records_of(result.stdout)
+    check_record(std, good, mode="std")
+    (dense,) = records_of(ask(good, QUESTION, "--jsonl", "--dense", model=qwen3).stdout)
+    assert dense["answer"] == std["answer"] and dense["mode"] == "dense"
+    temporal = std["frames"] // 2
+    # 64x64 frames: 4 video tokens per temporal patch, each after "<t seconds><|vision_start|>", before vision end
+    assert std["visual_tokens"] == 4 * temporal and std["prompt_tokens"] > std["visual_tokens"] + 3 * temporal
+    (default,) = records_of(ask(good, QUESTION, "--jsonl", model=qwen3).stdout)
+    assert default["mode"] == "std" and default["answer"] == std["answer"]
+
+
 def test_no_speedup_is_shown_where_no_draft_ran(model, good):
     """gamma 4 with an answer shorter than its calibration steps: StD took dense steps only, and says so."""
     result = ask(good, QUESTION, "--jsonl", "--gamma", "4", "--max-new-tokens", "3", "--compare", model=model)

@@ -4,6 +4,7 @@ checkpoints."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from stdcli.model import build, loading, prompts, registry
+from stdcli.model.adapter import prompt_positions
 from stdcli.model.loading import load_model
 from stdcli.model.prompts import build_inputs
 from stdcli.model.registry import ModelLoadError, resolve_model
@@ -95,11 +97,17 @@ def test_real_token_ids_are_the_checkpoints():
     assert (qwen["<|vision_start|>"], qwen["<|image_pad|>"], qwen["<|video_pad|>"]) == (151652, 151655, 151656)
     llava = build.special_token_ids("llava-ov")
     assert (llava["<|im_end|>"], llava["<image>"], llava["<video>"]) == (151645, 151646, 151647)
+    qwen3 = build.special_token_ids("qwen3-vl")
+    assert (qwen3["<|vision_start|>"], qwen3["<|video_pad|>"], qwen3["<tool_call>"]) == (151652, 151656, 151657)
+    assert (qwen3["<tool_response>"], qwen3["<think>"], qwen3["</think>"]) == (151665, 151667, 151668)
+    config = build.make_config("qwen3-vl", "8b")
+    assert (config.image_token_id, config.video_token_id, config.vision_start_token_id) == (151655, 151656, 151652)
 
 
 @pytest.mark.parametrize(
     ("family", "scale", "billions"),
-    [("qwen2-vl", "7b", 8.291), ("qwen2-vl", "2b", 2.209), ("qwen2.5-vl", "7b", 8.292), ("llava-ov", "7b", 8.031)],
+    [("qwen2-vl", "7b", 8.291), ("qwen2-vl", "2b", 2.209), ("qwen2.5-vl", "7b", 8.292), ("llava-ov", "7b", 8.031),
+     ("qwen3-vl", "8b", 8.767), ("qwen3-vl", "2b", 2.128)],
 )
 def test_real_scale_configs_have_the_real_parameter_counts(family, scale, billions):
     model = build.build_random_model(family, build.make_config(family, scale), device="meta", dtype=torch.bfloat16)
@@ -138,10 +146,9 @@ def test_chat_template_renders_the_family_prompt(family, loaded):
     messages = prompts.chat_messages(family, "What happens?", None, with_video=True)
     text = lm.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     video = "<video>\n" if family == "llava-ov" else "<|vision_start|><|video_pad|><|vision_end|>"
-    assert text == (
-        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-        f"<|im_start|>user\n{video}What happens?<|im_end|>\n<|im_start|>assistant\n"
-    )
+    # Qwen3-VL's template adds no system prompt of its own, and its reference code passes none
+    system = "" if family == "qwen3-vl" else "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    assert text == f"{system}<|im_start|>user\n{video}What happens?<|im_end|>\n<|im_start|>assistant\n"
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -180,7 +187,8 @@ def test_processor_keeps_the_given_frames(family, num_frames, loaded, make_video
     else:
         temporal = -(-num_frames // 2)  # two frames per temporal patch, an odd count padded with its last frame
         grid_t, grid_h, grid_w = inputs["video_grid_thw"][0].tolist()
-        assert grid_t == temporal and grid_h * grid_w * 14 * 14 <= int(56 * 56 * 1.05)  # the tiny per-frame budget
+        patch, budget = (16, 64 * 64) if family == "qwen3-vl" else (14, 56 * 56)
+        assert grid_t == temporal and grid_h * grid_w * patch * patch <= int(budget * 1.05)  # the tiny per-frame budget
         assert visual == temporal * grid_h * grid_w // 4  # 2x2 patches merge into one token
         assert int(inputs["mm_token_type_ids"].sum()) == 2 * visual  # video tokens are type 2
 
@@ -244,6 +252,59 @@ def test_visual_tokens_are_known_before_the_processor_runs(family, frames, heigh
     assert prompts.visual_token_count(lm, frames, height, width) == visual
 
 
+def test_qwen3_prompt_has_the_time_of_every_temporal_patch(loaded, make_video):
+    """Qwen3-VL's prompt of a video, as its reference code builds it: per temporal patch "<t seconds>" (t the mean
+    time of its two frames in the source video, an odd last frame paired with itself), then the patch's tokens
+    between vision start and end, and no wrapper around the whole video."""
+    lm = loaded("qwen3-vl")
+    video = make_video(num_frames=5, fps=1.0)  # frames 0, 30, 60, 90, 120 of a 30 fps source: 0 s to 4 s
+    inputs = build_inputs(lm, video, "When?")
+    text = lm.tokenizer.decode(inputs["input_ids"][0])
+    frame = "<|vision_start|>" + "<|video_pad|>" * 4 + "<|vision_end|>"  # 64x64 frames: 2x2 merged patches
+    video_text = f"<0.5 seconds>{frame}<2.5 seconds>{frame}<4.0 seconds>{frame}"
+    assert text == f"<|im_start|>user\n{video_text}When?<|im_end|>\n<|im_start|>assistant\n"
+    # the times come from the source indices and frame rate, not from the sampling rate or the frame count
+    video.indices, video.source_fps = [i + 45 for i in video.indices], 15.0  # from 3 s on, in a 15 fps stream
+    times = re.findall(r"<([0-9.]+) seconds>", lm.tokenizer.decode(build_inputs(lm, video, "When?")["input_ids"][0]))
+    assert times == ["4.0", "8.0", "11.0"]
+    # timestamps are text: token type 0, and never video placeholders
+    stamp = lm.tokenizer("<0.5 seconds>")["input_ids"]
+    assert not set(stamp) & set(lm.visual_token_ids)
+    assert int(inputs["mm_token_type_ids"].sum()) == 2 * 12 and inputs["video_grid_thw"].tolist() == [[3, 4, 4]]
+
+
+def test_qwen3_positions_continue_from_the_prompt_like_generate(loaded, make_video):
+    """Qwen3-VL's M-RoPE positions: text counts on, each temporal patch's tokens get (start, start + row,
+    start + column) and the text after it continues from start + the larger side, so the prompt's last position is
+    its largest, and generate() continues every row by one per token from there."""
+    lm = loaded("qwen3-vl")
+    inputs = build_inputs(lm, make_video(num_frames=4, height=32, width=128), "What?")
+    positions = prompt_positions(lm.model, inputs)
+    assert positions.shape == (3, 1, inputs["input_ids"].shape[1])
+    is_video = inputs["input_ids"][0] == lm.visual_token_ids[-1]
+    first = int(is_video.nonzero()[0])  # the first temporal patch: 1x4 merged patches, after its timestamp
+    assert positions[:, 0, first : first + 4].tolist() == [[first] * 4, [first] * 4, [first + c for c in range(4)]]
+    assert positions[:, 0, first + 4].tolist() == [first + 4] * 3  # <|vision_end|>: start + the longer side
+    assert int(positions.max()) == int(positions[0, 0, -1]) == int(positions[2, 0, -1])
+    # what generate() computes for the same prompt (text row first, then the three M-RoPE rows)
+    model_kwargs = {key: value for key, value in inputs.items() if key != "input_ids"}
+    generated = lm.model._prepare_position_ids_for_generation(inputs["input_ids"], dict(model_kwargs))
+    assert torch.equal(generated[1:], positions)
+
+
+def test_qwen3_real_bounds_give_reference_frames(tiny_checkpoint, make_video):
+    """With the real checkpoint's processor (video size 4096..25165824 pixels per clip), frames get qwen-vl-utils'
+    per-frame bounds for 32-pixel merged patches: 56x56 frames are scaled up to 128*32*32 pixels, 384x384."""
+    lm = load_model(str(tiny_checkpoint("qwen3-vl")), device="cpu", dtype="float32")
+    lm.processor = build.make_processor("qwen3-vl", lm.tokenizer)
+    assert lm.processor.video_processor.size == {"shortest_edge": 4096, "longest_edge": 25165824}
+    inputs = build_inputs(lm, make_video(num_frames=4), "What happens?")
+    assert inputs["video_grid_thw"].tolist() == [[2, 24, 24]]  # 16-pixel patches
+    assert prompts.visual_token_count(lm, 4, 56, 56) == 2 * 12 * 12
+    # 1080p: at most 768 merged patches per frame, 640x1152 pixels (20x36)
+    assert prompts.visual_token_count(lm, 6, 1080, 1920) == 3 * 20 * 36
+
+
 def test_bad_frames_are_refused(loaded, make_video):
     video = make_video()
     video.frames = video.frames.astype("float32")
@@ -257,6 +318,10 @@ def test_qwen_frame_budget_follows_the_reference_formula():
     assert prompts.qwen_frame_pixel_bounds(768, allowed) == (128 * 28 * 28, int(128000 * 28 * 28 * 0.9) * 2 // 768)
     assert prompts.qwen_frame_pixel_bounds(100000, allowed) == (128 * 28 * 28, int(128 * 28 * 28 * 1.05))
     assert prompts.qwen_frame_pixel_bounds(8, (56 * 56, 56 * 56)) == (56 * 56, int(56 * 56 * 1.05))
+    # Qwen3-VL: 32-pixel merged patches; the real video processor's size (per clip) leaves the bounds unchanged
+    real = (4096, 25165824)
+    assert prompts.qwen_frame_pixel_bounds(8, real, factor=32) == (128 * 32 * 32, 768 * 32 * 32)
+    assert prompts.qwen_frame_pixel_bounds(768, real, factor=32) == (128 * 32 * 32, int(128000 * 32 * 32 * 0.9) // 384)
 
 
 def test_frame_defaults():
@@ -264,6 +329,9 @@ def test_frame_defaults():
     assert (qwen.fps, qwen.num_frames, qwen.min_frames, qwen.max_frames, qwen.multiple_of) == (2.0, None, 4, 768, 2)
     llava = prompts.frame_defaults("llava-ov")
     assert (llava.fps, llava.num_frames, llava.multiple_of) == (None, 32, 1)
+    qwen3 = prompts.frame_defaults("qwen3-vl")
+    assert (qwen3.fps, qwen3.num_frames, qwen3.min_frames, qwen3.max_frames) == (2.0, None, 4, 768)
+    assert qwen3.multiple_of == 2 and qwen3.max_pixels == 768 * 32 * 32
     with pytest.raises(ValueError):
         prompts.frame_defaults("nope")
 
@@ -284,6 +352,10 @@ def test_aliases_resolve_to_their_repositories(empty_hf_cache):
         "qwen2-vl-2b": "Qwen/Qwen2-VL-2B-Instruct",
         "qwen2.5-vl": "Qwen/Qwen2.5-VL-7B-Instruct",
         "llava-ov": "llava-hf/llava-onevision-qwen2-7b-ov-hf",
+        "qwen3-vl": "Qwen/Qwen3-VL-8B-Instruct",
+        "qwen3-vl-2b": "Qwen/Qwen3-VL-2B-Instruct",
+        "qwen3-vl-4b": "Qwen/Qwen3-VL-4B-Instruct",
+        "qwen3-vl-32b": "Qwen/Qwen3-VL-32B-Instruct",
     }
     assert {alias: spec.repo_id for alias, spec in registry.REGISTRY.items() if spec.repo_id} == expected
     rows = {row.name: row for row in registry.list_models()}

@@ -180,6 +180,37 @@ def tiny():
     return model, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values_videos": pixels}
 
 
+@pytest.fixture(scope="module")
+def tiny_qwen3():
+    """(model, inputs): a Qwen3-VL with the same 12-token vocabulary, decoded through transformers' forward (fused.py
+    does not reproduce its layers), and 3 random frames as Qwen3-VL lays them out: each temporal patch of 2x2 video
+    tokens between vision start (3) and end (4) tokens, after a timestamp (token 5)."""
+    tokenizer = build.make_tokenizer("qwen3-vl")  # only for the processor
+    processor = build.make_processor("qwen3-vl", tokenizer, min_pixels=64 * 64, max_pixels=64 * 64)
+    config = build.make_config(
+        "qwen3-vl",
+        tokenizer=tokenizer,
+        vocab_size=VOCAB,
+        image_token_id=VOCAB - 2,
+        video_token_id=VOCAB - 1,
+        vision_start_token_id=3,
+        vision_end_token_id=4,
+        text_config={"eos_token_id": EOS, "bos_token_id": 1, "hidden_size": 32, "intermediate_size": 64,
+                     "head_dim": 8, "rope_parameters": {"mrope_section": [2, 1, 1]}},
+        vision_config={"out_hidden_size": 32},
+    )
+    model = build.build_random_model("qwen3-vl", config, seed=4)
+    frames = np.random.default_rng(4).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    video = processor.video_processor(videos=[frames], do_sample_frames=False, do_resize=False,
+                                      cap_pixels_per_frame=False, return_tensors="pt")
+    patch = [5, 3] + [VOCAB - 1] * 4 + [4]
+    ids = torch.tensor([[2, 6, 7] + patch + patch + [8, 9, 2, 5]])
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "mm_token_type_ids": (ids == VOCAB - 1) * 2,
+              "pixel_values_videos": video["pixel_values_videos"], "video_grid_thw": video["video_grid_thw"]}
+    assert video["video_grid_thw"].tolist() == [[2, 4, 4]]
+    return model, inputs
+
+
 def dense_distribution(model, inputs: dict, temperature: float, top_p: float) -> dict[tuple[int, ...], float]:
     """Exact probability of every answer of up to ANSWER_TOKENS tokens (stopping at EOS), from transformers' forward.
 
@@ -267,6 +298,20 @@ def test_std_samples_the_dense_distribution(setting, tiny):
     print(f"{setting}: chi2 {statistic:.1f}, df {df}, p {p_value:.3g}; {stats.accepted} of {stats.drafted} accepted")
     assert p_value > ALPHA, f"StD answers do not follow the dense distribution: chi2 {statistic:.1f}, df {df}"
     # the rule was exercised both ways, and the test compared enough outcomes to mean something
+    assert stats.accepted > count / 10 and stats.drafted - stats.accepted > count / 10
+    assert df >= 20
+
+
+def test_std_samples_the_dense_distribution_through_transformers_forward(tiny_qwen3):
+    """The same test on Qwen3-VL: decoding steps through transformers' forward, positions of M-RoPE."""
+    model, inputs = tiny_qwen3
+    options, count = SETTINGS["t1"]
+    assert Engine.of(model).fused() is None
+    exact = dense_distribution(model, inputs, options.temperature, options.top_p)
+    answers, stats = std_answers(model, inputs, options, count)
+    statistic, df, p_value = chi_square(answers, exact, count)
+    print(f"qwen3-vl t1: chi2 {statistic:.1f}, df {df}, p {p_value:.3g}; {stats.accepted} of {stats.drafted} accepted")
+    assert p_value > ALPHA, f"StD answers do not follow the dense distribution: chi2 {statistic:.1f}, df {df}"
     assert stats.accepted > count / 10 and stats.drafted - stats.accepted > count / 10
     assert df >= 20
 

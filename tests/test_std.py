@@ -1,11 +1,12 @@
 """StD decoding is lossless: greedy StD (and its dense path) gives token for token what `model.generate` gives.
 
-Randomized cases over the three families, float32 on the CPU: tiny random checkpoints, random videos of one to a
+Randomized cases over every family, float32 on the CPU: tiny random checkpoints, random videos of one to a
 dozen frames (or none), random questions, K from 1 to beyond the visual token count, gamma 0..8 and auto, EOS
 landing inside a draft, max_new_tokens ending inside one; and random gamma schedules mixing dense steps and cycles.
-Most cases decode through our fused forward (fused.py), a tenth through transformers' own. Each family runs its
-cases in one test that lists every failing case with its parameters, then checks from the aggregate statistics that
-drafts were both accepted and rejected: with only one of the two, agreement would prove nothing about verification.
+Most cases decode through our fused forward (fused.py), a tenth through transformers' own; Qwen3-VL, which fused.py
+does not reproduce, decodes every case through transformers' forward. Each family runs its cases in one test that
+lists every failing case with its parameters, then checks from the aggregate statistics that drafts were both
+accepted and rejected: with only one of the two, agreement would prove nothing about verification.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def run_case(lm, make_video, seed: int) -> list[tuple[dict, list[int], list[int]
     params = {"seed": seed, "frames": frames, "visual": visual, "prompt": inputs["input_ids"].shape[1], "k": k,
               "gamma": gamma, "calibration": calibration, "max_new_tokens": max_new_tokens, "fused": fused}
     # every draft kind drafts every case it can (quantized drafts need the fused forward)
-    kinds = DRAFT_KINDS if fused and gamma != 0 else (SPARSE_DRAFT,)
+    kinds = DRAFT_KINDS if fused and gamma != 0 and lm.engine.fused() is not None else (SPARSE_DRAFT,)
     options = [DecodeOptions(max_new_tokens, k, gamma, calibration_steps=calibration, draft=kind) for kind in kinds]
     # StD runs before the reference of its own prompt, so it cannot lean on model state that generate() leaves
     results = [std(lm, inputs, o, fused=fused) for o in options]
@@ -114,7 +115,8 @@ def run_case(lm, make_video, seed: int) -> list[tuple[dict, list[int], list[int]
 def test_greedy_std_matches_generate(family, lms, make_video):
     lm = lms(family)
     failures, seen, totals = [], Counter(), Counter()
-    cases_drafted: dict[str, set[int]] = {kind: set() for kind in DRAFT_KINDS}
+    # quantized drafts need our fused forward, which Qwen3-VL does not have
+    cases_drafted: dict[str, set[int]] = {kind: set() for kind in (DRAFT_KINDS if lm.engine.fused() else ["sparse"])}
     for seed in range(CASES_PER_FAMILY):
         for params, expected, got, stats in run_case(lm, make_video, seed):
             if got != expected:
@@ -190,15 +192,20 @@ def test_batched_slots_decode_independently(lms, make_video):
         assert outputs[i] == reference(lm.model, inputs, limits[i]), f"prompt {i}"
 
 
-@pytest.mark.parametrize("family", ["qwen2-vl", "qwen2.5-vl"])
+@pytest.mark.parametrize("family", ["qwen2-vl", "qwen2.5-vl", "qwen3-vl"])
 @pytest.mark.parametrize("gamma", [0, 3])
 def test_long_video_positions_continue_like_generate(family, gamma, lms, make_video):
     """A video longer (in temporal positions) than the text after it: M-RoPE's largest position is then the
-    video's, not the last prompt token's, and decoding must continue from the latter, as generate does."""
+    video's, not the last prompt token's, and decoding must continue from the latter, as generate does. (Qwen3-VL
+    gives each temporal patch its own start position, so its video never outgrows the text: 60 timestamped patches
+    then, decoded as exactly.)"""
     lm = lms(family)
     inputs = build_inputs(lm, make_video(num_frames=120, height=28, width=28, seed=3), "What happens?")
     positions = prompt_positions(lm.model, inputs)
-    assert int(positions.max()) > int(positions[0, 0, -1])  # the case this test is about
+    if family == "qwen3-vl":
+        assert int(positions.max()) == int(positions[0, 0, -1])
+    else:
+        assert int(positions.max()) > int(positions[0, 0, -1])  # the case this test is about
     expected = reference(lm.model, inputs, 16)
     assert std(lm, inputs, DecodeOptions(16, k=8, gamma=gamma, calibration_steps=0)).tokens == expected
 
@@ -224,6 +231,31 @@ def test_any_gamma_schedule_is_lossless(family, lms, make_video, monkeypatch):
         switches += result.stats.dense_steps > 0 and result.stats.cycles > 0
     assert not failures, f"{family}: cases {failures} differ from generate()"
     assert switches >= 8
+
+
+def test_qwen3_sparse_view_keeps_every_timestamp(lms, make_video):
+    """Qwen3-VL's per-frame timestamps and vision start/end tokens are text of the prompt: the sparse view keeps them
+    all, beside the top-K video tokens, and drafting over it stays exact."""
+    lm = lms("qwen3-vl")
+    assert lm.engine.fused() is None  # transformers' forward decodes it
+    inputs = build_inputs(lm, make_video(num_frames=8, seed=11), "What happens first, and when?")
+    ids = inputs["input_ids"][0]
+    is_visual = torch.isin(ids, torch.tensor(visual_token_ids(lm.model)))
+    text_positions = (~is_visual).nonzero()[:, 0]
+    prompt = lm.tokenizer.decode(ids)
+    assert prompt.count(" seconds>") == prompt.count("<|vision_start|>") == 4  # 8 frames: 4 temporal patches
+    options = DecodeOptions(10, k=3, gamma=3, calibration_steps=0)
+    max_len, sparse_cap = cache_capacity(*lm.engine.adapter.layout(inputs), options)
+    with lm.engine.new_decoder(options, 1, max_len, sparse_cap) as decoder:
+        decoder.prefill(0, inputs)
+        state, cache = decoder.slots[0], decoder.storage
+        assert state.stats.kept_tokens == state.sparse_len == 3 + text_positions.numel()
+        # after the K visual entries of each head, the sparse view holds the dense KV of every text token, in order
+        kept_text = cache.sparse_k[:, 0, :, 3 : state.sparse_len]
+        assert torch.equal(kept_text, cache.dense_k[:, 0, :, text_positions])
+        while not state.done:
+            decoder.step()
+        assert state.tokens == reference(lm.model, inputs, 10)
 
 
 def test_a_slot_without_sparse_view_takes_dense_steps_only(lms, make_video):

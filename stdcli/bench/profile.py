@@ -82,14 +82,15 @@ def measure_bandwidth(device: torch.device, nbytes: int | None = None, iters: in
 
 def resolve_family(alias: str, scale: str | None) -> tuple[str, str]:
     """(family, scale) of a --random-init model: an alias of the registry (qwen2-vl, qwen2-vl-2b, qwen2.5-vl,
-    llava-ov) or a family name; scale defaults to the alias's (7b; 2b for qwen2-vl-2b)."""
-    from ..model.build import FAMILIES, SHAPES
+    llava-ov, qwen3-vl, ...) or a family name; scale defaults to the alias's (7b; 2b for qwen2-vl-2b; 8b for
+    qwen3-vl) or the family's default alias's."""
+    from ..model.build import DEFAULT_SCALES, FAMILIES, SHAPES
 
     if alias in REGISTRY and REGISTRY[alias].repo_id is not None:
         family = REGISTRY[alias].family
-        default = "2b" if alias.endswith("-2b") else "7b"
+        default = REGISTRY[alias].scale or DEFAULT_SCALES[family]
     elif alias in FAMILIES:
-        family, default = alias, "7b"
+        family, default = alias, DEFAULT_SCALES[alias]
     else:
         names = [a for a, spec in REGISTRY.items() if spec.repo_id is not None]
         raise BenchError(f"--random-init builds a known architecture: --model {' | '.join(names)} (got {alias!r})")

@@ -33,7 +33,8 @@ def eos_token_ids(model: Any, tokenizer: Any = None) -> tuple[int, ...]:
 
 
 def uses_mrope(model: Any) -> bool:
-    """Qwen-VL models rotate with 3-D (temporal, height, width) positions and keep a per-prompt offset."""
+    """Qwen-VL models (Qwen2-VL, Qwen2.5-VL, Qwen3-VL) rotate with 3-D (temporal, height, width) positions and keep a
+    per-prompt offset."""
     return hasattr(model.model, "rope_deltas")
 
 
@@ -44,6 +45,12 @@ def prompt_positions(model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tenso
     from the video's largest temporal position, while the text after the video continues from a smaller one, and
     `generate` extends every row of the prompt's own positions by one per token. Offsets are taken from the
     prompt's last position instead, row by row, as `generate` does.
+
+    Every family's `get_rope_index(input_ids, mm_token_type_ids, image_grid_thw, video_grid_thw, ...,
+    attention_mask)` takes the processor's outputs by name (Qwen2.5-VL also second_per_grid_ts; Qwen3-VL's takes
+    the rest as **kwargs and splits each video into its temporal patches, one per timestamp). Qwen3-VL's `generate`
+    prepends a fourth row, plain text positions, which only its causal mask reads: the engine's attention masks by
+    cache lengths, so the three M-RoPE rows are all it needs, and the same code serves every family.
     """
     input_ids = inputs["input_ids"]
     if "mm_token_type_ids" not in inputs:  # text only, from a bare tokenizer

@@ -5,9 +5,10 @@ architectures at real scale with random weights) and by the training of the buil
 the real checkpoint uses, so nothing here is a stand-in: only the sizes and the weights are made up.
 
 The real numbers below come from the checkpoints' config.json / tokenizer_config.json / chat_template.json files
-(Qwen/Qwen2-VL-7B-Instruct, Qwen/Qwen2-VL-2B-Instruct, Qwen/Qwen2.5-VL-7B-Instruct) and, for LLaVA-OneVision, from
-transformers' conversion script for llava-hf/llava-onevision-qwen2-7b-ov-hf (Qwen2-7B-Instruct text model, SigLIP
-so400m vision tower with its last layer dropped, two added tokens, vocabulary padded to a multiple of 64).
+(Qwen/Qwen2-VL-7B-Instruct, Qwen/Qwen2-VL-2B-Instruct, Qwen/Qwen2.5-VL-7B-Instruct, Qwen/Qwen3-VL-8B-Instruct,
+Qwen/Qwen3-VL-2B-Instruct) and, for LLaVA-OneVision, from transformers' conversion script for
+llava-hf/llava-onevision-qwen2-7b-ov-hf (Qwen2-7B-Instruct text model, SigLIP so400m vision tower with its last layer
+dropped, two added tokens, vocabulary padded to a multiple of 64).
 """
 
 from __future__ import annotations
@@ -40,10 +41,14 @@ from transformers import (
     Qwen2VLImageProcessor,
     Qwen2VLProcessor,
     Qwen2VLVideoProcessor,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
+    Qwen3VLProcessor,
+    Qwen3VLVideoProcessor,
 )
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
-FAMILIES = ("qwen2-vl", "qwen2.5-vl", "llava-ov")
+FAMILIES = ("qwen2-vl", "qwen2.5-vl", "llava-ov", "qwen3-vl")
 
 # --- tokenizer ----------------------------------------------------------------------------------------------------
 
@@ -66,27 +71,30 @@ _QWEN2_VL_TOKENS = _QWEN2_CHAT_TOKENS + tuple(
         "<|video_pad|>",
     )
 )
+_QWEN2_5_VL_TOKENS = _QWEN2_VL_TOKENS + tuple(
+    (token, False)
+    for token in (
+        "<tool_call>",
+        "</tool_call>",
+        "<|fim_prefix|>",
+        "<|fim_middle|>",
+        "<|fim_suffix|>",
+        "<|fim_pad|>",
+        "<|repo_name|>",
+        "<|file_sep|>",
+    )
+)
 ADDED_TOKENS: dict[str, tuple[tuple[str, bool], ...]] = {
     "qwen2-vl": _QWEN2_VL_TOKENS,
-    "qwen2.5-vl": _QWEN2_VL_TOKENS
-    + tuple(
-        (token, False)
-        for token in (
-            "<tool_call>",
-            "</tool_call>",
-            "<|fim_prefix|>",
-            "<|fim_middle|>",
-            "<|fim_suffix|>",
-            "<|fim_pad|>",
-            "<|repo_name|>",
-            "<|file_sep|>",
-        )
-    ),
+    "qwen2.5-vl": _QWEN2_5_VL_TOKENS,
     "llava-ov": _QWEN2_CHAT_TOKENS + (("<image>", True), ("<video>", True)),
+    # Qwen3's tokenizer: Qwen2.5-VL's 22 added tokens, then the tool-response and thinking tags (ids 151665-151668)
+    "qwen3-vl": _QWEN2_5_VL_TOKENS
+    + tuple((token, False) for token in ("<tool_response>", "</tool_response>", "<think>", "</think>")),
 }
 REAL_BPE_SIZE = 151643  # the Qwen2 byte-level BPE vocabulary: added tokens start here
 TOKENIZER_SETTINGS = {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "bos_token": None, "unk_token": None}
-MODEL_MAX_LENGTH = {"qwen2-vl": 32768, "qwen2.5-vl": 131072, "llava-ov": 32768}
+MODEL_MAX_LENGTH = {"qwen2-vl": 32768, "qwen2.5-vl": 131072, "llava-ov": 32768, "qwen3-vl": 262144}
 
 # Chat templates exactly as shipped: Qwen2-VL and Qwen2.5-VL share chat_template.json; LLaVA-OneVision's is the one
 # transformers' conversion script wrote for llava-hf (images, then videos, then text of each message).
@@ -112,10 +120,14 @@ LLAVA_OV_CHAT_TEMPLATE = (
     "{{ content['text'] }}{% endgeneration %}{% endfor %}{% endif %}{{'<|im_end|>' + '\n'}}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+# Qwen3-VL's chat_template.json (the Instruct checkpoints share it), kept verbatim in a file of its own: unlike
+# Qwen2-VL's it adds no default system prompt, and it knows tools and tool responses.
+QWEN3_VL_CHAT_TEMPLATE = (Path(__file__).parent / "qwen3_vl_chat_template.jinja").read_text(encoding="utf-8")
 CHAT_TEMPLATES = {
     "qwen2-vl": QWEN2_VL_CHAT_TEMPLATE,
     "qwen2.5-vl": QWEN2_VL_CHAT_TEMPLATE,
     "llava-ov": LLAVA_OV_CHAT_TEMPLATE,
+    "qwen3-vl": QWEN3_VL_CHAT_TEMPLATE,
 }
 
 # Enough varied English for a few hundred merges; the byte alphabet covers everything else.
@@ -166,7 +178,7 @@ def _train_byte_level_bpe(corpus: Iterable[str], vocab_size: int) -> tuple[dict[
 
 
 def make_tokenizer(family: str, corpus: Iterable[str] | None = None, vocab_size: int = 400) -> Qwen2Tokenizer:
-    """A small byte-level BPE in the real tokenizer class (Qwen2Tokenizer for all three families) with the family's
+    """A small byte-level BPE in the real tokenizer class (Qwen2Tokenizer for every family) with the family's
     added tokens right after the BPE ids, in the real order, and its real chat template. Any UTF-8 text round-trips."""
     _check_family(family)
     vocab, merges = _train_byte_level_bpe(BUILTIN_CORPUS if corpus is None else corpus, vocab_size)
@@ -209,14 +221,41 @@ QWEN_PROCESSOR = {
     "max_pixels": 768 * 28 * 28,
 }
 LLAVA_OV_PROCESSOR = {"size": 384, "patch_size": 14}
-PROCESSOR_DEFAULTS = {"qwen2-vl": QWEN_PROCESSOR, "qwen2.5-vl": QWEN_PROCESSOR, "llava-ov": LLAVA_OV_PROCESSOR}
-# Tiny checkpoints: every video frame becomes 56x56 pixels = 2x2 merged Qwen tokens / 2x2 pooled LLaVA tokens.
+# Qwen3-VL (preprocessor_config.json, video_preprocessor_config.json): 16-pixel patches, images 65536..16777216
+# pixels; the video processor's size is 4096..25165824 pixels (Qwen3VLVideoProcessor reads it as the bounds of a
+# whole clip; prompts.py takes the per-frame bounds of qwen-vl-utils instead, which lie within it). Both normalise
+# with mean = std = 0.5.
+QWEN3_VL_PROCESSOR = {
+    "patch_size": 16,
+    "temporal_patch_size": 2,
+    "merge_size": 2,
+    "image_min_pixels": 65536,
+    "image_max_pixels": 16777216,
+    "min_pixels": 4096,
+    "max_pixels": 25165824,
+}
+QWEN3_VL_IMAGE_MEAN = QWEN3_VL_IMAGE_STD = [0.5, 0.5, 0.5]
+PROCESSOR_DEFAULTS = {
+    "qwen2-vl": QWEN_PROCESSOR,
+    "qwen2.5-vl": QWEN_PROCESSOR,
+    "llava-ov": LLAVA_OV_PROCESSOR,
+    "qwen3-vl": QWEN3_VL_PROCESSOR,
+}
+# Tiny checkpoints: every video frame becomes 56x56 pixels = 2x2 merged Qwen tokens / 2x2 pooled LLaVA tokens
+# (Qwen3-VL: 64x64 pixels, its 32-pixel merged patches).
 _TINY_QWEN_PROCESSOR = {key: 56 * 56 for key in ("image_min_pixels", "image_max_pixels", "min_pixels", "max_pixels")}
-TINY_PROCESSOR = {"qwen2-vl": _TINY_QWEN_PROCESSOR, "qwen2.5-vl": _TINY_QWEN_PROCESSOR, "llava-ov": {"size": 56}}
+_TINY_QWEN3_PROCESSOR = {key: 64 * 64 for key in ("image_min_pixels", "image_max_pixels", "min_pixels", "max_pixels")}
+TINY_PROCESSOR = {
+    "qwen2-vl": _TINY_QWEN_PROCESSOR,
+    "qwen2.5-vl": _TINY_QWEN_PROCESSOR,
+    "llava-ov": {"size": 56},
+    "qwen3-vl": _TINY_QWEN3_PROCESSOR,
+}
 PROCESSOR_CLASSES = {
     "qwen2-vl": Qwen2VLProcessor,
     "qwen2.5-vl": Qwen2_5_VLProcessor,
     "llava-ov": LlavaOnevisionProcessor,
+    "qwen3-vl": Qwen3VLProcessor,
 }
 
 
@@ -224,12 +263,15 @@ def _qwen_processor(family: str, tokenizer, options: Mapping[str, int]):
     structure = {key: options[key] for key in ("patch_size", "temporal_patch_size", "merge_size")}
     # Pass `size` (a fresh dict), never min_pixels/max_pixels: transformers 5.17 writes those into the class-level
     # default `size`, changing every processor built afterwards in the process.
-    image = Qwen2VLImageProcessor(
-        size={"shortest_edge": options["image_min_pixels"], "longest_edge": options["image_max_pixels"]}, **structure
-    )
-    video = Qwen2VLVideoProcessor(
-        size={"shortest_edge": options["min_pixels"], "longest_edge": options["max_pixels"]}, **structure
-    )
+    image_size = {"shortest_edge": options["image_min_pixels"], "longest_edge": options["image_max_pixels"]}
+    video_size = {"shortest_edge": options["min_pixels"], "longest_edge": options["max_pixels"]}
+    if family == "qwen3-vl":
+        normalize = {"image_mean": QWEN3_VL_IMAGE_MEAN, "image_std": QWEN3_VL_IMAGE_STD}
+        image = Qwen2VLImageProcessor(size=image_size, **structure, **normalize)
+        video: Any = Qwen3VLVideoProcessor(size=video_size, **structure, **normalize)
+    else:
+        image = Qwen2VLImageProcessor(size=image_size, **structure)
+        video = Qwen2VLVideoProcessor(size=video_size, **structure)
     return PROCESSOR_CLASSES[family](
         image_processor=image, tokenizer=tokenizer, video_processor=video, chat_template=CHAT_TEMPLATES[family]
     )
@@ -258,7 +300,8 @@ def anyres_grid_pinpoints(edge: int) -> list[list[int]]:
 def make_processor(family: str, tokenizer, **video_options: int):
     """The family's real processor class with its image and video processors at the family defaults.
 
-    Options: Qwen `min_pixels`/`max_pixels` (video, per frame), `image_min_pixels`/`image_max_pixels`, `patch_size`,
+    Options: Qwen `min_pixels`/`max_pixels` (video: per frame; Qwen3-VL: its video processor's `size`),
+    `image_min_pixels`/`image_max_pixels`, `patch_size`,
     `temporal_patch_size`, `merge_size`; LLaVA-OV `size` (square edge of images and frames) and `patch_size`.
     """
     _check_family(family)
@@ -372,6 +415,72 @@ LLAVA_OV_7B = {
     "tie_word_embeddings": False,
 }
 
+# Qwen3-VL, from Qwen/Qwen3-VL-8B-Instruct's and Qwen/Qwen3-VL-2B-Instruct's config.json (the Qwen3-8B / Qwen3-1.7B
+# language models: head_dim 128, q/k RMSNorm, no qkv bias; interleaved M-RoPE over sections 24/20/20 of the 64
+# frequencies; a SigLIP-2-style vision tower with 16-pixel patches, learned position embeddings resampled per grid,
+# and DeepStack mergers feeding three of its layers into the first three language layers). Source: the values of
+# those hub files (written here from them, not downloaded: no network on the build machines), with transformers
+# 5.23's Qwen3VLConfig field names (rope_scaling is rope_parameters). Parameter counts: 8,767,123,696 (8B, the
+# "8.77B" of the model card) and 2,127,532,032 (2B), checked in tests/test_models.py.
+QWEN3_VL_8B = {
+    "text_config": {
+        "vocab_size": 151936,
+        "hidden_size": 4096,
+        "intermediate_size": 12288,
+        "num_hidden_layers": 36,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "hidden_act": "silu",
+        "max_position_embeddings": 262144,
+        "rms_norm_eps": 1e-6,
+        "attention_bias": False,
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 5000000.0,
+            "mrope_section": [24, 20, 20],
+            "mrope_interleaved": True,
+        },
+        "tie_word_embeddings": False,
+    },
+    "vision_config": {
+        "depth": 27,
+        "hidden_size": 1152,
+        "intermediate_size": 4304,
+        "num_heads": 16,
+        "in_channels": 3,
+        "patch_size": 16,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "out_hidden_size": 4096,
+        "num_position_embeddings": 2304,
+        "deepstack_visual_indexes": [8, 16, 24],
+        "hidden_act": "gelu_pytorch_tanh",
+        "initializer_range": 0.02,
+    },
+    "tie_word_embeddings": False,
+}
+QWEN3_VL_2B = {
+    "text_config": {
+        **QWEN3_VL_8B["text_config"],
+        "hidden_size": 2048,
+        "intermediate_size": 6144,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 8,
+        "tie_word_embeddings": True,
+    },
+    "vision_config": {
+        **QWEN3_VL_8B["vision_config"],
+        "depth": 24,
+        "hidden_size": 1024,
+        "intermediate_size": 4096,
+        "out_hidden_size": 2048,
+        "deepstack_visual_indexes": [5, 11, 17],
+    },
+    "tie_word_embeddings": True,
+}
+
 # Tiny: 2 layers, 4 query heads sharing 2 KV heads (GQA), a 2-block vision tower with the real patch/merge sizes.
 _TINY_TEXT = {
     "hidden_size": 64,
@@ -418,6 +527,35 @@ TINY_QWEN2_5_VL = {
     },
     "tie_word_embeddings": False,
 }
+TINY_QWEN3_VL = {
+    "text_config": {
+        **_TINY_TEXT,
+        "head_dim": 16,
+        "attention_bias": False,
+        # 8 frequencies: temporal 4, height 2, width 2, interleaved as in the real 24/20/20 of 64
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 5000000.0,
+            "mrope_section": [4, 2, 2],
+            "mrope_interleaved": True,
+        },
+    },
+    "vision_config": {
+        "depth": 2,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_heads": 4,
+        "patch_size": 16,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "out_hidden_size": 64,
+        "num_position_embeddings": 64,  # an 8x8 learned grid, resampled to each frame's
+        "deepstack_visual_indexes": [0],  # the first block's features are added to the first language layer
+        "hidden_act": "gelu_pytorch_tanh",
+        "initializer_range": 0.2,
+    },
+    "tie_word_embeddings": False,
+}
 TINY_LLAVA_OV = {
     "text_config": {
         **_TINY_TEXT,
@@ -447,7 +585,7 @@ TINY_LLAVA_OV = {
 # with 0.02). Chosen so the logits are far from flat (std ~1.6-2.4 over the vocabulary) and greedy decoding does not
 # lock onto one token: at 0.02 a random 2B/7B model repeats one token after a few steps (checked on an H100, video
 # prompts of ~1200-3200 tokens); at 0.04 48 greedy tokens were all distinct. Tiny models (width 64) need 0.2.
-RANDOM_INIT_STD = {"tiny": 0.2, "2b": 0.04, "7b": 0.04}
+RANDOM_INIT_STD = {"tiny": 0.2, "2b": 0.04, "7b": 0.04, "8b": 0.04}
 
 SHAPES: dict[tuple[str, str], dict[str, Any]] = {
     ("qwen2-vl", "tiny"): TINY_QWEN2_VL,
@@ -457,12 +595,23 @@ SHAPES: dict[tuple[str, str], dict[str, Any]] = {
     ("qwen2.5-vl", "7b"): QWEN2_5_VL_7B,
     ("llava-ov", "tiny"): TINY_LLAVA_OV,
     ("llava-ov", "7b"): LLAVA_OV_7B,
+    ("qwen3-vl", "tiny"): TINY_QWEN3_VL,
+    ("qwen3-vl", "2b"): QWEN3_VL_2B,
+    ("qwen3-vl", "8b"): QWEN3_VL_8B,
 }
-CONFIG_CLASSES = {"qwen2-vl": Qwen2VLConfig, "qwen2.5-vl": Qwen2_5_VLConfig, "llava-ov": LlavaOnevisionConfig}
+# The scale `--random-init` builds for a family named without one: the size of its default alias.
+DEFAULT_SCALES = {"qwen2-vl": "7b", "qwen2.5-vl": "7b", "llava-ov": "7b", "qwen3-vl": "8b"}
+CONFIG_CLASSES = {
+    "qwen2-vl": Qwen2VLConfig,
+    "qwen2.5-vl": Qwen2_5_VLConfig,
+    "llava-ov": LlavaOnevisionConfig,
+    "qwen3-vl": Qwen3VLConfig,
+}
 MODEL_CLASSES: dict[str, type[PreTrainedModel]] = {
     "qwen2-vl": Qwen2VLForConditionalGeneration,
     "qwen2.5-vl": Qwen2_5_VLForConditionalGeneration,
     "llava-ov": LlavaOnevisionForConditionalGeneration,
+    "qwen3-vl": Qwen3VLForConditionalGeneration,
 }
 
 
@@ -499,7 +648,7 @@ def padded_vocab_size(tokenizer, multiple: int = 64) -> int:
 def make_config(
     family: str, scale: str = "tiny", vocab_size: int | None = None, tokenizer=None, **overrides: Any
 ) -> PretrainedConfig:
-    """The family's real config class at `scale` ("tiny", "7b"; "2b" for qwen2-vl).
+    """The family's real config class at `scale` ("tiny", "7b"; "2b" for qwen2-vl; qwen3-vl: "tiny", "2b", "8b").
 
     Token ids come from `tokenizer`; without one, a tiny config uses make_tokenizer(family)'s and a real-scale config
     the real checkpoint's. `vocab_size` defaults to the padded tokenizer length (tiny) or the real size. `overrides`

@@ -23,11 +23,16 @@ class FrameDefaults:
     max_pixels: int | None  # frames are decoded no larger than this (aspect kept): bounds memory on long videos
 
 
-# Qwen reference video settings (qwen-vl-utils): per-frame pixel bounds, and a total budget (90% of 128000 tokens'
-# worth of pixels) shared by all frames.
-QWEN_VIDEO_MIN_PIXELS = 128 * 28 * 28
-QWEN_VIDEO_MAX_PIXELS = 768 * 28 * 28
-QWEN_VIDEO_TOTAL_PIXELS = int(128000 * 28 * 28 * 0.9)
+# Qwen reference video settings (qwen-vl-utils): per-frame bounds of 128 to 768 merged patches, and a total budget
+# (90% of 128000 tokens' worth of pixels) shared by all frames. A merged patch is 28x28 pixels for Qwen2-VL and
+# Qwen2.5-VL (14-pixel patches), 32x32 for Qwen3-VL (16-pixel patches): qwen-vl-utils scales every bound by it.
+QWEN_VIDEO_MIN_TOKENS = 128
+QWEN_VIDEO_MAX_TOKENS = 768
+QWEN_MODEL_SEQ_LEN = 128000
+QWEN_VIDEO_MIN_PIXELS = QWEN_VIDEO_MIN_TOKENS * 28 * 28
+QWEN_VIDEO_MAX_PIXELS = QWEN_VIDEO_MAX_TOKENS * 28 * 28
+QWEN_VIDEO_TOTAL_PIXELS = int(QWEN_MODEL_SEQ_LEN * 28 * 28 * 0.9)
+QWEN3_VL_FACTOR = 32
 LLAVA_OV_FRAME_EDGE = 384
 
 FRAME_DEFAULTS = {
@@ -36,6 +41,8 @@ FRAME_DEFAULTS = {
     # 32 uniform frames, each resized to 384x384 by the processor; decoded up to 4x that many pixels so both sides
     # stay above 384 for aspect ratios up to 4:1.
     "llava-ov": FrameDefaults(None, 32, 1, 32, 1, 4 * LLAVA_OV_FRAME_EDGE**2),
+    # qwen-vl-utils for Qwen3-VL (and Qwen3VLVideoProcessor's defaults): 2 fps, 4 to 768 frames, an even count
+    "qwen3-vl": FrameDefaults(2.0, None, 4, 768, 2, QWEN_VIDEO_MAX_TOKENS * QWEN3_VL_FACTOR**2),
 }
 # LLaVA-OneVision's own conversation template (qwen_1_5) always opens with this system prompt; the hf chat template
 # adds none, Qwen's adds it itself.
@@ -48,37 +55,54 @@ def frame_defaults(family: str) -> FrameDefaults:
     return FRAME_DEFAULTS[family]
 
 
-def qwen_frame_pixel_bounds(num_frames: int, allowed: tuple[int, int], temporal_patch_size: int = 2) -> tuple[int, int]:
-    """Per-frame (min, max) pixels for a Qwen video of `num_frames` frames, as qwen-vl-utils computes them:
+def qwen_frame_pixel_bounds(
+    num_frames: int, allowed: tuple[int, int], temporal_patch_size: int = 2, factor: int = 28
+) -> tuple[int, int]:
+    """Per-frame (min, max) pixels for a Qwen video of `num_frames` frames, as qwen-vl-utils computes them for merged
+    patches of factor x factor pixels (28: Qwen2-VL, Qwen2.5-VL; 32: Qwen3-VL):
 
-        min = 128*28*28
-        max = max(min(768*28*28, TOTAL_PIXELS / num_frames * temporal_patch_size), 1.05 * min)
+        min = 128 * factor**2
+        max = max(min(768 * factor**2, TOTAL_PIXELS / num_frames * temporal_patch_size), 1.05 * min)
 
-    so the frames share a total budget (TOTAL_PIXELS = 0.9 * 128000 * 28*28) and long videos get smaller frames.
+    so the frames share a total budget (TOTAL_PIXELS = 0.9 * 128000 * factor**2) and long videos get smaller frames.
     Both reference bounds are first clamped into the range the checkpoint's video processor allows (`allowed`), so a
-    checkpoint configured for other sizes (tiny test models: 56*56 only) keeps its own.
+    checkpoint configured for other sizes (tiny test models: 56*56 or 64*64 only) keeps its own. (Qwen3-VL's
+    processor reads its `size` as bounds of a whole clip, 4096..25165824 pixels in the real checkpoints: the
+    reference per-frame bounds lie within it, so clamping leaves them unchanged there.)
     """
     low, high = allowed
-    min_pixels = min(max(QWEN_VIDEO_MIN_PIXELS, low), high)
-    max_pixels = min(max(QWEN_VIDEO_MAX_PIXELS, low), high)
-    shared = QWEN_VIDEO_TOTAL_PIXELS * temporal_patch_size // max(num_frames, 1)
+    min_pixels = min(max(QWEN_VIDEO_MIN_TOKENS * factor * factor, low), high)
+    max_pixels = min(max(QWEN_VIDEO_MAX_TOKENS * factor * factor, low), high)
+    total = int(QWEN_MODEL_SEQ_LEN * factor * factor * 0.9)
+    shared = total * temporal_patch_size // max(num_frames, 1)
     return min_pixels, max(min(max_pixels, shared), int(min_pixels * 1.05))
 
 
-def visual_token_count(lm: LoadedModel, frames: int, height: int, width: int) -> int:
-    """The video tokens the processor makes of `frames` frames of height x width, by the arithmetic of its resize
-    (Qwen: smart_resize within the per-frame pixel bounds, one token per 28x28 pixels and temporal patch;
-    LLaVA-OneVision: a fixed pooled grid per frame, plus one newline token): known before any frame is decoded."""
-    if lm.family == "llava-ov":
-        side = math.ceil(int(math.sqrt(lm.processor.num_image_tokens)) / 2)
-        return frames * side * side + 1
+def _qwen_frame_size(lm: LoadedModel, frames: int, height: int, width: int) -> tuple[int, int]:
+    """(height, width) a Qwen processor resizes frames of height x width to, in a video of `frames` frames:
+    smart_resize to multiples of the merged patch, within qwen_frame_pixel_bounds."""
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
     processor = lm.processor.video_processor
     factor = processor.patch_size * processor.merge_size
     allowed = (processor.size["shortest_edge"], processor.size["longest_edge"])
-    min_pixels, max_pixels = qwen_frame_pixel_bounds(frames, allowed, processor.temporal_patch_size)
-    resized_height, resized_width = smart_resize(height, width, factor, min_pixels, max_pixels)
+    min_pixels, max_pixels = qwen_frame_pixel_bounds(frames, allowed, processor.temporal_patch_size, factor)
+    resized: tuple[int, int] = smart_resize(height, width, factor, min_pixels, max_pixels)
+    return resized
+
+
+def visual_token_count(lm: LoadedModel, frames: int, height: int, width: int) -> int:
+    """The video tokens the processor makes of `frames` frames of height x width, by the arithmetic of its resize
+    (Qwen: smart_resize within the per-frame pixel bounds, one token per merged patch (28x28 pixels, Qwen3-VL 32x32)
+    and temporal patch; LLaVA-OneVision: a fixed pooled grid per frame, plus one newline token): known before any
+    frame is decoded. Only the placeholder tokens: Qwen3-VL's per-frame timestamps and vision start/end tokens are
+    text of the prompt."""
+    if lm.family == "llava-ov":
+        side = math.ceil(int(math.sqrt(lm.processor.num_image_tokens)) / 2)
+        return frames * side * side + 1
+    processor = lm.processor.video_processor
+    factor = processor.patch_size * processor.merge_size
+    resized_height, resized_width = _qwen_frame_size(lm, frames, height, width)
     temporal = -(-frames // processor.temporal_patch_size)
     return temporal * (resized_height // factor) * (resized_width // factor)
 
@@ -105,7 +129,56 @@ def video_metadata(video) -> dict[str, Any]:
     }
 
 
+def qwen3_video_metadata(video) -> dict[str, Any]:
+    """Metadata of the frames in the source video, as qwen-vl-utils gives it to Qwen3-VL's processor: the stream's
+    frame rate and the source index of every sampled frame. The processor writes the time of each temporal patch
+    into the prompt as "<t seconds>", t the mean of index / fps over its two frames (an odd last frame is paired with
+    itself), so the times are those of the frames in the video, whatever rate they were sampled at."""
+    frames = video.frames
+    return {
+        "total_num_frames": int(getattr(video, "num_source_frames", 0) or max(video.indices) + 1),
+        "fps": float(video.source_fps),
+        "frames_indices": [int(i) for i in video.indices],
+        "duration": video.duration,
+        "height": int(frames.shape[1]),
+        "width": int(frames.shape[2]),
+    }
+
+
+def qwen3_resized_frames(lm: LoadedModel, frames):
+    """Frames resized as qwen-vl-utils resizes a Qwen3-VL video before the processor sees it (which then runs with
+    do_resize=False): per-frame smart_resize to multiples of 32 pixels within qwen_frame_pixel_bounds, bicubic with
+    antialiasing on the uint8 frames (torchvision's resize, rounded back to uint8)."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.functional import resize
+
+    height, width = _qwen_frame_size(lm, len(frames), int(frames.shape[1]), int(frames.shape[2]))
+    if (height, width) == tuple(frames.shape[1:3]):
+        return frames
+    tensor = torch.from_numpy(frames).permute(0, 3, 1, 2)
+    resized = resize(tensor, [height, width], interpolation=InterpolationMode.BICUBIC, antialias=True)
+    return resized.permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def qwen3_unwrapped_video(processor, text: str) -> str:
+    """The chat text with each video's <|vision_start|><|video_pad|><|vision_end|> reduced to its <|video_pad|>.
+
+    Qwen3-VL's reference prompt of a video is, per temporal patch, "<t seconds><|vision_start|>" + its tokens +
+    "<|vision_end|>", with nothing around the whole: Qwen's own processor (transformers 4.57) replaced the chat
+    template's wrapper together with the placeholder. transformers 5.x replaces only the placeholder, which leaves
+    a second vision start before the first timestamp and a second vision end after the last frame; given the bare
+    placeholder, 5.23's processor builds the reference prompt."""
+    wrapped = f"{processor.vision_start_token}{processor.video_token}{processor.vision_end_token}"
+    result: str = text.replace(wrapped, processor.video_token)
+    return result
+
+
 def _video_call_arguments(lm: LoadedModel, video) -> dict[str, Any]:
+    if lm.family == "qwen3-vl":
+        # frames resized already (qwen3_resized_frames), as the model card's qwen-vl-utils recipe does;
+        # cap_pixels_per_frame only silences the warning about a cap that would apply to the processor's own resize
+        return {"do_sample_frames": False, "video_metadata": [qwen3_video_metadata(video)], "do_resize": False,
+                "cap_pixels_per_frame": False}
     arguments: dict[str, Any] = {"do_sample_frames": False, "video_metadata": [video_metadata(video)]}
     if lm.family in ("qwen2-vl", "qwen2.5-vl"):
         processor = lm.processor.video_processor
@@ -138,6 +211,7 @@ def build_inputs(lm: LoadedModel, video, question: str, system: str | None = Non
 
     Keys: input_ids, attention_mask and, with a video, pixel_values_videos plus the family's own (Qwen:
     video_grid_thw and mm_token_type_ids, Qwen2.5-VL: second_per_grid_ts from video.sample_fps; LLaVA-OV: none).
+    Qwen3-VL's prompt also holds the time of each temporal patch, as text before its frame's vision tokens.
     """
     messages = chat_messages(lm.family, question, system, video is not None)
     text = lm.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -146,5 +220,8 @@ def build_inputs(lm: LoadedModel, video, question: str, system: str | None = Non
     else:
         _check_frames(video.frames)
         arguments = _video_call_arguments(lm, video)
-        batch = lm.processor(text=[text], videos=[video.frames], return_tensors="pt", **arguments)
+        frames = video.frames
+        if lm.family == "qwen3-vl":
+            text, frames = qwen3_unwrapped_video(lm.processor, text), qwen3_resized_frames(lm, frames)
+        batch = lm.processor(text=[text], videos=[frames], return_tensors="pt", **arguments)
     return _to_model(batch, lm.device, lm.dtype)

@@ -18,13 +18,19 @@ BUILTIN_DIR = Path(__file__).resolve().parent.parent / "builtin"
 
 # config.json model_type -> family (the families of build.py, which this module does not import: transformers takes
 # seconds to import, and `stdcli models` needs none of it). Model classes are looked up by name when loading.
-FAMILY_OF_MODEL_TYPE = {"qwen2_vl": "qwen2-vl", "qwen2_5_vl": "qwen2.5-vl", "llava_onevision": "llava-ov"}
+FAMILY_OF_MODEL_TYPE = {
+    "qwen2_vl": "qwen2-vl",
+    "qwen2_5_vl": "qwen2.5-vl",
+    "llava_onevision": "llava-ov",
+    "qwen3_vl": "qwen3-vl",
+}
 MODEL_CLASS_NAMES = {
     "qwen2-vl": "Qwen2VLForConditionalGeneration",
     "qwen2.5-vl": "Qwen2_5_VLForConditionalGeneration",
     "llava-ov": "LlavaOnevisionForConditionalGeneration",
+    "qwen3-vl": "Qwen3VLForConditionalGeneration",
 }
-SUPPORTED = "Qwen2-VL, Qwen2.5-VL and LLaVA-OneVision (" + ", ".join(MODEL_CLASS_NAMES.values()) + ")"
+SUPPORTED = "Qwen2-VL, Qwen2.5-VL, LLaVA-OneVision and Qwen3-VL (" + ", ".join(MODEL_CLASS_NAMES.values()) + ")"
 WEIGHT_FILES = (
     "model.safetensors",
     "model.safetensors.index.json",
@@ -39,16 +45,23 @@ class ModelSpec:
     repo_id: str | None  # None: ships inside the package
     family: str
     description: str
+    scale: str | None = None  # the shape `bench --random-init` builds for it (build.SHAPES), None: none
 
 
 REGISTRY: dict[str, ModelSpec] = {
     spec.alias: spec
     for spec in (
         ModelSpec("builtin", None, "qwen2-vl", "small model shipped with stdcli, trained on generated shape videos"),
-        ModelSpec("qwen2-vl", "Qwen/Qwen2-VL-7B-Instruct", "qwen2-vl", "Qwen2-VL 7B Instruct"),
-        ModelSpec("qwen2-vl-2b", "Qwen/Qwen2-VL-2B-Instruct", "qwen2-vl", "Qwen2-VL 2B Instruct"),
-        ModelSpec("qwen2.5-vl", "Qwen/Qwen2.5-VL-7B-Instruct", "qwen2.5-vl", "Qwen2.5-VL 7B Instruct"),
-        ModelSpec("llava-ov", "llava-hf/llava-onevision-qwen2-7b-ov-hf", "llava-ov", "LLaVA-OneVision Qwen2 7B (ov)"),
+        ModelSpec("qwen2-vl", "Qwen/Qwen2-VL-7B-Instruct", "qwen2-vl", "Qwen2-VL 7B Instruct", "7b"),
+        ModelSpec("qwen2-vl-2b", "Qwen/Qwen2-VL-2B-Instruct", "qwen2-vl", "Qwen2-VL 2B Instruct", "2b"),
+        ModelSpec("qwen2.5-vl", "Qwen/Qwen2.5-VL-7B-Instruct", "qwen2.5-vl", "Qwen2.5-VL 7B Instruct", "7b"),
+        ModelSpec(
+            "llava-ov", "llava-hf/llava-onevision-qwen2-7b-ov-hf", "llava-ov", "LLaVA-OneVision Qwen2 7B (ov)", "7b"
+        ),
+        ModelSpec("qwen3-vl", "Qwen/Qwen3-VL-8B-Instruct", "qwen3-vl", "Qwen3-VL 8B Instruct", "8b"),
+        ModelSpec("qwen3-vl-2b", "Qwen/Qwen3-VL-2B-Instruct", "qwen3-vl", "Qwen3-VL 2B Instruct", "2b"),
+        ModelSpec("qwen3-vl-4b", "Qwen/Qwen3-VL-4B-Instruct", "qwen3-vl", "Qwen3-VL 4B Instruct", "4b"),
+        ModelSpec("qwen3-vl-32b", "Qwen/Qwen3-VL-32B-Instruct", "qwen3-vl", "Qwen3-VL 32B Instruct", "32b"),
     )
 }
 
