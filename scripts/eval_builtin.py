@@ -183,21 +183,30 @@ def compare_drafts(lm, args) -> None:
                     if config["gamma"] == 0:
                         said = decode_answer(lm.tokenizer, sequence["tokens"])
                         correct[qtype].append(is_correct(qa, said, clip))
-    rate = lambda c: round(c["accepted"] / c["drafted"], 4) if c["drafted"] else None  # noqa: E731
-    summary = {method: {**c, "acceptance": rate(c)} for method, c in totals.items()}
-    per_type = {f"{method} {qtype}": {**c, "acceptance": rate(c)} for (method, qtype), c in sorted(by_type.items())}
-    accuracy = {qtype: round(sum(v) / len(v), 4) for qtype, v in sorted(correct.items())}
-    for method, c in summary.items():
+            report = drafts_report(lm, args, totals, by_type, correct, time.perf_counter() - started)
+            if args.json:  # after every clip: a run cut short keeps what it measured
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                args.json.write_text(json.dumps(report, indent=1))
+    for method, c in report["methods"].items():
         print(f"{method:12s} identical {c['identical']}/{c['answers']}  acceptance {c['acceptance']}")
-    for name, c in per_type.items():
+    for name, c in report["per_type"].items():
         print(f"  {name:34s} n={c['answers']:4d} acceptance {c['acceptance']}")
-    print(json.dumps({"dense_accuracy": accuracy, "seconds": round(time.perf_counter() - started, 1)}))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "model": args.model, "device": str(lm.device), "dtype": str(lm.dtype), "gamma": args.gamma,
-            "questions": sum(len(v) for v in correct.values()), "methods": summary, "per_type": per_type,
-            "dense_accuracy": accuracy, "seconds": round(time.perf_counter() - started, 1)}, indent=1))
+    print(json.dumps({"dense_accuracy": report["dense_accuracy"], "seconds": report["seconds"]}))
+
+
+def drafts_report(lm, args, totals: dict, by_type: dict, correct: dict, seconds: float) -> dict:
+    def rate(counts: dict) -> float | None:
+        return round(counts["accepted"] / counts["drafted"], 4) if counts["drafted"] else None
+
+    return {
+        "model": args.model, "device": str(lm.device), "dtype": str(lm.dtype), "gamma": args.gamma,
+        "questions": sum(len(v) for v in correct.values()),
+        "methods": {method: {**c, "acceptance": rate(c)} for method, c in totals.items()},
+        "per_type": {f"{method} {qtype}": {**c, "acceptance": rate(c)}
+                     for (method, qtype), c in sorted(by_type.items())},
+        "dense_accuracy": {qtype: round(sum(v) / len(v), 4) for qtype, v in sorted(correct.items())},
+        "seconds": round(seconds, 1),
+    }
 
 
 if __name__ == "__main__":
