@@ -45,7 +45,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=16.0, help="length of the generated clip (8 fps)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--clip", type=Path, help="where the generated clip is kept: written if missing, else reused")
+    parser.add_argument("--json", type=Path, help="written after every frame count: a cut-short run keeps its figures")
     args = parser.parse_args()
     frame_counts = [int(f) for f in args.frames.split(",")]
     gammas = [int(g) for g in args.gamma.split(",")]
@@ -57,13 +58,19 @@ def main() -> None:
     print(f"inflated to {args.shape} in {time.perf_counter() - started:.1f} s", flush=True)
     clip = generate_clip(CLIP_SEED, "long", duration=args.minutes * 60)
     questions = [qa.question for qa in questions_for(clip, random.Random(CLIP_SEED))]
-    points = []
+    points: list[dict] = []
+    report = {"environment": environment(lm.device), "shape": args.shape, "clip_seed": CLIP_SEED,
+              "minutes": args.minutes, "batch": args.batch, "k": args.k, "questions": questions,
+              "note": "acceptance is the built-in model's (a small model of a generated world), inflated",
+              "points": points}
     with tempfile.TemporaryDirectory() as tmp:
-        path = f"{tmp}/clip.mp4"
-        write_video(clip, path, fps=8.0, size=(224, 224))
-        print(f"clip of {args.minutes} min written at {time.perf_counter() - started:.1f} s", flush=True)
+        path = args.clip or Path(tmp) / "clip.mp4"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_video(clip, str(path), fps=8.0, size=(224, 224))
+        print(f"clip of {args.minutes} min ready at {time.perf_counter() - started:.1f} s", flush=True)
         for frames in frame_counts:
-            video = sample_video(lm, path, FrameOptions(frames=frames))
+            video = sample_video(lm, str(path), FrameOptions(frames=frames))
             prompts = [build_inputs(lm, video, questions[b % len(questions)]) for b in range(args.batch)]
             point = decode_prompts(lm.engine, prompts, args.k, gammas, drafts, args.max_new_tokens, args.rounds)
             point["frames"] = frames
@@ -76,13 +83,10 @@ def main() -> None:
                 print(f"  {name:12s} {c['tokens_per_s']:8.1f} tok/s  ×{c['tokens_per_s'] / dense:5.2f}  "
                       f"accept {accept}  identical {c['identical_to_dense']}/{c['total']}  drafts {c['drafts']}",
                       flush=True)
-    report = {"environment": environment(lm.device), "shape": args.shape, "clip_seed": CLIP_SEED,
-              "minutes": args.minutes, "batch": args.batch, "k": args.k, "questions": questions,
-              "note": "acceptance is the built-in model's (a small model of a generated world), inflated",
-              "points": points, "seconds": round(time.perf_counter() - started, 1)}
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1))
+            report["seconds"] = round(time.perf_counter() - started, 1)
+            if args.json:
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                args.json.write_text(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":
