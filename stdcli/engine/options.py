@@ -11,8 +11,8 @@ AUTO = "auto"
 DEFAULT_K = 512  # visual entries kept per layer and KV head
 DEFAULT_GAMMA: int | str = AUTO
 MAX_AUTO_GAMMA = 8  # the largest gamma auto considers: beyond it E(g) grows little at any realistic acceptance
-# The longest fixed draft: a verify of MAX_GAMMA + 1 tokens at batch 1 still fits the batch-invariant kernels' 16-row tile,
-# and at any acceptance below 0.95 a longer draft adds less than 0.05 tokens per cycle.
+# The longest fixed draft: a verify of MAX_GAMMA + 1 tokens at batch 1 still fits the batch-invariant kernels'
+# 16-row tile, and at any acceptance below 0.95 a longer draft adds less than 0.05 tokens per cycle.
 MAX_GAMMA = 15
 
 
