@@ -3,10 +3,12 @@
 - the batch-invariant matmul of kernels.py (`linear`) against cuBLAS for each projection of a decoding step, over
   block configurations; one configuration per weight shape serves every row count (that is what makes it
   batch-invariant), so the best is the one with the least time summed over 1, 8 and 16 rows;
-- the dequantizing int8 / int4 matmul (`quant_linear`) over its block width, warps and stages;
+- the dequantizing int8 / int4 matmul (`quant_linear`) over its candidate configurations (the engine times them
+  itself at first use), against PyTorch's own weight-only kernels where this build has them (tinygemm's
+  `_weight_int4pack_mm`, `_weight_int8pack_mm`, the kernels torchao and gpt-fast call);
 - the decode attention kernel at its default split of the keys and at others.
 
-    python scripts/tune_kernels.py [--json out.json]
+    python scripts/tune_kernels.py [--json out.json] [--only quant]
 
 It ends by printing the LINEAR_CONFIGS table for kernels.py.
 """
@@ -27,7 +29,6 @@ SHAPES = ((4608, 3584), (3584, 3584), (37888, 3584), (3584, 18944), (152064, 358
 ROWS = (1, 8, 16)  # one token at batch 1; a verify of 8 or a step at batch 16 (more rows are more tiles)
 LINEAR_CANDIDATES = ((32, 256, 4, 4), (64, 128, 4, 4), (16, 512, 4, 3), (32, 512, 8, 3), (64, 256, 8, 3),
                      (128, 128, 8, 4), (32, 128, 4, 5), (16, 256, 4, 4))
-QUANT_CANDIDATES = ((32, 4, 3), (64, 4, 3), (64, 4, 4), (128, 4, 3), (128, 8, 3), (32, 2, 4))
 BANDWIDTH = 4.17e12  # bytes/s of a plain copy on the H200 (docs/benchmarks.md): the floors below
 
 
@@ -82,6 +83,31 @@ def tune_linear(dev: torch.device) -> tuple[list[dict], dict]:
     return entries, best_configs
 
 
+def library_kernel(bits: int, n: int, k: int, m: int, dev: torch.device):
+    """PyTorch's weight-only kernel for this shape (random contents: timing only), or None where it has none."""
+    x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
+    aten = torch.ops.aten
+    try:
+        if bits == 4:
+            packed = aten._convert_weight_to_int4pack(torch.randint(0, 256, (n, k // 2), device=dev,
+                                                                    dtype=torch.uint8), 8)
+            scales_and_zeros = torch.randn(k // quant.GROUP, n, 2, device=dev, dtype=torch.bfloat16)
+
+            def fn():
+                return aten._weight_int4pack_mm(x, packed, quant.GROUP, scales_and_zeros)
+        else:
+            weight = torch.randint(-127, 128, (n, k), device=dev, dtype=torch.int8)
+            scales = torch.rand(n, device=dev, dtype=torch.bfloat16)
+
+            def fn():
+                return aten._weight_int8pack_mm(x, weight, scales)
+        fn()
+        return fn
+    except Exception as error:  # not in this build, or not for this shape
+        print(f"  no PyTorch int{bits} kernel here: {str(error).splitlines()[0][:100]}", flush=True)
+        return None
+
+
 def tune_quant(dev: torch.device) -> list[dict]:
     entries = []
     for bits in quant.BITS:
@@ -90,16 +116,20 @@ def tune_quant(dev: torch.device) -> list[dict]:
             floor_us = q.nbytes / BANDWIDTH * 1e6
             for m in (1, 8):
                 x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
-                for block_n, warps, stages in QUANT_CANDIDATES:
-                    us = timed_or_none(lambda x=x, q=q, b=block_n, w=warps, s=stages: kernels.quant_linear(
-                        x, q, None, block_n=b, warps=w, stages=s))
+                mine = []
+                for config in kernels.QUANT_CANDIDATES:
+                    us = timed_or_none(lambda x=x, q=q, config=config: kernels.quant_linear(x, q, None, config))
                     if us is not None:
-                        entries.append({"bits": bits, "n": n, "k": k, "m": m, "block_n": block_n, "warps": warps,
-                                        "stages": stages, "us": us, "floor_us": floor_us})
-                mine = [e for e in entries if (e["bits"], e["n"], e["k"], e["m"]) == (bits, n, k, m)]
+                        mine.append({"bits": bits, "n": n, "k": k, "m": m, "config": config, "us": us,
+                                     "floor_us": floor_us})
+                library = library_kernel(bits, n, k, m, dev)
+                library_us = timed_or_none(library) if library is not None else None
+                for entry in mine:
+                    entry["pytorch_us"] = library_us
+                entries += mine
                 top = min(mine, key=lambda e: e["us"])
-                print(f"int{bits} {n}x{k} m{m}: best block_n {top['block_n']}, warps {top['warps']}, stages "
-                      f"{top['stages']}: {top['us']:.1f} us, floor {floor_us:.1f} us", flush=True)
+                print(f"int{bits} {n}x{k} m{m}: best {top['config']}: {top['us']:.1f} us, floor {floor_us:.1f} us, "
+                      f"PyTorch's {'-' if library_us is None else f'{library_us:.1f} us'}", flush=True)
     return entries
 
 
@@ -126,16 +156,21 @@ def tune_attention(dev: torch.device) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--only", choices=("linear", "quant", "attention"), help="one of the three")
     args = parser.parse_args()
     torch.manual_seed(0)
     dev = torch.device("cuda")
-    linear, best = tune_linear(dev)
-    report = {"device": torch.cuda.get_device_name(dev), "linear": linear, "quant": tune_quant(dev),
-              "attention": tune_attention(dev)}
-    print("LINEAR_CONFIGS = {")
-    for (n, k), config in best.items():
-        print(f"    ({n}, {k}): {config},")
-    print("}")
+    report: dict = {"device": torch.cuda.get_device_name(dev)}
+    if args.only in (None, "quant"):
+        report["quant"] = tune_quant(dev)
+    if args.only in (None, "attention"):
+        report["attention"] = tune_attention(dev)
+    if args.only in (None, "linear"):
+        report["linear"], best = tune_linear(dev)
+        print("LINEAR_CONFIGS = {")
+        for (n, k), config in best.items():
+            print(f"    ({n}, {k}): {config},")
+        print("}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
 

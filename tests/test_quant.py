@@ -74,6 +74,21 @@ def test_quant_linear_kernel_matches_dequantize_then_matmul(bits, rows, with_bia
     torch.testing.assert_close(got.float(), want, atol=tolerance, rtol=tolerance)
 
 
+@triton_missing
+@pytest.mark.parametrize("bits", quant.BITS)
+@pytest.mark.parametrize("config", kernels.QUANT_CANDIDATES)
+def test_every_quant_configuration_computes_the_same_product(bits, config):
+    """On a GPU the engine runs whichever candidate is fastest there: each must be right, narrow inputs included
+    (K = 384: a block of K larger than the input)."""
+    torch.manual_seed(bits)
+    weight = torch.randn(100, 384, device=DEVICE, dtype=KERNEL_DTYPE)
+    x = torch.randn(3, 384, device=DEVICE, dtype=KERNEL_DTYPE) / 384**0.5
+    want = quant.linear_reference(x.float(), quant.quantize(weight.float(), bits))
+    got = kernels.quant_linear(x, quant.quantize(weight, bits), None, config)
+    tolerance = 1e-4 if KERNEL_DTYPE == torch.float32 else 2e-2
+    torch.testing.assert_close(got.float(), want, atol=tolerance, rtol=tolerance)
+
+
 def test_quantized_model_shares_what_it_does_not_quantize():
     config = build.make_config("qwen2-vl", "tiny")
     model = build.build_random_model("qwen2-vl", config, seed=0)

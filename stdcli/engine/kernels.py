@@ -221,32 +221,33 @@ if triton is not None:
     @triton.jit
     def _quant_linear_kernel(X, Q, S, BIAS, OUT, rows, width, depth, stride_x, stride_q, stride_s, stride_out,
                              BITS: tl.constexpr, HAS_BIAS: tl.constexpr, GROUP: tl.constexpr,
-                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-        # one group of GROUP input columns per step: its integer levels times the inputs, then times its scale
+                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        # Dequantize a [BLOCK_N, BLOCK_K] tile of the weight in registers (levels times their group's scale, rounded
+        # to the activations' dtype as `dequantize` does), then one dot: wide K steps keep enough bytes in flight
+        # per program, which a step of one group at a time did not.
         row_ids = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         row_valid, col_valid = row_ids < rows, cols < width
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        for g in range(0, depth // GROUP):
+        for k0 in range(0, depth, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            k_valid = ks < depth
+            x = tl.load(X + row_ids[:, None] * stride_x + ks[None, :], mask=row_valid[:, None] & k_valid[None, :],
+                        other=0.0)
             if BITS == 8:
-                ks = g * GROUP + tl.arange(0, GROUP)
-                x = tl.load(X + row_ids[:, None] * stride_x + ks[None, :], mask=row_valid[:, None], other=0.0)
-                q = tl.load(Q + cols[:, None] * stride_q + ks[None, :], mask=col_valid[:, None], other=0)
-                part = tl.dot(x, tl.trans(q.to(x.dtype)))
+                levels = tl.load(Q + cols[:, None] * stride_q + ks[None, :],
+                                 mask=col_valid[:, None] & k_valid[None, :], other=0)
             else:  # two columns per byte: the even one in the low nibble
-                pairs = tl.arange(0, GROUP // 2)
-                x_ptr = X + row_ids[:, None] * stride_x + g * GROUP + 2 * pairs[None, :]
-                x_even = tl.load(x_ptr, mask=row_valid[:, None], other=0.0)
-                x_odd = tl.load(x_ptr + 1, mask=row_valid[:, None], other=0.0)
-                packed = tl.load(Q + cols[:, None] * stride_q + g * (GROUP // 2) + pairs[None, :],
-                                 mask=col_valid[:, None], other=0)
+                pairs = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+                packed = tl.load(Q + cols[:, None] * stride_q + pairs[None, :],
+                                 mask=col_valid[:, None] & (pairs[None, :] < depth // 2), other=0)
                 low = (packed & 0xF).to(tl.int8)
                 high = (packed >> 4).to(tl.int8)
-                low = tl.where(low > 7, low - 16, low)
-                high = tl.where(high > 7, high - 16, high)
-                part = tl.dot(x_even, tl.trans(low.to(x_even.dtype))) + tl.dot(x_odd, tl.trans(high.to(x_odd.dtype)))
-            scale = tl.load(S + cols * stride_s + g, mask=col_valid, other=0.0)
-            acc += part * scale[None, :]
+                levels = tl.interleave(tl.where(low > 7, low - 16, low), tl.where(high > 7, high - 16, high))
+            scales = tl.load(S + cols[:, None] * stride_s + (ks // GROUP)[None, :],
+                             mask=col_valid[:, None] & k_valid[None, :], other=0.0)
+            w = (levels.to(tl.float32) * scales).to(x.dtype)
+            acc = tl.dot(x, tl.trans(w), acc)
         if HAS_BIAS:
             acc += tl.load(BIAS + cols, mask=col_valid, other=0.0).to(tl.float32)[None, :]
         tl.store(OUT + row_ids[:, None] * stride_out + cols[None, :], acc.to(OUT.dtype.element_ty),
@@ -291,23 +292,61 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return out
 
 
-QUANT_BLOCK_N = 64  # output columns per program of the quantized matmul (its K step is one quantization group)
+# The quantized matmul serves drafts only, which need not be batch-invariant (the dense verify decides every
+# token): its configuration (block of N, block of K, warps, pipeline stages) is the fastest of QUANT_CANDIDATES,
+# timed on the GPU the first time each weight shape and row count is seen (the first step of a shape runs for
+# real before any CUDA graph captures it), so that it suits whatever GPU it runs on.
+QUANT_CANDIDATES = ((32, 256, 4, 4), (16, 512, 4, 3), (64, 256, 4, 3), (32, 512, 8, 3), (64, 512, 8, 3))
+_quant_configs: dict[tuple, tuple[int, int, int, int]] = {}
 
 
-def quant_linear(x: torch.Tensor, weight: QuantizedWeight, bias: torch.Tensor | None = None,
-                 block_n: int = QUANT_BLOCK_N, warps: int = 4, stages: int = 3) -> torch.Tensor:
-    """x [M, K] @ dequantize(weight).T (+ bias) for an int8 or int4 weight (quant.py), dequantized on the fly: the
-    weight is read in its quantized bytes only."""
+def _launch_quant_linear(x: torch.Tensor, weight: QuantizedWeight, bias: torch.Tensor | None, out: torch.Tensor,
+                         config: tuple[int, int, int, int]) -> None:
     rows, depth = x.shape
     width = weight.shape[0]
-    group = depth // weight.scales.shape[1]
-    out = torch.empty(rows, width, device=x.device, dtype=x.dtype)
+    block_n, block_k, warps, stages = config
     _quant_linear_kernel[(triton.cdiv(rows, LINEAR_ROWS), triton.cdiv(width, block_n))](
         x, weight.packed, weight.scales, x if bias is None else bias, out, rows, width, depth, x.stride(0),
         weight.packed.stride(0), weight.scales.stride(0), out.stride(0), BITS=weight.bits,
-        HAS_BIAS=bias is not None, GROUP=group, BLOCK_M=LINEAR_ROWS, BLOCK_N=block_n, num_warps=warps,
-        num_stages=stages,
+        HAS_BIAS=bias is not None, GROUP=depth // weight.scales.shape[1], BLOCK_M=LINEAR_ROWS, BLOCK_N=block_n,
+        BLOCK_K=block_k, num_warps=warps, num_stages=stages,
     )
+
+
+def _fastest_quant_config(x: torch.Tensor, weight: QuantizedWeight, bias: torch.Tensor | None,
+                          out: torch.Tensor) -> tuple[int, int, int, int]:
+    """The quickest of QUANT_CANDIDATES for this call's shapes, remembered; the first candidate where nothing can
+    be timed (Triton's interpreter, or inside a CUDA graph capture)."""
+    key = (weight.bits, *weight.shape, triton.cdiv(x.shape[0], LINEAR_ROWS), bias is not None, x.dtype)
+    if key in _quant_configs:
+        return _quant_configs[key]
+    if x.device.type != "cuda" or torch.cuda.is_current_stream_capturing():
+        return QUANT_CANDIDATES[0]
+    times = {}
+    for config in QUANT_CANDIDATES:
+        try:
+            for _ in range(2):  # compiles, then warms the caches
+                _launch_quant_linear(x, weight, bias, out, config)
+        except triton.runtime.errors.OutOfResources:  # more shared memory than this GPU has
+            continue
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(5):
+            _launch_quant_linear(x, weight, bias, out, config)
+        end.record()
+        end.synchronize()
+        times[config] = start.elapsed_time(end)
+    _quant_configs[key] = min(times, key=times.__getitem__)
+    return _quant_configs[key]
+
+
+def quant_linear(x: torch.Tensor, weight: QuantizedWeight, bias: torch.Tensor | None = None,
+                 config: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+    """x [M, K] @ dequantize(weight).T (+ bias) for an int8 or int4 weight (quant.py), dequantized on the fly: the
+    weight is read in its quantized bytes only. config: (block of N, block of K, warps, pipeline stages); by
+    default the fastest measured here (QUANT_CANDIDATES)."""
+    out = torch.empty(x.shape[0], weight.shape[0], device=x.device, dtype=x.dtype)
+    _launch_quant_linear(x, weight, bias, out, config or _fastest_quant_config(x, weight, bias, out))
     return out
 
 

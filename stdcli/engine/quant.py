@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from .fused import FusedTextModel
 
 GROUP = 128
-MIN_GROUP = 32  # the GPU kernel multiplies half a group of int4 columns at once: 16 at least
+MIN_GROUP = 32  # smaller groups: their float32 scales would weigh a quarter of the int4 bytes they serve
 BITS = (4, 8)
 
 
