@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from .quant import QuantizedWeight
+from .quant import QuantizedWeight, linear_reference
 
 try:
     import triton
@@ -244,9 +244,13 @@ if triton is not None:
                 low = (packed & 0xF).to(tl.int8)
                 high = (packed >> 4).to(tl.int8)
                 levels = tl.interleave(tl.where(low > 7, low - 16, low), tl.where(high > 7, high - 16, high))
-            scales = tl.load(S + cols[:, None] * stride_s + (ks // GROUP)[None, :],
-                             mask=col_valid[:, None] & k_valid[None, :], other=0.0)
-            w = (levels.to(tl.float32) * scales).to(x.dtype)
+            # one scale per group of the tile, broadcast over its GROUP columns (not gathered per weight: that
+            # would load four bytes of scale per byte of weight)
+            groups = k0 // GROUP + tl.arange(0, BLOCK_K // GROUP)
+            scales = tl.load(S + cols[:, None] * stride_s + groups[None, :],
+                             mask=col_valid[:, None] & (groups[None, :] < depth // GROUP), other=0.0)
+            levels = tl.reshape(levels.to(tl.float32), (BLOCK_N, BLOCK_K // GROUP, GROUP))
+            w = tl.reshape(levels * scales[:, :, None], (BLOCK_N, BLOCK_K)).to(x.dtype)
             acc = tl.dot(x, tl.trans(w), acc)
         if HAS_BIAS:
             acc += tl.load(BIAS + cols, mask=col_valid, other=0.0).to(tl.float32)[None, :]
@@ -297,7 +301,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 # timed on the GPU the first time each weight shape and row count is seen (the first step of a shape runs for
 # real before any CUDA graph captures it), so that it suits whatever GPU it runs on.
 QUANT_CANDIDATES = ((32, 256, 4, 4), (16, 512, 4, 3), (64, 256, 4, 3), (32, 512, 8, 3), (64, 512, 8, 3))
-_quant_configs: dict[tuple, tuple[int, int, int, int]] = {}
+_quant_configs: dict[tuple, tuple[int, int, int, int] | None] = {}
 
 
 def _launch_quant_linear(x: torch.Tensor, weight: QuantizedWeight, bias: torch.Tensor | None, out: torch.Tensor,
@@ -314,9 +318,9 @@ def _launch_quant_linear(x: torch.Tensor, weight: QuantizedWeight, bias: torch.T
 
 
 def _fastest_quant_config(x: torch.Tensor, weight: QuantizedWeight, bias: torch.Tensor | None,
-                          out: torch.Tensor) -> tuple[int, int, int, int]:
+                          out: torch.Tensor) -> tuple[int, int, int, int] | None:
     """The quickest of QUANT_CANDIDATES for this call's shapes, remembered; the first candidate where nothing can
-    be timed (Triton's interpreter, or inside a CUDA graph capture)."""
+    be timed (Triton's interpreter, or inside a CUDA graph capture); None if none runs on this GPU."""
     key = (weight.bits, *weight.shape, triton.cdiv(x.shape[0], LINEAR_ROWS), bias is not None, x.dtype)
     if key in _quant_configs:
         return _quant_configs[key]
@@ -327,7 +331,7 @@ def _fastest_quant_config(x: torch.Tensor, weight: QuantizedWeight, bias: torch.
         try:
             for _ in range(2):  # compiles, then warms the caches
                 _launch_quant_linear(x, weight, bias, out, config)
-        except triton.runtime.errors.OutOfResources:  # more shared memory than this GPU has
+        except Exception:  # more shared memory than this GPU has, or a compiler that refuses it
             continue
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
@@ -336,7 +340,7 @@ def _fastest_quant_config(x: torch.Tensor, weight: QuantizedWeight, bias: torch.
         end.record()
         end.synchronize()
         times[config] = start.elapsed_time(end)
-    _quant_configs[key] = min(times, key=times.__getitem__)
+    _quant_configs[key] = min(times, key=times.__getitem__) if times else None
     return _quant_configs[key]
 
 
@@ -344,9 +348,13 @@ def quant_linear(x: torch.Tensor, weight: QuantizedWeight, bias: torch.Tensor | 
                  config: tuple[int, int, int, int] | None = None) -> torch.Tensor:
     """x [M, K] @ dequantize(weight).T (+ bias) for an int8 or int4 weight (quant.py), dequantized on the fly: the
     weight is read in its quantized bytes only. config: (block of N, block of K, warps, pipeline stages); by
-    default the fastest measured here (QUANT_CANDIDATES)."""
+    default the fastest measured here (QUANT_CANDIDATES). Where no candidate runs, the weight is dequantized
+    first (correct, and slower than a dense step: gamma auto then drafts with another kind)."""
     out = torch.empty(x.shape[0], weight.shape[0], device=x.device, dtype=x.dtype)
-    _launch_quant_linear(x, weight, bias, out, config or _fastest_quant_config(x, weight, bias, out))
+    config = config or _fastest_quant_config(x, weight, bias, out)
+    if config is None:
+        return linear_reference(x, weight, bias)
+    _launch_quant_linear(x, weight, bias, out, config)
     return out
 
 
