@@ -72,7 +72,7 @@ def profiles_7b(reports: list[dict]) -> dict[str, dict]:
     """folder -> {"points": {(context, batch): point}, "rows": projection rows, "reports": [...]} of the 7B shape."""
     out: dict[str, dict] = {}
     for r in reports:
-        if r["kind"] != "random-init" or r["model"].get("scale") != "7b":
+        if r["kind"] != "random-init" or r["model"].get("scale") != "7b" or not is_sparse_profile(r):
             continue
         group = out.setdefault(r["_dir"], {"points": {}, "rows": [], "reports": []})
         group["reports"].append(r)
@@ -85,6 +85,18 @@ def profiles_7b(reports: list[dict]) -> dict[str, dict]:
         group["rows"] = list({(r["context"], r["batch"], r["k"], r["basis"], r["acceptance"]): r
                               for r in group["rows"]}.values())
     return out
+
+
+def is_sparse_profile(report: dict) -> bool:
+    """A step-cost profile of the sparse draft alone, measured with nothing else on the device. The draft-kind
+    comparisons have their own figure (plot_draft_kinds); the invariance runs shared the GPU with other jobs, so
+    only their answers (identical or not) are figures, not their step times."""
+    drafts = report["settings"].get("draft", ["sparse"])
+    return drafts == ["sparse"] and not report["_path"].name.startswith("invariance_")
+
+
+def draft_kind_reports(reports: list[dict]) -> list[dict]:
+    return [r for r in reports if r["kind"] == "random-init" and len(r["settings"].get("draft", [])) > 1]
 
 
 def live(points: dict) -> dict:
@@ -199,6 +211,36 @@ def plot_projection(groups: dict[str, dict], out: Path) -> None:
     fig.suptitle("PROJECTION (cost model, not a measurement; random weights say nothing about acceptance)\n"
                  "StD speedup over dense with the step costs measured (solid) or at their bandwidth floors (dashed)",
                  fontsize=9.5)
+    fig.tight_layout()
+    save(fig, out)
+
+
+def plot_draft_kinds(reports: list[dict], out: Path, acceptance: float = 0.8) -> None:
+    """StD over dense, projected from the measured step costs (solid) and from their floors (dashed), against the
+    context, one line per draft kind, one panel per batch size."""
+    if not reports:
+        return
+    report = reports[-1]
+    rows = [row for row in report["projection"]["rows"] if row["acceptance"] == acceptance]
+    batches = sorted({row["batch"] for row in rows})
+    kinds = list(dict.fromkeys(row["draft"] for row in rows))
+    fig, axes = plt.subplots(1, len(batches), figsize=(5.2 * len(batches), 4.2), squeeze=False, sharey=True)
+    for ax, batch in zip(axes[0], batches, strict=True):
+        for i, kind in enumerate(kinds):
+            for basis, style in (("measured", "-"), ("floor", "--")):
+                mine = sorted((row for row in rows if row["batch"] == batch and row["draft"] == kind
+                               and row["basis"] == basis), key=lambda row: row["context"])
+                ax.plot([ctx_label(row["context"]) for row in mine], [row["speedup"] for row in mine], style,
+                        color=COLORS[i % len(COLORS)], marker="o" if basis == "measured" else None,
+                        label=f"{kind} draft, {basis} costs")
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_xlabel("context (tokens)")
+        ax.set_title(f"batch {batch}", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"projected StD speedup over dense (×), acceptance {acceptance}")
+    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.suptitle(f"{device_label([report])}, {report['model']['family']} {report['model']['scale']} shape: each draft "
+                 "kind, best γ per point (PROJECTION from step costs; acceptance assumed)", fontsize=9)
     fig.tight_layout()
     save(fig, out)
 
@@ -504,6 +546,7 @@ def main() -> None:
     plot_step_costs(groups, out / "step_costs_7b.png")
     plot_projection(groups, out / "projected_speedup_7b.png")
     plot_verify(groups, out / "verify_vs_gamma_7b.png")
+    plot_draft_kinds(draft_kind_reports(reports), out / "draft_kinds_7b.png")
     plot_builtin(model_dirs(dirs, cpu=False) | model_dirs(dirs, cpu=True), out / "builtin_tokens_per_s.png")
     if args.no_doc:
         return
