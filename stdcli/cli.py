@@ -33,6 +33,7 @@ from .records import JsonlWriter, Record
 from .resume import Ledger
 
 if TYPE_CHECKING:
+    from .bench.common import BenchItem
     from .engine.costs import CostMemory
     from .model.loading import LoadedModel
 
@@ -540,6 +541,28 @@ def _load_for_bench(model: str, device: str, dtype: str, quiet: bool, inflate: s
         raise fail(str(error)) from None
 
 
+def _bench_as_rank(world: World, items: list[BenchItem], model: str, device: str, dtype: str, quiet: bool,
+                   inflate: str | None, settings: dict[str, Any]) -> tuple[LoadedModel, dict[str, Any] | None]:
+    """`stdcli bench --batch-size` as one rank of several: the model on this rank's device, its share of the inputs
+    (split by work, as `stdcli ask` splits a folder) measured in step with the other ranks; the group's report on
+    rank 0, None on the others."""
+    from .bench.batches import bench_batches
+    from .distributed import estimated_work, process_group, rank_device, split
+
+    if len(items) < world.size:
+        raise BenchError(f"{world.size} ranks need at least {world.size} inputs, got {len(items)}")
+    try:
+        device = rank_device(world, device)
+    except DistributedError as error:
+        raise BenchError(str(error)) from None
+    VOICE.started = True  # from here a rank's errors may be its own (a model that does not fit its GPU)
+    lm = _load_for_bench(model, device, dtype, quiet or world.rank > 0, inflate)
+    frames = FrameOptions(frames=settings["frames"])
+    mine = split(items, [estimated_work(item.video, lm.family, frames) for item in items], world.size)[world.rank]
+    with process_group(world, device) as group:
+        return lm, bench_batches(lm, mine, **settings, align=group.barrier, gather=group.gather)
+
+
 def _check_request(lm: LoadedModel, options: AskOptions) -> None:
     """A request no video can fit (a question over the context, --frames beyond it) is a usage error, found before
     any video is read."""
@@ -748,9 +771,13 @@ def bench(
 ) -> None:
     from rich.console import Console
 
+    world = _world()
     progress = None if quiet else (lambda message: say(f"bench: {message}"))
     lm = None
     try:
+        if world.several and (random_init or not batch_size):
+            raise BenchError(f"under {world.size} ranks `stdcli bench` measures the folder throughput of the group: "
+                             "give --batch-size (without --random-init)")
         ks = bench_settings.parse_int_list(k, "--k") or [DEFAULT_K]
         gammas = bench_settings.parse_gamma_list(gamma)
         drafts = bench_settings.parse_draft_list(draft)
@@ -794,12 +821,18 @@ def bench(
 
                 one_k, one_frames = _one_value(ks, "--k"), _one_value(frame_counts, "--frames")  # before the load
                 one_draft = _one_value(drafts, "--draft")
-                lm = _load_for_bench(model or DEFAULT_MODEL, device, dtype, quiet, inflate)
-                report = bench_batches(
-                    lm, items, batch_sizes=batch_sizes, gammas=gammas or [DEFAULT_GAMMA], k=one_k, draft=one_draft,
-                    frames=one_frames,
-                    max_new_tokens=max_new_tokens, rounds=repeat or 1, progress=progress,
-                )
+                settings = {"batch_sizes": batch_sizes, "gammas": gammas or [DEFAULT_GAMMA], "k": one_k,
+                            "draft": one_draft, "frames": one_frames, "max_new_tokens": max_new_tokens,
+                            "rounds": repeat or 1, "progress": progress}
+                if world.several:
+                    lm, group_report = _bench_as_rank(world, items, model or DEFAULT_MODEL, device, dtype, quiet,
+                                                      inflate, settings)
+                    if group_report is None:  # another rank's measurements: rank 0 reports them
+                        raise typer.Exit(0)
+                    report = group_report
+                else:
+                    lm = _load_for_bench(model or DEFAULT_MODEL, device, dtype, quiet, inflate)
+                    report = bench_batches(lm, items, **settings)
                 tables, verdict = batch_tables(report), batch_verdict(report)
             else:
                 from .bench.decoding import bench_model, model_tables, model_verdict

@@ -41,7 +41,8 @@ from .inputs import FrameOptions
 
 T = TypeVar("T")
 
-# How long ranks wait for one another at the start (rank 0 reads a large folder's headers while the others wait).
+# How long ranks wait for one another at the start (rank 0 reads a large folder's headers while the others wait) and
+# in the collectives of `stdcli bench`.
 GROUP_TIMEOUT = timedelta(minutes=30)
 BEAT_S = 5.0  # a rank that is still working says so this often
 STALE_S = 120.0  # no sign of life from the ranks still working for this long: they are gone
@@ -135,8 +136,8 @@ def split(items: Sequence[T], works: Sequence[int], ranks: int) -> list[list[T]]
 
 @dataclass
 class Group:
-    """Every rank's process group, for the collective of the start. Object collectives go through gloo (CPU)
-    whatever the device; CUDA tensors would go through NCCL."""
+    """Every rank's process group, for the collectives of the start and of `stdcli bench`. Object collectives go
+    through gloo (CPU) whatever the device; CUDA tensors would go through NCCL."""
 
     world: World
     store: Any  # torch.distributed.Store: the rendezvous store of torchrun
@@ -149,6 +150,18 @@ class Group:
         dist.broadcast_object_list(message, src=0)
         return message[0]  # type: ignore[return-value]
 
+    def gather(self, value: T) -> list[T] | None:
+        """On rank 0, every rank's value in rank order; None on the others."""
+        import torch.distributed as dist
+
+        values: list[Any] | None = [None] * self.world.size if self.world.rank == 0 else None
+        dist.gather_object(value, values, dst=0)
+        return values
+
+    def barrier(self) -> None:
+        import torch.distributed as dist
+
+        dist.barrier()
 
 
 @contextmanager

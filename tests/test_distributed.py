@@ -164,6 +164,34 @@ def test_a_rank_that_gives_no_sign_of_life_is_not_waited_for(monkeypatch):
     assert finished is not None and (finished.ranks, finished.lost, finished.records) == (1, 1, 4)
 
 
+# --- stdcli bench --------------------------------------------------------------------------------------------------
+
+
+def test_the_bench_of_several_ranks_reports_the_group(model, folder):
+    """What each rank measures of its share, gathered, is reported as one group's throughput (the gather and the
+    barriers are torch's: here the shares are measured one after the other, in this process)."""
+    from stdcli.bench import batches
+    from stdcli.bench.common import BenchItem
+    from stdcli.model.loading import load_model
+
+    lm = load_model(model, device="cpu")
+    a, b, broken = (BenchItem(str(folder / name), QUESTION) for name in ("a0.mp4", "b0.mp4", BROKEN))
+    settings = {"batch_sizes": [1], "gammas": [2], "k": 2, "frames": 4, "max_new_tokens": 4}
+    measured: list[batches.Measured] = []
+    assert batches.bench_batches(lm, [b, broken], **settings, gather=measured.append) is None  # not rank 0
+    report = batches.bench_batches(lm, [a], **settings, gather=lambda mine: [mine, *measured])
+    assert report is not None and report["settings"]["ranks"] == 2
+    assert [i["video"] for i in report["inputs"]] == [a.video, b.video]
+    assert [s["video"] for s in report["skipped"]] == [broken.video]
+    for config in report["configs"]:
+        assert (config["answers"], config["failed"], config["identical_to_generate"]) == (2, 0, 2)
+    # a pass of the group lasts as long as its slowest rank's
+    own = batches.Measured({c: [(1.0, {})] for c in measured[0].passes}, [], [])
+    slowest = batches.combined([own, measured[0]])
+    assert all(p == [(max(1.0, measured[0].passes[c][0][0]), measured[0].passes[c][0][1])]
+               for c, p in slowest.passes.items())
+
+
 # --- the command line -------------------------------------------------------------------------------------------
 
 
