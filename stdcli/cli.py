@@ -369,7 +369,10 @@ def _ask_as_rank(world: World, videos: list[str], options: AskOptions, output: P
         except typer.Exit as stop:
             return stop.exit_code
 
-    plan, finish = start(world, device, plan_videos, lambda video: estimated_work(video, family, options.frames))
+    try:
+        plan, finish = start(world, device, plan_videos, lambda video: estimated_work(video, family, options.frames))
+    except DistributedError as error:
+        raise fail(str(error)) from None
     VOICE.started = True
     if plan.code is not None:
         return plan.code
@@ -559,8 +562,11 @@ def _bench_as_rank(world: World, items: list[BenchItem], model: str, device: str
     lm = _load_for_bench(model, device, dtype, quiet or world.rank > 0, inflate)
     frames = FrameOptions(frames=settings["frames"])
     mine = split(items, [estimated_work(item.video, lm.family, frames) for item in items], world.size)[world.rank]
-    with process_group(world, device) as group:
-        return lm, bench_batches(lm, mine, **settings, align=group.barrier, gather=group.gather)
+    try:
+        with process_group(world, device) as group:
+            return lm, bench_batches(lm, mine, **settings, align=group.barrier, gather=group.gather)
+    except DistributedError as error:
+        raise BenchError(str(error)) from None
 
 
 def _check_request(lm: LoadedModel, options: AskOptions) -> None:

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
+from .errors import one_line
 from .inputs import FrameOptions
 
 T = TypeVar("T")
@@ -166,16 +167,21 @@ class Group:
 
 @contextmanager
 def process_group(world: World, device: str) -> Iterator[Group]:
-    """The process group of every rank, for the block: gloo, and NCCL beside it where this rank has a GPU."""
+    """The process group of every rank, for the block: gloo, and NCCL beside it where this rank has a GPU.
+    DistributedError where the ranks cannot meet."""
     import torch
     import torch.distributed as dist
 
-    store, _, _ = next(dist.rendezvous("env://", timeout=GROUP_TIMEOUT))
     cuda = device.startswith("cuda")
-    if cuda:
-        torch.cuda.set_device(device)
-    dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", store=store, rank=world.rank,
-                            world_size=world.size, timeout=GROUP_TIMEOUT)
+    try:
+        store, _, _ = next(dist.rendezvous("env://", timeout=GROUP_TIMEOUT))
+        if cuda:
+            torch.cuda.set_device(device)
+        dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", store=store, rank=world.rank,
+                                world_size=world.size, timeout=GROUP_TIMEOUT)
+    except (ValueError, RuntimeError) as error:  # no torchrun around (MASTER_ADDR unset), a rank that never came
+        raise DistributedError(f"the {world.size} ranks cannot meet (start them with torchrun): {one_line(error)}") \
+            from error
     try:
         yield Group(world, store)
     finally:

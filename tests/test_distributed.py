@@ -7,6 +7,7 @@ record. Each launch imports torch and transformers in every rank, so there are f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -32,7 +33,7 @@ from tests.videos import write_video
 REPO = Path(__file__).resolve().parent.parent
 QUESTION = "What happens?"
 # a fixed gamma and draft: every key but the clock's is then the same in every run
-SETTINGS = ["--max-new-tokens", "60", "--gamma", "2", "--draft", "sparse", "--device", "cpu"]
+SETTINGS = ["--max-new-tokens", "24", "--gamma", "2", "--draft", "sparse", "--device", "cpu"]
 CLOCK = ("timings", "tokens_per_s", "speedup_est")
 BROKEN = "broken.mp4"
 
@@ -208,6 +209,17 @@ def test_several_ranks_need_an_output_file(folder, monkeypatch, rank, said):
     assert World.from_env() == World(int(rank), 2, int(rank))
 
 
+def test_ranks_started_without_torchrun_are_a_usage_error(folder, model, monkeypatch, tmp_path):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    result = CliRunner().invoke(app, ["ask", str(folder), QUESTION, "--model", model, "--output",
+                                      str(tmp_path / "out.jsonl")])
+    assert result.exit_code == 2
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("stdcli: error: the 2 ranks cannot meet (start them with torchrun): ")
+
+
 def test_two_ranks_give_the_records_of_one_process(folder, model, baseline, tmp_path):
     out = tmp_path / "out.jsonl"
     run = torchrun(2, folder, model, out, stderr=subprocess.PIPE)
@@ -241,6 +253,7 @@ def test_a_killed_rank_loses_no_record_and_fewer_ranks_resume(folder, model, bas
     out = tmp_path / "out.jsonl"
     with (tmp_path / "err").open("w") as err:
         run = torchrun(3, folder, model, out, "-q", stderr=err)
+        ranks: dict[int, int] = {}
         try:
             deadline = time.monotonic() + 240
             while not (out.exists() and out.read_text().count("\n") >= 2):  # one of them, at least, answered
@@ -253,9 +266,13 @@ def test_a_killed_rank_loses_no_record_and_fewer_ranks_resume(folder, model, bas
             for pid in ranks.values():
                 os.kill(pid, signal.SIGCONT)
             assert run.wait(timeout=120) != 0
-        finally:
-            if run.poll() is None:
-                run.kill()
+        except BaseException:
+            # the ranks (in sessions of their own) before torchrun, which alone would reap them
+            for pid in ranks.values():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            run.kill()
+            raise
     kept = by_video(out, unique=True)  # every line a whole record, each video once
     assert all(record == baseline[video] for video, record in kept.items())
     assert len(answered(out)) < len(baseline) - 1, "every video was answered before the kill: nothing to resume"
