@@ -378,7 +378,9 @@ def _ask_as_rank(world: World, videos: list[str], options: AskOptions, output: P
         return plan.code
     mine = plan.shares[world.rank]
     total = sum(map(len, plan.shares))
-    if total and not quiet:
+    if not total:
+        return 0  # --resume found every video answered: no rank loads the model, none waits for another
+    if not quiet:
         say(f"{world.size} ranks share {total} videos (rank 0: {len(mine)}); each record goes to {output} as it ends")
     failures = records = 0
     if mine:

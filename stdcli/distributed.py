@@ -121,8 +121,8 @@ def estimated_work(video: str, family: str | None, frames: FrameOptions) -> int:
 
 def split(items: Sequence[T], works: Sequence[int], ranks: int) -> list[list[T]]:
     """Shares of `items` for `ranks` ranks, each in the items' own order, balanced by work: the largest first, each
-    to the rank with the least work so far (then the fewest items, then the lowest rank, so that items of no
-    estimated work are spread by count). The same on every rank for the same input."""
+    to the rank with the least work so far (on a tie, the one with the fewest items, then the lowest: items of one
+    size are spread by count). The same on every rank for the same input."""
     loads = [0] * ranks
     shares: list[list[int]] = [[] for _ in range(ranks)]
     for i in sorted(range(len(items)), key=lambda i: (-works[i], i)):
