@@ -24,6 +24,7 @@ from . import __version__
 from .bench import settings as bench_settings
 from .bench.settings import BenchError
 from .display import Display
+from .distributed import DistributedError, World
 from .engine.options import AUTO, DEFAULT_GAMMA, DEFAULT_K, DRAFT_KINDS, MAX_GAMMA, DecodeOptions
 from .errors import STOPS, Terminated
 from .inputs import AskOptions, FrameOptions, InputError, collect_videos
@@ -32,6 +33,7 @@ from .records import JsonlWriter, Record
 from .resume import Ledger
 
 if TYPE_CHECKING:
+    from .bench.common import BenchItem
     from .engine.costs import CostMemory
     from .model.loading import LoadedModel
 
@@ -78,9 +80,37 @@ def ends_cleanly(command: Callable[..., None]) -> Callable[..., None]:
     return run
 
 
+class Voice:
+    """Which lines `say` writes. One process, or rank 0 of several: every line. The other ranks (docs/distributed.md):
+    errors only, and none before the start of the run: what a rank can find wrong before it, every rank finds alike
+    in the same command line, and rank 0 says it."""
+
+    def __init__(self) -> None:
+        self.rank = 0
+        self.started = False
+
+    def hear(self, world: World) -> None:
+        """A command begins as this rank of `world`."""
+        self.rank, self.started = world.rank, False
+
+    def listen(self) -> None:
+        """An invocation begins: as the rank the environment says (a command checks it, and says what is wrong)."""
+        try:
+            self.hear(World.from_env())
+        except DistributedError:
+            self.hear(World())
+
+    def allows(self, message: str) -> bool:
+        return self.rank == 0 or (self.started and message.startswith("error:"))
+
+
+VOICE = Voice()
+
+
 def say(message: str) -> None:
     """One plain line on stderr (not Rich: it would wrap long lines at 80 columns when stderr is a file)."""
-    print(f"stdcli: {' '.join(message.split())}", file=sys.stderr, flush=True)
+    if VOICE.allows(message):
+        print(f"stdcli: {' '.join(message.split())}", file=sys.stderr, flush=True)
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
@@ -113,6 +143,7 @@ class OneLineErrors(TyperGroup):
             raise StoppedOutsideACommand(stop) from None
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra) -> Any:
+        VOICE.listen()
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
@@ -238,7 +269,7 @@ def ask(
     ] = False,
     output: Annotated[
         Path | None,
-        typer.Option(help="Append records to this JSONL file, flushed line by line."),
+        typer.Option(help="Append records to this JSONL file, flushed line by line (needed under torchrun)."),
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Skip videos already answered in --output.")] = False,
     quiet: Annotated[
@@ -250,6 +281,7 @@ def ask(
         typer.Option("--trust-remote-code", help="Allow a checkpoint's own Python code (off by default)."),
     ] = False,
 ) -> None:
+    world = _world()
     # Everything that can be checked without the model is checked first: a usage error costs no model load.
     videos, question = _videos_and_question(arguments or [])
     options = _ask_options(
@@ -264,16 +296,14 @@ def ask(
         raise fail("--compare measures one video at a time: drop --batch-size")
     if resume and output is None:
         raise fail("--resume needs --output FILE.jsonl")
-    if "-" in videos and sys.stdin.isatty():
-        say("reading video paths from stdin, one per line (end with Ctrl-D)")
-    try:
-        paths = collect_videos(videos, sys.stdin)
-    except InputError as error:
-        raise fail(str(error)) from None
-    ledger = Ledger(output, model, warn=lambda message: say(f"warning: {message}")) if resume and output else None
-    todo = ledger.todo(paths, question) if ledger else paths
-    if len(todo) < len(paths) and not quiet:
-        say(f"resuming: {len(paths) - len(todo)} of {len(paths)} videos already answered in {output}")
+    if world.several:
+        if output is None:
+            raise fail(f"{world.size} ranks write their records to one file: give --output FILE.jsonl")
+        if json_out or jsonl:
+            raise fail("under several ranks the records go to --output only: drop --json/--jsonl")
+        raise typer.Exit(_ask_as_rank(world, videos, options, output, resume, model, device, dtype, quiet,
+                                      trust_remote_code, batch_size))
+    todo, ledger = _todo(videos, question, output, resume, model, quiet)
     if not todo:
         raise typer.Exit(0)  # nothing left: not even the model is loaded
     writer = _open_output(output)  # before the model: a bad path should not cost a model load
@@ -290,6 +320,90 @@ def ask(
     if failures and answered > 1 and not quiet:
         say(f"{failures} of {answered} videos failed (their records say why)")
     raise typer.Exit(EXIT_FAILED if failures else 0)
+
+
+def _world() -> World:
+    """This process's place among torchrun's ranks; `say` speaks as that rank from now on."""
+    try:
+        world = World.from_env()
+    except DistributedError as error:
+        raise fail(str(error)) from None
+    VOICE.hear(world)
+    return world
+
+
+def _todo(videos: list[str], question: str, output: Path | None, resume: bool, model: str, quiet: bool
+          ) -> tuple[list[str], Ledger | None]:
+    """The videos to answer (those --output does not answer yet, with --resume), and the ledger of --resume."""
+    if "-" in videos and sys.stdin.isatty():
+        say("reading video paths from stdin, one per line (end with Ctrl-D)")
+    try:
+        paths = collect_videos(videos, sys.stdin)
+    except InputError as error:
+        raise fail(str(error)) from None
+    ledger = Ledger(output, model, warn=lambda message: say(f"warning: {message}")) if resume and output else None
+    todo = ledger.todo(paths, question) if ledger else paths
+    if len(todo) < len(paths) and not quiet:
+        say(f"resuming: {len(paths) - len(todo)} of {len(paths)} videos already answered in {output}")
+    return todo, ledger
+
+
+def _ask_as_rank(world: World, videos: list[str], options: AskOptions, output: Path, resume: bool, model: str,
+                 device: str, dtype: str, quiet: bool, trust_remote_code: bool, batch_size: int) -> int:
+    """`stdcli ask` as one rank of several (stdcli/distributed.py): its share of the videos, its records appended
+    to `output` as they end, then the finish line; returns its exit status."""
+    from .distributed import STALE_S, estimated_work, rank_device, start
+    from .model.registry import resolve_model
+
+    try:
+        device = rank_device(world, device)
+    except DistributedError as error:
+        raise fail(str(error)) from None
+    family = resolve_model(model).family  # before the model loads: the family's sampling rules, for the estimates
+
+    def plan_videos() -> list[str] | int:
+        try:
+            todo = _todo(videos, options.question, output, resume, model, quiet)[0]
+            _writer(output).close()  # a bad --output is said once, here, rather than by every rank
+            return todo
+        except typer.Exit as stop:
+            return stop.exit_code
+
+    try:
+        plan, finish = start(world, device, plan_videos, lambda video: estimated_work(video, family, options.frames))
+    except DistributedError as error:
+        raise fail(str(error)) from None
+    VOICE.started = True
+    if plan.code is not None:
+        return plan.code
+    mine = plan.shares[world.rank]
+    total = sum(map(len, plan.shares))
+    if not total:
+        return 0  # --resume found every video answered: no rank loads the model, none waits for another
+    if not quiet:
+        say(f"{world.size} ranks share {total} videos (rank 0: {len(mine)}); each record goes to {output} as it ends")
+    failures = records = 0
+    if mine:
+        writer = _writer(output)
+        try:
+            lm = _load(model, device, dtype, quiet or world.rank > 0, trust_remote_code)
+            _check_request(lm, options)
+        except typer.Exit:
+            writer.close()
+            raise
+        failures, records = _run(lm, mine, len(mine), options, False, False, writer, quiet or world.rank > 0,
+                                 batch_size, print_answers=False)
+    finished = finish.cross(records, failures)
+    if finished is None:
+        say("warning: the rendezvous store went away: how the other ranks ended is not known; --resume answers "
+            "what has no record")
+    elif finished.lost:
+        say(f"warning: {finished.lost} of {finished.size} ranks did not finish (no sign of life for {STALE_S:.0f} s): "
+            "their videos without a record are answered by running again with --resume")
+    if finished is not None and (finished.failed or not quiet):
+        failed = f", {finished.failed} of them failed (their records say why)" if finished.failed else ""
+        say(f"{finished.records} records from {finished.ranks} ranks in {output}{failed}")
+    return EXIT_FAILED if failures else 0
 
 
 def _videos_and_question(arguments: list[str]) -> tuple[list[str], str]:
@@ -368,8 +482,10 @@ def _parse_gamma(text: str) -> int | str:
 
 
 def _open_output(output: Path | None) -> JsonlWriter | None:
-    if output is None:
-        return None
+    return None if output is None else _writer(output)
+
+
+def _writer(output: Path) -> JsonlWriter:
     try:
         return JsonlWriter(output)
     except OSError as error:
@@ -430,6 +546,31 @@ def _load_for_bench(model: str, device: str, dtype: str, quiet: bool, inflate: s
         raise fail(str(error)) from None
 
 
+def _bench_as_rank(world: World, items: list[BenchItem], model: str, device: str, dtype: str, quiet: bool,
+                   inflate: str | None, settings: dict[str, Any]) -> tuple[LoadedModel, dict[str, Any] | None]:
+    """`stdcli bench --batch-size` as one rank of several: the model on this rank's device, its share of the inputs
+    (split by work, as `stdcli ask` splits a folder) measured in step with the other ranks; the group's report on
+    rank 0, None on the others."""
+    from .bench.batches import bench_batches
+    from .distributed import estimated_work, process_group, rank_device, split
+
+    if len(items) < world.size:
+        raise BenchError(f"{world.size} ranks need at least {world.size} inputs, got {len(items)}")
+    try:
+        device = rank_device(world, device)
+    except DistributedError as error:
+        raise BenchError(str(error)) from None
+    VOICE.started = True  # from here a rank's errors may be its own (a model that does not fit its GPU)
+    lm = _load_for_bench(model, device, dtype, quiet or world.rank > 0, inflate)
+    frames = FrameOptions(frames=settings["frames"])
+    mine = split(items, [estimated_work(item.video, lm.family, frames) for item in items], world.size)[world.rank]
+    try:
+        with process_group(world, device) as group:
+            return lm, bench_batches(lm, mine, **settings, align=group.barrier, gather=group.gather)
+    except DistributedError as error:
+        raise BenchError(str(error)) from None
+
+
 def _check_request(lm: LoadedModel, options: AskOptions) -> None:
     """A request no video can fit (a question over the context, --frames beyond it) is a usage error, found before
     any video is read."""
@@ -442,16 +583,16 @@ def _check_request(lm: LoadedModel, options: AskOptions) -> None:
 
 
 def _run(lm: LoadedModel, paths: Iterable[str], total: int, options: AskOptions, json_out: bool, jsonl: bool,
-         writer: JsonlWriter | None, quiet: bool, batch_size: int = 1) -> tuple[int, int]:
+         writer: JsonlWriter | None, quiet: bool, batch_size: int = 1, print_answers: bool = True) -> tuple[int, int]:
     """Answer every path (in order; with a batch, in the order answers end); returns (failed, records) counts.
-    Ctrl-C keeps every finished record."""
+    Ctrl-C keeps every finished record. print_answers=False: nothing on stdout (the records go to `writer`)."""
     from .ask import answer_videos
 
     failures = records = 0
     streaming = batch_size == 1  # several answers decoded together would interleave: they print whole, as they end
     current: str | None = None
     try:
-        with Display(total, quiet=quiet, stream_answers=not (json_out or jsonl)) as display:
+        with Display(total, quiet=quiet, stream_answers=print_answers and not (json_out or jsonl)) as display:
 
             def started(video: str) -> None:
                 nonlocal current
@@ -638,9 +779,13 @@ def bench(
 ) -> None:
     from rich.console import Console
 
+    world = _world()
     progress = None if quiet else (lambda message: say(f"bench: {message}"))
     lm = None
     try:
+        if world.several and (random_init or not batch_size):
+            raise BenchError(f"under {world.size} ranks `stdcli bench` measures the folder throughput of the group: "
+                             "give --batch-size (without --random-init)")
         ks = bench_settings.parse_int_list(k, "--k") or [DEFAULT_K]
         gammas = bench_settings.parse_gamma_list(gamma)
         drafts = bench_settings.parse_draft_list(draft)
@@ -684,12 +829,18 @@ def bench(
 
                 one_k, one_frames = _one_value(ks, "--k"), _one_value(frame_counts, "--frames")  # before the load
                 one_draft = _one_value(drafts, "--draft")
-                lm = _load_for_bench(model or DEFAULT_MODEL, device, dtype, quiet, inflate)
-                report = bench_batches(
-                    lm, items, batch_sizes=batch_sizes, gammas=gammas or [DEFAULT_GAMMA], k=one_k, draft=one_draft,
-                    frames=one_frames,
-                    max_new_tokens=max_new_tokens, rounds=repeat or 1, progress=progress,
-                )
+                settings = {"batch_sizes": batch_sizes, "gammas": gammas or [DEFAULT_GAMMA], "k": one_k,
+                            "draft": one_draft, "frames": one_frames, "max_new_tokens": max_new_tokens,
+                            "rounds": repeat or 1, "progress": progress}
+                if world.several:
+                    lm, group_report = _bench_as_rank(world, items, model or DEFAULT_MODEL, device, dtype, quiet,
+                                                      inflate, settings)
+                    if group_report is None:  # another rank's measurements: rank 0 reports them
+                        raise typer.Exit(0)
+                    report = group_report
+                else:
+                    lm = _load_for_bench(model or DEFAULT_MODEL, device, dtype, quiet, inflate)
+                    report = bench_batches(lm, items, **settings)
                 tables, verdict = batch_tables(report), batch_verdict(report)
             else:
                 from .bench.decoding import bench_model, model_tables, model_verdict

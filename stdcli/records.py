@@ -99,40 +99,47 @@ class Record:
 
 
 class JsonlWriter:
-    """Appends records to a JSONL file, one flushed (and fsynced) line each, so an interrupted run keeps them; each
-    line is written whole under an exclusive lock, so that runs appending to one file at once never mix lines."""
+    """Appends records to a JSONL file, each line with one write() to a file opened for appending (O_APPEND), under
+    an exclusive lock, then fsynced: processes appending to one file at once (runs, the ranks of a torchrun group,
+    on one host or over a shared filesystem with locks) never split or mix lines, and a run that is stopped keeps
+    every line it finished. Opening checks the lock too: a filesystem without one fails here, before any work."""
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: IO[str] = self.path.open("a", encoding="utf-8")
+        self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            with locked(self._fd):
+                pass
+        except OSError:
+            os.close(self._fd)
+            raise
 
     def write(self, record: Record) -> None:
-        with locked(self._file):
-            if not _ends_with_newline(self.path):
-                self._file.write("\n")  # a run killed mid-line: start clean
-            self._file.write(record.to_json() + "\n")
-            self._file.flush()
-            os.fsync(self._file.fileno())
+        line = (record.to_json() + "\n").encode("utf-8")
+        with locked(self._fd):
+            if not _ends_with_newline(self._fd):
+                line = b"\n" + line  # a run killed mid-line: start clean
+            while line:  # one write(); a short one (a full disk) is finished, still under the lock
+                line = line[os.write(self._fd, line) :]
+            os.fsync(self._fd)
 
     def close(self) -> None:
-        self._file.close()
+        os.close(self._fd)
 
 
 @contextmanager
-def locked(file: IO[str]) -> Iterator[None]:
-    """An exclusive advisory lock on an open file for the block (other stdcli processes wait for it)."""
-    fcntl.flock(file.fileno(), fcntl.LOCK_EX)
+def locked(file: int | IO[str]) -> Iterator[None]:
+    """An exclusive advisory lock on an open file (object or descriptor) for the block (other stdcli processes wait
+    for it)."""
+    fcntl.flock(file, fcntl.LOCK_EX)
     try:
         yield
     finally:
-        fcntl.flock(file.fileno(), fcntl.LOCK_UN)
+        fcntl.flock(file, fcntl.LOCK_UN)
 
 
-def _ends_with_newline(path: Path) -> bool:
+def _ends_with_newline(fd: int) -> bool:
     """Whether the file is empty or its last line is whole."""
-    with path.open("rb") as f:
-        if f.seek(0, os.SEEK_END) == 0:
-            return True
-        f.seek(-1, os.SEEK_END)
-        return f.read(1) == b"\n"
+    size = os.fstat(fd).st_size
+    return size == 0 or os.pread(fd, 1, size - 1) == b"\n"

@@ -44,7 +44,10 @@ from av.video.reformatter import VideoReformatter
 
 from .inputs import VIDEO_EXTENSIONS
 
-__all__ = ["VIDEO_EXTENSIONS", "SampledVideo", "VideoError", "choose_frame_count", "probe", "sample_frames"]
+__all__ = [
+    "VIDEO_EXTENSIONS", "SampledVideo", "StatedSize", "VideoError", "choose_frame_count", "probe", "sample_frames",
+    "stated_size",
+]
 
 # What PyAV raises for unreadable input: its own errors, OS errors, and ValueError (InvalidDataError is one, and so
 # are pixel-format conversions it cannot do).
@@ -867,3 +870,28 @@ def probe(path: str | os.PathLike) -> dict:
         "rotation": frame.rotation if frame else 0,
         "codec": codec,
     }
+
+
+@dataclass(frozen=True)
+class StatedSize:
+    """What a container's header says of its video stream, 0 where it says nothing."""
+
+    duration: float  # seconds
+    frames: int
+    width: int
+    height: int
+
+
+def stated_size(path: str | os.PathLike) -> StatedSize:
+    """The video stream's size as the container's header states it, without reading a packet or decoding: an
+    estimate of the work a video asks (a frame count missing from the header is duration x frame rate), not what
+    sample_frames finds. Raises VideoError for a file that cannot be opened."""
+    path = os.fspath(path)
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        if stream.duration and stream.time_base:
+            duration = float(stream.duration * stream.time_base)
+        else:
+            duration = (container.duration or 0) / av.time_base
+        frames = stream.frames or round(duration * float(stream.average_rate or stream.guessed_rate or 0))
+        return StatedSize(max(duration, 0.0), max(frames, 0), stream.width or 0, stream.height or 0)

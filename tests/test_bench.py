@@ -271,7 +271,7 @@ BATCH_CONFIG_KEYS = {"method", "gamma", "batch_size", "runs", "answers", "failed
                      "decoded_tokens", "decoded_tokens_per_s", "drafted", "accepted", "acceptance_rate", "gammas",
                      "identical_to_generate", "total", "mismatches", "speedup_vs_generate", "speedup_vs_dense",
                      "round_seconds", "speedup_vs_dense_range"}
-BATCH_SETTINGS_KEYS = {"batch_sizes", "gamma", "k", "draft", "frames", "max_new_tokens", "rounds", "questions",
+BATCH_SETTINGS_KEYS = {"batch_sizes", "gamma", "k", "draft", "frames", "max_new_tokens", "rounds", "questions", "ranks",
                        "timing", "identical"}
 
 

@@ -4,7 +4,7 @@ transformers generate one video at a time (settings.BATCH_TIMING)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -20,7 +20,8 @@ from .settings import DEFAULT_MAX_NEW_TOKENS, DEFAULT_QUESTION, SCHEMA, BenchErr
 BATCH_TIMING = (
     "wall clock of one whole pass over the inputs (videos read, prompts built, prefill, decoding), device "
     "synchronized before and after, summed over the timed rounds; answers_per_min = answers / seconds; "
-    "decoded_tokens_per_s = new tokens after each answer's first / seconds"
+    "decoded_tokens_per_s = new tokens after each answer's first / seconds; with several ranks, each pass starts on "
+    "every rank at once (a barrier), lasts as long as the slowest rank's and answers every rank's share"
 )
 BATCH_IDENTICAL = (
     "an answer is identical when its text and its number of new tokens equal those of transformers generate on the "
@@ -179,6 +180,29 @@ def batch_verdict(report: dict) -> str:
             f"{best['speedup_vs_dense']:.2f}x as many videos per minute as our dense path ({noise}).")
 
 
+@dataclass
+class Measured:
+    """What one process measured: each configuration's timed passes over its inputs, and the inputs it left out."""
+
+    passes: dict[BatchConfig, list[Pass]]
+    keys: list[tuple[str, str]]  # the (video, question) of every input timed, in order
+    skipped: list[dict]
+
+
+def combined(parts: Sequence[Measured]) -> Measured:
+    """The passes of several ranks as those of one group: round by round, each configuration's pass lasted as long
+    as its slowest rank's (they start together) and answered every rank's inputs."""
+    first = parts[0]
+    passes = {
+        config: [(max(part.passes[config][r][0] for part in parts),
+                  {key: record for part in parts for key, record in part.passes[config][r][1].items()})
+                 for r in range(len(first.passes[config]))]
+        for config in first.passes
+    }
+    return Measured(passes, [key for part in parts for key in part.keys],
+                    [skip for part in parts for skip in part.skipped])
+
+
 def bench_batches(
     lm,
     items: Sequence[BenchItem],
@@ -191,7 +215,9 @@ def bench_batches(
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     rounds: int = 1,
     progress: Progress = None,
-) -> dict[str, Any]:
+    align: Callable[[], None] = lambda: None,
+    gather: Callable[[Measured], list[Measured] | None] = lambda measured: [measured],
+) -> dict[str, Any] | None:
     """Answers per minute of whole passes over the inputs, as `stdcli ask --batch-size B` runs a folder:
     transformers generate one input at a time, then our engine densely and with StD (every gamma) at every B.
 
@@ -199,6 +225,10 @@ def bench_batches(
     order from one round to the next. Inputs that generate cannot answer in the warm-up (an unreadable video) are
     left out of the timed passes and listed in "skipped". Every answer is compared with generate's (BATCH_IDENTICAL);
     every one that differs is listed in its configuration's "mismatches".
+
+    Several ranks (torchrun) each measure their share of the inputs: `align()` (a barrier) before every pass starts
+    the ranks' passes together, `gather` brings every rank's measurements to rank 0, which alone gets the report of
+    the group (the others None).
     """
     items = list(dict.fromkeys(items))  # an input named twice would be one record key
     if not items:
@@ -221,6 +251,7 @@ def bench_batches(
     for r in range(rounds + 1):  # round 0 warms up
         for config in configs if r % 2 else configs[::-1]:
             say(progress, f"{f'round {r}/{rounds}' if r else 'warm-up'}: {config.label}, batch {config.batch_size}")
+            align()
             seconds, records = _timed_pass(lm, groups, config, options, meter)
             if r:
                 passes[config].append((seconds, records))
@@ -231,9 +262,12 @@ def bench_batches(
             unreadable = {(s["video"], s["question"]) for s in skipped}
             items = [i for i in items if (i.video, i.question) not in unreadable]
             groups = _by_question(items)
-    keys = [(i.video, i.question) for i in items]
-    generate = passes[configs[0]]
-    summaries = _with_speedups([_batch_summary(c, passes[c], generate, keys) for c in configs])
+    parts = gather(Measured(passes, [(i.video, i.question) for i in items], skipped))
+    if parts is None:
+        return None
+    group = combined(parts)
+    generate = group.passes[configs[0]]
+    summaries = _with_speedups([_batch_summary(c, group.passes[c], generate, group.keys) for c in configs])
     first = generate[0][1]
     return {
         "schema": SCHEMA,
@@ -248,16 +282,16 @@ def bench_batches(
             "frames": frames,
             "max_new_tokens": max_new_tokens,
             "rounds": rounds,
-            "questions": len(groups),
+            "questions": len({question for _, question in group.keys}),
+            "ranks": len(parts),
             "timing": BATCH_TIMING,
             "identical": BATCH_IDENTICAL,
         },
         "inputs": [{"video": v, "question": q, "generate_answer": first[(v, q)].answer,
-                    "generate_new_tokens": first[(v, q)].new_tokens} for v, q in keys],
+                    "generate_new_tokens": first[(v, q)].new_tokens} for v, q in group.keys],
         "configs": summaries,
-        "skipped": skipped,
+        "skipped": group.skipped,
     }
-
 
 
 def batch_tables(report: dict) -> list:
