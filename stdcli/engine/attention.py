@@ -50,6 +50,10 @@ class StepContext:
     visual_keys: torch.Tensor | None = None
     visual_scores: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [Hkv, V]
     scoring_s: float = 0.0  # prefill: seconds spent ranking visual keys (part of what a sparse view costs)
+    # dense steps that re-select the sparse view (DecodeOptions.reselect): each slot's visual key positions (None:
+    # nothing to collect), and per layer, per slot, the attention its new rows pay them (step_visual_attention)
+    slot_visual: list[torch.Tensor | None] | None = None
+    visual_mass: list[list[torch.Tensor | None]] = field(default_factory=list)
 
 
 def _clock(tensor: torch.Tensor) -> float:
@@ -87,31 +91,59 @@ def score_visual_keys(
     """Mean attention probability that the text queries pay to each visual key, per KV head.
 
     query [Hq,L,D], key [Hkv,L,D] of one prompt (after RoPE); score_queries [T] and visual_keys [V] are positions;
-    the last MAX_SCORE_QUERIES of the queries rank. Probabilities are the causal softmax over all keys, computed
-    a block of queries and a chunk of keys at a time (log-sum-exp first, then the visual columns), so the full
-    text x keys matrix of a long video or a long question never exists at once. Scores of the query heads of a
-    GQA group are summed. Returns [Hkv, V] float32.
+    the last MAX_SCORE_QUERIES of the queries rank (visual_attention says how). Returns [Hkv, V] float32.
+    """
+    score_queries = score_queries[-MAX_SCORE_QUERIES:]
+    return visual_attention(query[:, score_queries], score_queries, key, visual_keys, scaling, chunk)
+
+
+def visual_attention(
+    rows: torch.Tensor,
+    positions: torch.Tensor,
+    key: torch.Tensor,
+    visual_keys: torch.Tensor,
+    scaling: float,
+    chunk: int = SCORE_CHUNK,
+) -> torch.Tensor:
+    """Mean attention probability that query rows [Hq, T, D] at `positions` [T] pay to each visual key of key
+    [Hkv, N, D], per KV head (the query heads of a GQA group summed): [Hkv, V] float32.
+
+    Probabilities are the causal softmax over all keys up to each row's position, computed a block of rows and a
+    chunk of keys at a time (log-sum-exp first, then the visual columns), so the full rows x keys matrix of a long
+    video or a long question never exists at once.
     """
     num_kv = key.shape[0]
-    group = query.shape[0] // num_kv
-    score_queries = score_queries[-MAX_SCORE_QUERIES:]
-    keys = key.float()
-    scores = torch.zeros(num_kv, visual_keys.numel(), device=query.device)
-    for first in range(0, score_queries.numel(), QUERY_CHUNK):
-        positions = score_queries[first : first + QUERY_CHUNK]
-        q = query[:, positions].float() * scaling  # [Hq, T, D]
+    group = rows.shape[0] // num_kv
+    keys = key[:, : int(positions.max()) + 1].float()
+    scores = torch.zeros(num_kv, visual_keys.numel(), device=rows.device)
+    for first in range(0, positions.numel(), QUERY_CHUNK):
+        at = positions[first : first + QUERY_CHUNK]
+        q = rows[:, first : first + QUERY_CHUNK].float() * scaling  # [Hq, T, D]
         lse = torch.full(q.shape[:2], float("-inf"), device=q.device)
         for start in range(0, keys.shape[1], chunk):
-            block = _causal_logits(q, keys, positions, start, min(start + chunk, keys.shape[1]), group)
+            block = _causal_logits(q, keys, at, start, min(start + chunk, keys.shape[1]), group)
             lse = torch.logaddexp(lse, torch.logsumexp(block, dim=-1))
         for start in range(0, visual_keys.numel(), chunk):
             cols = visual_keys[start : start + chunk]
             kv = keys[:, cols].repeat_interleave(group, dim=0)  # [Hq, C, D]
             logits = torch.einsum("htd,hcd->htc", q, kv)
-            logits = logits.masked_fill(cols[None, None, :] > positions[None, :, None], float("-inf"))
+            logits = logits.masked_fill(cols[None, None, :] > at[None, :, None], float("-inf"))
             probs = torch.exp(logits - lse[..., None])  # [Hq, T, C]
             scores[:, start : start + chunk] += probs.sum(1).view(num_kv, group, -1).sum(1)
-    return scores / score_queries.numel()
+    return scores / positions.numel()
+
+
+def collect_visual_attention(query: torch.Tensor, key: torch.Tensor, ctx: StepContext, scaling: float) -> None:
+    """For a dense step that re-selects the view: visual_attention of each slot's new rows (query [B, Hq, L, D])
+    over its visual keys in key [B, Hkv, N, D], appended to ctx.visual_mass as one layer's entry."""
+    if ctx.slot_visual is None:
+        return
+    assert ctx.base_len is not None
+    offsets = torch.arange(query.shape[2], device=query.device)
+    ctx.visual_mass.append([
+        None if visual is None else visual_attention(query[b], ctx.base_len[b] + offsets, key[b], visual, scaling)
+        for b, visual in enumerate(ctx.slot_visual)
+    ])
 
 
 def _causal_logits(
@@ -141,6 +173,7 @@ def engine_attention_forward(module: Any, query: torch.Tensor, key: torch.Tensor
             ctx.visual_scores[module.layer_idx] = score_visual_keys(query[0], key[0], queries, keys, scaling)
             ctx.scoring_s += _clock(query) - started
         return out.transpose(1, 2), None
+    collect_visual_attention(query, key, ctx, scaling)
     return step_attention(query, key, value, ctx, scaling), None
 
 

@@ -30,7 +30,7 @@ from torch import nn
 from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
 from . import kernels
-from .attention import StepContext, step_attention
+from .attention import StepContext, collect_visual_attention, step_attention
 from .cache import store_step_entries
 from .quant import QuantizedWeight, linear_reference
 
@@ -206,6 +206,7 @@ def decode_forward(
         x = norm_fn(hidden, delta, layer.input_norm, fused.eps)
         qkv = project(x, layer.qkv_weight, layer.qkv_bias)
         query = rope_fn(qkv, cos, sin, keys, values, write_pos, fused.q_heads, fused.kv_heads)
+        collect_visual_attention(query, keys, ctx, fused.scaling)
         attended = step_attention(query, keys, values, ctx, fused.scaling)  # [B, L, Hq, D]
         delta = project(attended.reshape(batch * length, -1), layer.o_weight)
         x = norm_fn(hidden, delta, layer.post_attention_norm, fused.eps)
