@@ -26,7 +26,7 @@ from .bench.settings import BenchError
 from .display import Display
 from .engine.options import AUTO, DEFAULT_GAMMA, DEFAULT_K, DRAFT_KINDS, MAX_GAMMA, DecodeOptions
 from .errors import STOPS, Terminated
-from .inputs import AskOptions, FrameOptions, InputError, collect_videos
+from .inputs import AskOptions, FrameOptions, InputError, collect_videos, parse_size
 from .model.registry import DEFAULT_MODEL, INFLATE_SHAPES, ModelLoadError, list_models
 from .records import JsonlWriter, Record
 from .resume import Ledger
@@ -221,6 +221,21 @@ def ask(
             ),
         ),
     ] = 1,
+    prefetch: Annotated[
+        bool,
+        typer.Option(
+            help="With several videos: load the next ones in the background while the current ones decode.",
+        ),
+    ] = True,
+    prefetch_memory: Annotated[
+        str | None,
+        typer.Option(
+            metavar="SIZE",
+            help="Most memory the frames loaded ahead may take, e.g. 2G or 512M (default: a quarter of the "
+            "available memory, at most 4G); a video larger than this still loads, alone.",
+            show_default=False,
+        ),
+    ] = None,
     compare: Annotated[
         bool,
         typer.Option(
@@ -264,6 +279,12 @@ def ask(
         raise fail("--compare measures one video at a time: drop --batch-size")
     if resume and output is None:
         raise fail("--resume needs --output FILE.jsonl")
+    if prefetch_memory is not None and not prefetch:
+        raise fail("--prefetch-memory and --no-prefetch are exclusive")
+    try:
+        budget = parse_size(prefetch_memory) if prefetch_memory is not None else None
+    except InputError as error:
+        raise fail(f"--prefetch-memory: {error}") from None
     if "-" in videos and sys.stdin.isatty():
         say("reading video paths from stdin, one per line (end with Ctrl-D)")
     try:
@@ -286,7 +307,10 @@ def ask(
         raise
     # with --resume, each video is claimed just before it is read: runs resuming into one file share the work
     videos = ledger.claimed(todo, question) if ledger else todo
-    failures, answered = _run(lm, videos, len(todo), options, json_out, jsonl, writer, quiet, batch_size)
+    # one video has nothing to overlap with; --compare times decoding, which loading beside it would disturb
+    ahead = prefetch and len(todo) > 1 and not compare
+    failures, answered = _run(lm, videos, len(todo), options, json_out, jsonl, writer, quiet, batch_size,
+                              _prefetch_budget(budget) if ahead else None)
     if failures and answered > 1 and not quiet:
         say(f"{failures} of {answered} videos failed (their records say why)")
     raise typer.Exit(EXIT_FAILED if failures else 0)
@@ -441,10 +465,23 @@ def _check_request(lm: LoadedModel, options: AskOptions) -> None:
         raise fail(str(error)) from None
 
 
+def _prefetch_budget(asked: int | None) -> int:
+    """--prefetch-memory, or the default: a share of the host memory available now."""
+    if asked is not None:
+        return asked
+    import torch
+
+    from .engine.device import free_memory_bytes
+    from .prefetch import default_budget
+
+    return default_budget(free_memory_bytes(torch.device("cpu")))
+
+
 def _run(lm: LoadedModel, paths: Iterable[str], total: int, options: AskOptions, json_out: bool, jsonl: bool,
-         writer: JsonlWriter | None, quiet: bool, batch_size: int = 1) -> tuple[int, int]:
+         writer: JsonlWriter | None, quiet: bool, batch_size: int = 1, prefetch: int | None = None
+         ) -> tuple[int, int]:
     """Answer every path (in order; with a batch, in the order answers end); returns (failed, records) counts.
-    Ctrl-C keeps every finished record."""
+    `prefetch`: bytes of frames loaded ahead (answer_videos). Ctrl-C keeps every finished record."""
     from .ask import answer_videos
 
     failures = records = 0
@@ -476,7 +513,8 @@ def _run(lm: LoadedModel, paths: Iterable[str], total: int, options: AskOptions,
                 display.video_finished(record, printed)
                 current = None
 
-            answer_videos(lm, paths, options, batch_size, finished, on_text=text if streaming else None, warn=say)
+            answer_videos(lm, paths, options, batch_size, finished, on_text=text if streaming else None, warn=say,
+                          prefetch=prefetch)
     except KeyboardInterrupt as stop:
         raise stopped(stop, "; finished records are kept") from None
     finally:
