@@ -126,11 +126,12 @@ class Prefetch(Iterator[R], Generic[S, R]):
             for source in self._sources:
                 if self._stopped:
                     return
-                mine = 0
                 result = self._load(source, reserve)
                 self._put(result, mine)
+                mine = 0
         except _Cancelled:
-            pass
+            with self._lock:
+                self._held -= mine
         except BaseException as error:  # the consumer's to handle: raised again there, in its place
             self._put(_Failed(error), mine)
         finally:

@@ -102,12 +102,16 @@ def test_an_error_of_the_sources_is_raised_in_its_place():
         yield from (1, 2)
         raise OSError("the list of videos cannot be read")
 
+    def load(n: int, reserve) -> int:
+        reserve(n)
+        return n * 10
+
     taken = []
-    with Prefetch(sources(), lambda n, reserve: n * 10, budget=1) as loaded:
+    with Prefetch(sources(), load, budget=1) as loaded:
         with pytest.raises(OSError, match="cannot be read"):
             for result in loaded:
                 taken.append(result)
-    assert taken == [10, 20] and no_prefetch_thread_left()
+    assert taken == [10, 20] and loaded.held == 0 and no_prefetch_thread_left()
     with pytest.raises(ValueError, match="at least 1 byte"):
         Prefetch([], lambda n, reserve: n, budget=0)
 
