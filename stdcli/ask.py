@@ -24,6 +24,7 @@ from .engine.stats import DecodeStats, gamma_counts
 from .inputs import AskOptions, FrameOptions
 from .model.loading import LoadedModel
 from .model.prompts import FrameDefaults, build_inputs, frame_defaults, visual_token_count
+from .prefetch import Prefetch, Reserve
 from .records import Record
 from .video import SampledVideo, sample_frames
 
@@ -167,19 +168,66 @@ def prepare_inputs(lm: LoadedModel, video: str, sampled: SampledVideo, options: 
     return Prepared(video, sampled, inputs, load_video_s, time.perf_counter() - began, started)
 
 
-def prepare(lm: LoadedModel, video: str, options: AskOptions, text: int | None = None) -> Prepared | Record:
-    """Frames and prompt of one video, or its error record; the frames are checked to fit (check_fits) before they
-    are decoded. `text`: text_tokens(lm, options), when known."""
+@dataclass
+class Loaded:
+    """A video's frames, sampled and not yet turned into model inputs."""
+
+    video: str
+    sampled: SampledVideo
+    load_video_s: float
+
+
+def load(lm: LoadedModel, video: str, options: AskOptions, text: int, reserve: Reserve | None = None
+         ) -> Loaded | Record:
+    """The frames of one video, or its error record; they are checked to fit (check_fits) before they are decoded,
+    then `reserve` (a prefetch's) is told their bytes. `text`: text_tokens(lm, options)."""
     started = time.perf_counter()
+    reserved = 0
+
+    def admit(count: int, height: int, width: int) -> None:
+        nonlocal reserved
+        check_fits(lm, count, height, width, text, options)
+        if reserve is not None:
+            reserved = count * height * width * 3
+            reserve(reserved)
+
     try:
-        text = text_tokens(lm, options) if text is None else text
-        sampled = sample_video(lm, video, options.frames,
-                               admit=lambda count, height, width: check_fits(lm, count, height, width, text, options))
-        return prepare_inputs(lm, video, sampled, options, started, time.perf_counter() - started)
+        sampled = sample_video(lm, video, options.frames, admit=admit)
     except STOP_THE_RUN:
         raise
     except Exception as error:  # one broken video must not stop a folder run: it is reported in its record
         return Record.failed(video, options.question, lm.name, options.mode, error)
+    if reserve is not None and sampled.frames.nbytes > reserved:
+        # the header's size was not the frames' (a stream that states none, or whose first frame differs): the
+        # rest is reserved now that it is known
+        reserve(sampled.frames.nbytes - reserved)
+    return Loaded(video, sampled, time.perf_counter() - started)
+
+
+def prepare_loaded(lm: LoadedModel, loaded: Loaded | Record, options: AskOptions) -> Prepared | Record:
+    """The prompt of a loaded video, or its error record. Its total time counts from now, less its loading time:
+    a video loaded ahead does not count the time it waited, ready, for its turn."""
+    if isinstance(loaded, Record):
+        return loaded
+    started = time.perf_counter() - loaded.load_video_s
+    try:
+        return prepare_inputs(lm, loaded.video, loaded.sampled, options, started, loaded.load_video_s)
+    except STOP_THE_RUN:
+        raise
+    except Exception as error:  # one broken video must not stop a folder run: it is reported in its record
+        return Record.failed(loaded.video, options.question, lm.name, options.mode, error)
+
+
+def prepare(lm: LoadedModel, video: str, options: AskOptions, text: int | None = None) -> Prepared | Record:
+    """Frames and prompt of one video, or its error record; the frames are checked to fit (check_fits) before they
+    are decoded. `text`: text_tokens(lm, options), when known."""
+    try:
+        text = text_tokens(lm, options) if text is None else text
+    except STOP_THE_RUN:
+        raise
+    except Exception as error:  # one broken video must not stop a folder run: it is reported in its record
+        return Record.failed(video, options.question, lm.name, options.mode, error)
+    return prepare_loaded(lm, load(lm, video, options, text), options)
 
 
 def answer_record(lm: LoadedModel, item: Prepared, options: AskOptions, result: Generation) -> Record:
@@ -226,10 +274,13 @@ def answer_videos(
     *,
     on_text: TextCallback | None = None,
     warn: Callable[[str], None] = lambda message: None,
+    prefetch: int | None = None,
 ) -> None:
     """Answer every video, `batch_size` decoded together (continuous batching; every answer token for token the one
     decoded alone); each record goes to on_record as its answer ends, failures included (a video that cannot be
-    read, or a decoding error, is reported in its record and the others go on). on_text streams each answer."""
+    read, or a decoding error, is reported in its record and the others go on). on_text streams each answer.
+    `prefetch`: bytes of frames that may be loaded ahead, in a background thread, while the engine decodes (see
+    stdcli.prefetch; the answers are the same); None: each video is loaded when the engine asks for it."""
     if options.compare:
         if batch_size != 1:
             raise ValueError("compare measures one video at a time: batch_size must be 1")
@@ -239,10 +290,17 @@ def answer_videos(
     streams: dict[int, TextStream] = {}
 
     text = text_tokens(lm, options)
+    loading: Iterator[Loaded | Record]
+    if prefetch is None:
+        loading = (load(lm, video, options, text) for video in videos)
+    else:
+        loading = Prefetch(videos, lambda video, reserve: load(lm, video, options, text, reserve), prefetch)
 
     def requests() -> Iterator[Request]:
-        for video in videos:
-            item = prepare(lm, video, options, text)
+        for loaded in loading:
+            # the prompt is built here, not in the prefetch thread: on a GPU the processor runs there, and all
+            # CUDA work (the engine's graph captures included) stays on the one decoding thread
+            item = prepare_loaded(lm, loaded, options)
             if isinstance(item, Record):
                 on_record(item)
             else:
@@ -263,8 +321,12 @@ def answer_videos(
         streams.pop(id(request), None)
         on_record(Record.failed(request.key.video, options.question, lm.name, options.mode, error))
 
-    lm.engine.run(requests(), options.decode, batch_size=batch_size, eos=lm.eos_token_ids, on_tokens=tokens,
-                  on_done=done, on_error=failed, warn=warn)
+    try:
+        lm.engine.run(requests(), options.decode, batch_size=batch_size, eos=lm.eos_token_ids, on_tokens=tokens,
+                      on_done=done, on_error=failed, warn=warn)
+    finally:  # stopped (Ctrl-C) or done: no prefetch thread outlives the run
+        if isinstance(loading, Prefetch):
+            loading.close()
 
 
 def answer_video(

@@ -27,7 +27,7 @@ from .display import Display
 from .distributed import DistributedError, World
 from .engine.options import AUTO, DEFAULT_GAMMA, DEFAULT_K, DRAFT_KINDS, MAX_GAMMA, DecodeOptions
 from .errors import STOPS, Terminated
-from .inputs import AskOptions, FrameOptions, InputError, collect_videos
+from .inputs import AskOptions, FrameOptions, InputError, collect_videos, parse_size
 from .model.registry import DEFAULT_MODEL, INFLATE_SHAPES, ModelLoadError, list_models
 from .records import JsonlWriter, Record
 from .resume import Ledger
@@ -252,6 +252,21 @@ def ask(
             ),
         ),
     ] = 1,
+    prefetch: Annotated[
+        bool,
+        typer.Option(
+            help="With several videos: load the next ones in the background while the current ones decode.",
+        ),
+    ] = True,
+    prefetch_memory: Annotated[
+        str | None,
+        typer.Option(
+            metavar="SIZE",
+            help="Most memory the frames loaded ahead may take, e.g. 2G or 512M (default: a quarter of the "
+            "available memory, at most 4G); a video larger than this still loads, alone.",
+            show_default=False,
+        ),
+    ] = None,
     compare: Annotated[
         bool,
         typer.Option(
@@ -296,6 +311,12 @@ def ask(
         raise fail("--compare measures one video at a time: drop --batch-size")
     if resume and output is None:
         raise fail("--resume needs --output FILE.jsonl")
+    if prefetch_memory is not None and not prefetch:
+        raise fail("--prefetch-memory and --no-prefetch are exclusive")
+    try:
+        budget = parse_size(prefetch_memory) if prefetch_memory is not None else None
+    except InputError as error:
+        raise fail(f"--prefetch-memory: {error}") from None
     if world.several:
         if output is None:
             raise fail(f"{world.size} ranks write their records to one file: give --output FILE.jsonl")
@@ -316,7 +337,10 @@ def ask(
         raise
     # with --resume, each video is claimed just before it is read: runs resuming into one file share the work
     videos = ledger.claimed(todo, question) if ledger else todo
-    failures, answered = _run(lm, videos, len(todo), options, json_out, jsonl, writer, quiet, batch_size)
+    # one video has nothing to overlap with; --compare times decoding, which loading beside it would disturb
+    ahead = prefetch and len(todo) > 1 and not compare
+    failures, answered = _run(lm, videos, len(todo), options, json_out, jsonl, writer, quiet, batch_size,
+                              _prefetch_budget(budget) if ahead else None)
     if failures and answered > 1 and not quiet:
         say(f"{failures} of {answered} videos failed (their records say why)")
     raise typer.Exit(EXIT_FAILED if failures else 0)
@@ -582,10 +606,24 @@ def _check_request(lm: LoadedModel, options: AskOptions) -> None:
         raise fail(str(error)) from None
 
 
+def _prefetch_budget(asked: int | None) -> int:
+    """--prefetch-memory, or the default: a share of the host memory available now."""
+    if asked is not None:
+        return asked
+    import torch
+
+    from .engine.device import free_memory_bytes
+    from .prefetch import default_budget
+
+    return default_budget(free_memory_bytes(torch.device("cpu")))
+
+
 def _run(lm: LoadedModel, paths: Iterable[str], total: int, options: AskOptions, json_out: bool, jsonl: bool,
-         writer: JsonlWriter | None, quiet: bool, batch_size: int = 1, print_answers: bool = True) -> tuple[int, int]:
+         writer: JsonlWriter | None, quiet: bool, batch_size: int = 1, prefetch: int | None = None,
+         print_answers: bool = True) -> tuple[int, int]:
     """Answer every path (in order; with a batch, in the order answers end); returns (failed, records) counts.
-    Ctrl-C keeps every finished record. print_answers=False: nothing on stdout (the records go to `writer`)."""
+    `prefetch`: bytes of frames loaded ahead (answer_videos). Ctrl-C keeps every finished record.
+    print_answers=False: nothing on stdout (the records go to `writer`)."""
     from .ask import answer_videos
 
     failures = records = 0
@@ -617,7 +655,8 @@ def _run(lm: LoadedModel, paths: Iterable[str], total: int, options: AskOptions,
                 display.video_finished(record, printed)
                 current = None
 
-            answer_videos(lm, paths, options, batch_size, finished, on_text=text if streaming else None, warn=say)
+            answer_videos(lm, paths, options, batch_size, finished, on_text=text if streaming else None, warn=say,
+                          prefetch=prefetch)
     except KeyboardInterrupt as stop:
         raise stopped(stop, "; finished records are kept") from None
     finally:

@@ -3,6 +3,7 @@ costs nothing (no torch): the command line checks its input with it before any m
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,3 +72,19 @@ def collect_videos(arguments: Sequence[str], stdin: Iterable[str]) -> list[str]:
 def videos_in(folder: str) -> list[str]:
     """The videos under `folder`, recursively, sorted by path."""
     return sorted(str(p) for p in Path(folder).rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)(i?b?)", re.IGNORECASE)
+_UNITS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
+
+
+def parse_size(text: str) -> int:
+    """Bytes of a size as a user writes it: 4G, 512M, 1.5GiB, 300000 (units of 1024: K, M, G, T, with or without
+    a trailing B or iB, any case). InputError for anything else, or a size under 1 byte."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None or (match.group(3) and not match.group(2) and match.group(3).lower() != "b"):
+        raise InputError(f"{text!r} is not a size: write it as 4G, 512M or a number of bytes")
+    size = int(float(match.group(1)) * 1024 ** _UNITS[match.group(2).lower()])
+    if size < 1:
+        raise InputError(f"{text!r} is less than one byte")
+    return size

@@ -193,6 +193,37 @@ def test_processor_keeps_the_given_frames(family, num_frames, loaded, make_video
         assert int(inputs["mm_token_type_ids"].sum()) == 2 * visual  # video tokens are type 2
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_processor_given_a_device_makes_the_same_inputs(family, loaded, make_video, monkeypatch):
+    """The path of a GPU (frames handed over as a tensor, `device=` to the processor), run on the CPU, is the CPU
+    path bit for bit: what a GPU changes is only its own arithmetic (the next test)."""
+    lm = loaded(family)
+    video = make_video(num_frames=6, height=80, width=100)  # no multiple of any patch: every family resizes
+    plain = build_inputs(lm, video, "Describe it.")
+    monkeypatch.setattr(prompts, "processor_device", lambda lm: torch.device("cpu"))
+    given = build_inputs(lm, video, "Describe it.")
+    assert plain.keys() == given.keys() and all(torch.equal(plain[k], given[k]) for k in plain)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_frames_processed_on_the_gpu_match_the_cpu(family, loaded, tiny_checkpoint, make_video):
+    video = make_video(num_frames=6, height=80, width=100)
+    on_cpu = build_inputs(loaded(family), video, "Describe it.")
+    on_gpu = build_inputs(load_model(str(tiny_checkpoint(family)), device="cuda", dtype="float32"), video,
+                          "Describe it.")
+    assert on_cpu.keys() == on_gpu.keys()
+    for key, value in on_cpu.items():
+        gpu = on_gpu[key]
+        assert gpu.device.type == "cuda" and gpu.shape == value.shape and gpu.dtype == value.dtype, key
+        if value.is_floating_point():
+            # the GPU's bicubic resampling sums in another order, so a pixel rounded back to uint8 may land one
+            # step away: 1/255 of the range, about 0.015 once normalized
+            torch.testing.assert_close(gpu.cpu(), value, atol=0.05, rtol=0, msg=key)
+        else:
+            assert torch.equal(gpu.cpu(), value), key
+
+
 @pytest.mark.parametrize("fps", [1.0, 2.0, 6.0])
 def test_qwen25_seconds_per_temporal_patch_come_from_the_sampling_rate(fps, loaded, make_video):
     video = make_video(num_frames=8, fps=fps)

@@ -145,19 +145,22 @@ def qwen3_video_metadata(video) -> dict[str, Any]:
     }
 
 
-def qwen3_resized_frames(lm: LoadedModel, frames):
+def qwen3_resized_frames(lm: LoadedModel, frames, device: torch.device | None = None):
     """Frames resized as qwen-vl-utils resizes a Qwen3-VL video before the processor sees it (which then runs with
     do_resize=False): per-frame smart_resize to multiples of 32 pixels within qwen_frame_pixel_bounds, bicubic with
-    antialiasing on the uint8 frames (torchvision's resize, rounded back to uint8)."""
+    antialiasing on the uint8 frames (torchvision's resize, rounded back to uint8). With a `device`, resized there,
+    and returned as a tensor on it."""
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms.functional import resize
 
     height, width = _qwen_frame_size(lm, len(frames), int(frames.shape[1]), int(frames.shape[2]))
     if (height, width) == tuple(frames.shape[1:3]):
         return frames
-    tensor = torch.from_numpy(frames).permute(0, 3, 1, 2)
+    tensor = torch.from_numpy(frames)
+    tensor = (tensor if device is None else tensor.to(device)).permute(0, 3, 1, 2)
     resized = resize(tensor, [height, width], interpolation=InterpolationMode.BICUBIC, antialias=True)
-    return resized.permute(0, 2, 3, 1).contiguous().numpy()
+    resized = resized.permute(0, 2, 3, 1).contiguous()
+    return resized.numpy() if device is None else resized
 
 
 def qwen3_unwrapped_video(processor, text: str) -> str:
@@ -205,6 +208,12 @@ def _to_model(batch: Mapping[str, Any], device: torch.device, dtype: torch.dtype
     return inputs
 
 
+def processor_device(lm: LoadedModel) -> torch.device | None:
+    """Where the video processor resizes and normalizes the frames: on the model's GPU (transformers' fast video
+    processors take `device=`, 5.17 to 5.23 alike), else None: on the CPU, as the processor does by default."""
+    return lm.device if lm.device.type == "cuda" else None
+
+
 def build_inputs(lm: LoadedModel, video, question: str, system: str | None = None) -> dict[str, torch.Tensor]:
     """Model inputs for one chat turn: optional system message, the user's video (already sampled frames, None for a
     text-only prompt) then question, and the generation prompt.
@@ -212,6 +221,7 @@ def build_inputs(lm: LoadedModel, video, question: str, system: str | None = Non
     Keys: input_ids, attention_mask and, with a video, pixel_values_videos plus the family's own (Qwen:
     video_grid_thw and mm_token_type_ids, Qwen2.5-VL: second_per_grid_ts from video.sample_fps; LLaVA-OV: none).
     Qwen3-VL's prompt also holds the time of each temporal patch, as text before its frame's vision tokens.
+    On a GPU the frames are resized and normalized there (processor_device); on the CPU as the processor does.
     """
     messages = chat_messages(lm.family, question, system, video is not None)
     text = lm.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -220,8 +230,11 @@ def build_inputs(lm: LoadedModel, video, question: str, system: str | None = Non
     else:
         _check_frames(video.frames)
         arguments = _video_call_arguments(lm, video)
+        device = processor_device(lm)
+        if device is not None:
+            arguments["device"] = device
         frames = video.frames
         if lm.family == "qwen3-vl":
-            text, frames = qwen3_unwrapped_video(lm.processor, text), qwen3_resized_frames(lm, frames)
+            text, frames = qwen3_unwrapped_video(lm.processor, text), qwen3_resized_frames(lm, frames, device)
         batch = lm.processor(text=[text], videos=[frames], return_tensors="pt", **arguments)
     return _to_model(batch, lm.device, lm.dtype)
