@@ -198,6 +198,8 @@ def answer_record(lm: LoadedModel, item: Prepared, options: AskOptions, result: 
             "prefill_s": _round(stats.prefill_s),
             "decode_s": _round(stats.decode_s),
             "total_s": _round(time.perf_counter() - item.started),
+            "processor_s": _round(item.processor_s),
+            "first_token_s": _round(stats.first_token_s),
         },
         tokens_per_s=_round(stats.tokens_per_s),
         acceptance_rate=_round(stats.acceptance_rate),
@@ -246,7 +248,7 @@ def answer_videos(
             if isinstance(item, Record):
                 on_record(item)
             else:
-                yield Request(item, item.inputs)
+                yield Request(item, item.inputs, started=item.started)
 
     def tokens(request: Request, new: list[int], stats: DecodeStats) -> None:
         if on_text is not None:
@@ -292,7 +294,8 @@ def _answer_and_compare(lm: LoadedModel, video: str, options: AskOptions, on_tex
             on_text(video, stream.push(new), stats)
 
     try:
-        std = lm.engine.generate(item.inputs, options.decode, eos=lm.eos_token_ids, on_tokens=tokens)
+        std = lm.engine.generate(item.inputs, options.decode, eos=lm.eos_token_ids, on_tokens=tokens,
+                                 started=item.started)
         if on_text is not None and (rest := stream.finish()):
             on_text(video, rest, std.stats)
         record = answer_record(lm, item, options, std)

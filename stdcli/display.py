@@ -53,6 +53,7 @@ def stats_line(name: str, record: Record) -> str:
         f"{record.frames} frames",
         f"{record.visual_tokens} visual tokens",
         f"prefill {format_ratio(prefill)}s",
+        f"first token {format_ratio(record.timings['first_token_s'])}s",
         f"{format_ratio(record.tokens_per_s)} tok/s",
     ]
     drafted = record.gammas is not None and any(g != "0" for g in record.gammas)
@@ -85,6 +86,7 @@ def stats_table(stats: DecodeStats, mode: str, elapsed: float) -> Table:
     table.add_row(
         Text(mode, style="bold cyan"),
         f"{stats.new_tokens} tokens",
+        f"first token {format_ratio(stats.first_token_s, 's')}",
         f"{format_ratio(stats.tokens_per_s)} tok/s",
         f"acceptance {format_ratio(stats.acceptance_rate)}",
         f"accepted length {format_ratio(stats.mean_accepted_length)}",

@@ -46,7 +46,9 @@ RECORD_KEYS = (
 # video's absolute path, symbolic links resolved (what --resume matches, whatever the working folder); drafts:
 # {"kind": cycles} of the StD cycles each draft kind drafted (StD mode only).
 EXTRA_KEYS = ("compare", "warnings", "gammas", "dense_share", "finish_reason", "video_path", "drafts")
-TIMING_KEYS = ("load_video_s", "prefill_s", "decode_s", "total_s")
+# processor_s: building the prompt (the processor on the frames); first_token_s: from the start of this answer's
+# work to its first token (both added after the first four).
+TIMING_KEYS = ("load_video_s", "prefill_s", "decode_s", "total_s", "processor_s", "first_token_s")
 
 
 @dataclass

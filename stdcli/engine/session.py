@@ -405,17 +405,18 @@ class Engine:
         return _round_up(max_len, CPU_DENSE_ROUNDING), _round_up(sparse_cap, CPU_SPARSE_ROUNDING)
 
     def generate(self, inputs: dict[str, torch.Tensor], options: DecodeOptions | None = None, *,
-                 eos: Sequence[int] | None = None, on_tokens: Callable[[list[int], DecodeStats], None] | None = None
-                 ) -> Generation:
+                 eos: Sequence[int] | None = None, on_tokens: Callable[[list[int], DecodeStats], None] | None = None,
+                 started: float | None = None) -> Generation:
         """Decode one prompt (a batch-1 dict of model inputs from the processor) with StD, or densely if gamma = 0.
 
         Greedy output is token-for-token identical to `model.generate(**inputs, do_sample=False)`; sampled output
         has the same distribution as `model.generate(do_sample=True)` with the same temperature and top_p.
-        `on_tokens(new_tokens, stats)` is called after every step, for streaming and live statistics.
+        `on_tokens(new_tokens, stats)` is called after every step, for streaming and live statistics. `started`:
+        as Request.started.
         """
         results: list[Generation] = []
         stream = None if on_tokens is None else (lambda request, tokens, stats: on_tokens(tokens, stats))
-        self.run([Request(0, inputs)], options or DecodeOptions(), eos=eos, on_tokens=stream,
+        self.run([Request(0, inputs, started=started)], options or DecodeOptions(), eos=eos, on_tokens=stream,
                  on_done=lambda request, generation: results.append(generation))
         return results[0]
 
