@@ -105,6 +105,7 @@ class Display:
         stream_answers: bool = True,
         stdout: TextIO | None = None,
         console: Console | None = None,
+        unit: str = "videos",
     ):
         self.stdout = stdout or sys.stdout
         # soft_wrap: a statistics or error line stays one line, whatever the width (a file has 80 columns for Rich)
@@ -118,7 +119,7 @@ class Display:
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             console=self.console,
         )
-        self.task = self.progress.add_task("videos", total=total)
+        self.task = self.progress.add_task(unit, total=total)  # what is counted: videos, or answers
         self.live: Live | None = None
         self.answer = ""
         self.started = time.perf_counter()
