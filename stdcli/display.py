@@ -46,7 +46,7 @@ def _without_name(name: str, message: str) -> str:
 def stats_line(name: str, record: Record) -> str:
     """One plain line of a finished record, for stderr."""
     if record.error is not None:
-        return f"stdcli: error: {name}: {_without_name(name, record.error['message'])}"
+        return f"stdcli: error: {name}: {_without_name(record.video, record.error['message'])}"
     prefill = record.timings["prefill_s"]
     parts = [
         f"{record.new_tokens} tokens",
@@ -177,7 +177,7 @@ class Display:
                 self._print(stats_line(self.name, record))
             if not self.quiet:
                 for warning in record.warnings or ():
-                    self._print(f"stdcli: warning: {self.name}: {_without_name(self.name, warning)}")
+                    self._print(f"stdcli: warning: {self.name}: {_without_name(record.video, warning)}")
         self.answer = ""  # printed and finished
         self._refresh(None)
 
