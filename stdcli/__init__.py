@@ -12,8 +12,8 @@ __version__ = "0.1.0"
 # Imported on first use: torch and transformers take seconds, and `stdcli --help` or `import stdcli.world` need
 # neither.
 __all__, __getattr__ = lazy_exports(__name__, {
-    "inputs": ("AskOptions", "FrameOptions"),
-    "ask": ("answer_video", "answer_videos"),
+    "inputs": ("AskOptions", "FrameOptions", "VideoQuestions"),
+    "ask": ("answer_questions", "answer_video", "answer_videos"),
     "records": ("Record",),
     "model.loading": ("load_model",),
     "model.registry": ("list_models",),

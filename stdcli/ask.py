@@ -1,11 +1,13 @@
-"""Answer a question about videos: sample frames, build the prompt, decode, make the record.
+"""Answer questions about videos: sample frames, build the prompts, decode, make the records.
 
 One video is batch size 1 of many: `answer_videos` prepares videos as the engine asks for them and hands each
-record out as its answer ends. Usable without the CLI:
+record out as its answer ends. Several questions about one video share its frames, its processed pixels and the
+prefill of the prompt up to the question (`prepare_questions`). Usable without the CLI:
 
-    from stdcli import load_model, answer_video, AskOptions
+    from stdcli import load_model, answer_video, answer_questions, AskOptions
     lm = load_model("builtin")
     record = answer_video(lm, "samples/short_1.mp4", AskOptions(question="What happens?"))
+    records = answer_questions(lm, "samples/short_1.mp4", ["What happens?", "How many squares?"], AskOptions())
 """
 
 from __future__ import annotations
@@ -19,11 +21,20 @@ import torch
 
 from .compare import compare_with_dense
 from .engine import device as devices
+from .engine.decoder import SharedPrefix
 from .engine.session import Generation, Request
 from .engine.stats import DecodeStats, gamma_counts
-from .inputs import AskOptions, FrameOptions
+from .inputs import AskOptions, FrameOptions, VideoQuestions
 from .model.loading import LoadedModel
-from .model.prompts import FrameDefaults, build_inputs, frame_defaults, visual_token_count
+from .model.prompts import (
+    FrameDefaults,
+    build_inputs,
+    chat_text,
+    frame_defaults,
+    shared_prefix_length,
+    visual_token_count,
+    with_question,
+)
 from .prefetch import Prefetch, Reserve
 from .records import Record
 from .video import SampledVideo, sample_frames
@@ -60,9 +71,11 @@ class TooLargeError(Exception):
 BYTES_PER_VISUAL_TOKEN = 2 * 4 * 3 * 14 * 14 * 2 * 4
 
 
-def text_tokens(lm: LoadedModel, options: AskOptions) -> int:
-    """Tokens of the prompt without its video: the system prompt, the question and the chat template."""
-    return int(build_inputs(lm, None, options.question, options.system)["input_ids"].shape[1])
+def text_tokens(lm: LoadedModel, question: str, system: str | None = None) -> int:
+    """Tokens of the prompt without its video: the system prompt, the question and the chat template (what
+    build_inputs makes of it, counted on the host: a prefetch thread counts them too)."""
+    text = chat_text(lm, question, system, with_video=False)
+    return int(lm.processor(text=[text], return_tensors="pt")["input_ids"].shape[1])
 
 
 def context_limit(lm: LoadedModel) -> int | None:
@@ -93,20 +106,23 @@ def check_fits(lm: LoadedModel, frames: int, height: int, width: int, text: int,
                                 f"{free / GIB:.1f} GiB available: {fewer}")
 
 
-def check_request(lm: LoadedModel, options: AskOptions) -> None:
-    """TooLargeError for a request that no video can fit: a question longer than the context alone, or an exact
-    --frames count whose smallest possible frames already exceed it. Checked once, before any video is read."""
-    text = text_tokens(lm, options)
+def check_request(lm: LoadedModel, options: AskOptions, questions: Sequence[str] | None = None) -> None:
+    """TooLargeError for a request that no video can fit: a question (options.question, or each of `questions`)
+    longer than the context alone, or an exact --frames count whose smallest possible frames already exceed it.
+    Checked once, before any video is read."""
     limit = context_limit(lm)
-    if limit is not None and text + options.decode.max_new_tokens > limit:
-        raise TooLargeError(f"the question alone is {text:,} tokens of prompt (with up to "
-                            f"{options.decode.max_new_tokens} new ones), more than the model's context of "
-                            f"{limit:,} tokens")
-    count = options.frames.frames
-    if count is not None:
-        multiple = frame_defaults(lm.family).multiple_of
-        smallest = QWEN_SMALLEST_FRAME if lm.family != "llava-ov" else 1
-        check_fits(lm, -(-count // multiple) * multiple, smallest, smallest, text, options)
+    for question in questions or [options.question]:
+        text = text_tokens(lm, question, options.system)
+        if limit is not None and text + options.decode.max_new_tokens > limit:
+            quoted = f" {question!r}" if questions and len(questions) > 1 else ""
+            raise TooLargeError(f"the question{quoted} alone is {text:,} tokens of prompt (with up to "
+                                f"{options.decode.max_new_tokens} new ones), more than the model's context of "
+                                f"{limit:,} tokens")
+        count = options.frames.frames
+        if count is not None:
+            multiple = frame_defaults(lm.family).multiple_of
+            smallest = QWEN_SMALLEST_FRAME if lm.family != "llava-ov" else 1
+            check_fits(lm, -(-count // multiple) * multiple, smallest, smallest, text, options)
 
 
 class TextStream:
@@ -150,14 +166,19 @@ STOP_THE_RUN = (KeyboardInterrupt, SystemExit, BrokenPipeError)
 
 @dataclass
 class Prepared:
-    """A video ready to decode: its sampled frames and the model inputs of the question about it."""
+    """A question about a video, ready to decode: the video's sampled frames and the model inputs of the question.
+    `prefix`: the first tokens of the prompt, shared with the other questions about the video (None: asked alone).
+    A video's later questions reuse its frames and its processed pixels: their load_video_s is 0, their processor_s
+    the time their own prompt took, and their work starts when they are handed to the engine."""
 
     video: str
+    question: str
     sampled: SampledVideo
     inputs: dict[str, Any]
     load_video_s: float
     processor_s: float
     started: float  # perf_counter when work on it began
+    prefix: SharedPrefix | None = None
 
 
 def prepare_inputs(lm: LoadedModel, video: str, sampled: SampledVideo, options: AskOptions, started: float,
@@ -165,77 +186,128 @@ def prepare_inputs(lm: LoadedModel, video: str, sampled: SampledVideo, options: 
     """The prompt of one question about frames already sampled."""
     began = time.perf_counter()
     inputs = build_inputs(lm, sampled, options.question, options.system)
-    return Prepared(video, sampled, inputs, load_video_s, time.perf_counter() - began, started)
+    return Prepared(video, options.question, sampled, inputs, load_video_s, time.perf_counter() - began, started)
 
 
 @dataclass
 class Loaded:
-    """A video's frames, sampled and not yet turned into model inputs."""
+    """A video's frames, sampled and not yet turned into model inputs, and the questions to ask of them."""
 
-    video: str
+    item: VideoQuestions
     sampled: SampledVideo
     load_video_s: float
+    admitted: tuple[int, int, int] | None  # frames, height and width as check_fits saw them before decoding
 
 
-def load(lm: LoadedModel, video: str, options: AskOptions, text: int, reserve: Reserve | None = None
-         ) -> Loaded | Record:
-    """The frames of one video, or its error record; they are checked to fit (check_fits) before they are decoded,
-    then `reserve` (a prefetch's) is told their bytes. `text`: text_tokens(lm, options)."""
+@dataclass
+class Unreadable:
+    """A video that could not be loaded: each of its questions gets a record of the error."""
+
+    item: VideoQuestions
+    error: Exception
+
+
+def load(lm: LoadedModel, item: VideoQuestions, options: AskOptions, texts: Sequence[int],
+         reserve: Reserve | None = None) -> Loaded | Unreadable:
+    """The frames of one video; they are checked to fit (check_fits, for its shortest question) before they are
+    decoded, then `reserve` (a prefetch's) is told their bytes. `texts`: text_tokens of each of its questions."""
     started = time.perf_counter()
     reserved = 0
+    admitted: tuple[int, int, int] | None = None
 
     def admit(count: int, height: int, width: int) -> None:
-        nonlocal reserved
-        check_fits(lm, count, height, width, text, options)
+        nonlocal reserved, admitted
+        check_fits(lm, count, height, width, min(texts), options)
+        admitted = (count, height, width)
         if reserve is not None:
             reserved = count * height * width * 3
             reserve(reserved)
 
     try:
-        sampled = sample_video(lm, video, options.frames, admit=admit)
+        sampled = sample_video(lm, item.video, options.frames, admit=admit)
     except STOP_THE_RUN:
         raise
-    except Exception as error:  # one broken video must not stop a folder run: it is reported in its record
-        return Record.failed(video, options.question, lm.name, options.mode, error)
+    except Exception as error:  # one broken video must not stop a folder run: it is reported in its records
+        return Unreadable(item, error)
     if reserve is not None and sampled.frames.nbytes > reserved:
         # the header's size was not the frames' (a stream that states none, or whose first frame differs): the
         # rest is reserved now that it is known
         reserve(sampled.frames.nbytes - reserved)
-    return Loaded(video, sampled, time.perf_counter() - started)
+    return Loaded(item, sampled, time.perf_counter() - started, admitted)
 
 
-def prepare_loaded(lm: LoadedModel, loaded: Loaded | Record, options: AskOptions) -> Prepared | Record:
-    """The prompt of a loaded video, or its error record. Its total time counts from now, less its loading time:
-    a video loaded ahead does not count the time it waited, ready, for its turn."""
-    if isinstance(loaded, Record):
-        return loaded
+def prepare_loaded(lm: LoadedModel, loaded: Loaded | Unreadable, options: AskOptions, texts: Sequence[int]
+                   ) -> Iterator[Prepared | Record]:
+    """Each question about a loaded video ready to decode, or its error record, in order, each made when it is
+    wanted. Several questions: the processor runs on the frames once, and every question's prompt is that prompt up
+    to the question (their SharedPrefix) followed by its own (with_question), what the processor would make of it.
+    A video that could not be read gives one error record per question. The first question's total time counts
+    from now less the loading time: a video loaded ahead does not count the time it waited, ready, for its turn."""
+    item = loaded.item
+    if isinstance(loaded, Unreadable):
+        for question in item.questions:
+            yield Record.failed(item.video, question, lm.name, options.mode, loaded.error)
+        return
     started = time.perf_counter() - loaded.load_video_s
+    base: dict[str, Any] | None = None  # several questions: the prompt of an empty question, cut at `prefix`
+    prefix: SharedPrefix | None = None
     try:
-        return prepare_inputs(lm, loaded.video, loaded.sampled, options, started, loaded.load_video_s)
+        if len(item.questions) > 1:
+            base = build_inputs(lm, loaded.sampled, "", options.system)
+            prefix = SharedPrefix(shared_prefix_length(lm, base, "", options.system), uses=len(item.questions))
     except STOP_THE_RUN:
         raise
-    except Exception as error:  # one broken video must not stop a folder run: it is reported in its record
-        return Record.failed(loaded.video, options.question, lm.name, options.mode, error)
+    except Exception as error:  # one broken video must not stop a folder run: it is reported in its records
+        for question in item.questions:
+            yield Record.failed(item.video, question, lm.name, options.mode, error)
+        return
+    shared_s = time.perf_counter() - started - loaded.load_video_s
+    first = True  # the first question answered pays for reading the video and running the processor on it
+    for index, question in enumerate(item.questions):
+        began = time.perf_counter()
+        try:
+            if loaded.admitted and texts[index] > min(texts):  # admitted for the shortest question: this one may
+                check_fits(lm, *loaded.admitted, texts[index], options)  # not fit
+            if base is None:
+                inputs = build_inputs(lm, loaded.sampled, question, options.system)
+            else:
+                assert prefix is not None
+                inputs = with_question(lm, base, prefix.length, question, options.system)
+        except STOP_THE_RUN:
+            raise
+        except Exception as error:  # a question that cannot be asked of this video: the others go on
+            if prefix is not None:
+                prefix.drop()
+            yield Record.failed(item.video, question, lm.name, options.mode, error)
+            continue
+        own_s = time.perf_counter() - began
+        if first:
+            yield Prepared(item.video, question, loaded.sampled, inputs, loaded.load_video_s, shared_s + own_s,
+                           started, prefix)
+        else:
+            yield Prepared(item.video, question, loaded.sampled, inputs, 0.0, own_s, began, prefix)
+        first = False
+
+
+def prepare_questions(lm: LoadedModel, video: str, questions: Sequence[str], options: AskOptions,
+                      texts: Sequence[int] | None = None) -> Iterator[Prepared | Record]:
+    """prepare_loaded of `video`, loaded now. `texts`: text_tokens of each question, when known."""
+    texts = texts or [text_tokens(lm, question, options.system) for question in questions]
+    return prepare_loaded(lm, load(lm, VideoQuestions(video, tuple(questions)), options, texts), options, texts)
 
 
 def prepare(lm: LoadedModel, video: str, options: AskOptions, text: int | None = None) -> Prepared | Record:
     """Frames and prompt of one video, or its error record; the frames are checked to fit (check_fits) before they
-    are decoded. `text`: text_tokens(lm, options), when known."""
-    try:
-        text = text_tokens(lm, options) if text is None else text
-    except STOP_THE_RUN:
-        raise
-    except Exception as error:  # one broken video must not stop a folder run: it is reported in its record
-        return Record.failed(video, options.question, lm.name, options.mode, error)
-    return prepare_loaded(lm, load(lm, video, options, text), options)
+    are decoded. `text`: text_tokens of the question, when known."""
+    return next(prepare_questions(lm, video, (options.question,), options, None if text is None else [text]))
 
 
 def answer_record(lm: LoadedModel, item: Prepared, options: AskOptions, result: Generation) -> Record:
-    """The record of a video answered: `result` the decoding of `item`."""
+    """The record of a question answered: `result` the decoding of `item`."""
     stats = result.stats
     std = options.mode == "std"
     return Record(
-        item.video, options.question, lm.name, options.mode,
+        item.video, item.question, lm.name, options.mode,
         answer=decode_answer(lm.tokenizer, result.tokens),
         frames=len(item.sampled.frames),
         visual_tokens=stats.visual_tokens,
@@ -246,6 +318,8 @@ def answer_record(lm: LoadedModel, item: Prepared, options: AskOptions, result: 
             "prefill_s": _round(stats.prefill_s),
             "decode_s": _round(stats.decode_s),
             "total_s": _round(time.perf_counter() - item.started),
+            "processor_s": _round(item.processor_s),
+            "first_token_s": _round(stats.first_token_s),
         },
         tokens_per_s=_round(stats.tokens_per_s),
         acceptance_rate=_round(stats.acceptance_rate),
@@ -263,51 +337,65 @@ def answer_record(lm: LoadedModel, item: Prepared, options: AskOptions, result: 
 
 
 TextCallback = Callable[[str, str, DecodeStats], None]  # (video, new text, statistics so far)
+StartCallback = Callable[[str, str], None]  # (video, question) as an answer's first text comes
 
 
 def answer_videos(
     lm: LoadedModel,
-    videos: Iterable[str],
+    videos: Iterable[str | VideoQuestions],
     options: AskOptions,
     batch_size: int = 1,
     on_record: Callable[[Record], None] = lambda record: None,
     *,
     on_text: TextCallback | None = None,
+    on_start: StartCallback | None = None,
     warn: Callable[[str], None] = lambda message: None,
     prefetch: int | None = None,
 ) -> None:
-    """Answer every video, `batch_size` decoded together (continuous batching; every answer token for token the one
-    decoded alone); each record goes to on_record as its answer ends, failures included (a video that cannot be
-    read, or a decoding error, is reported in its record and the others go on). on_text streams each answer.
+    """Answer every video: a path is asked options.question, a VideoQuestions each of its questions (the video read,
+    encoded and prefilled once for all of them; every answer token for token the one asked alone). `batch_size`
+    answers are decoded together (continuous batching; every answer token for token the one decoded alone); each
+    record goes to on_record as its answer ends, failures included (a video that cannot be read, or a decoding
+    error, is reported in its records and the others go on). on_text streams each answer, after on_start.
     `prefetch`: bytes of frames that may be loaded ahead, in a background thread, while the engine decodes (see
     stdcli.prefetch; the answers are the same); None: each video is loaded when the engine asks for it."""
+    items = (v if isinstance(v, VideoQuestions) else VideoQuestions(v, (options.question,)) for v in videos)
     if options.compare:
         if batch_size != 1:
             raise ValueError("compare measures one video at a time: batch_size must be 1")
-        for video in videos:
-            on_record(_answer_and_compare(lm, video, options, on_text))
+        for item in items:
+            for prepared in prepare_questions(lm, item.video, item.questions, options):
+                on_record(_answer_and_compare(lm, prepared, options, on_text, on_start))
         return
     streams: dict[int, TextStream] = {}
+    texts: dict[str, int] = {}  # text tokens of each question
 
-    text = text_tokens(lm, options)
-    loading: Iterator[Loaded | Record]
-    if prefetch is None:
-        loading = (load(lm, video, options, text) for video in videos)
-    else:
-        loading = Prefetch(videos, lambda video, reserve: load(lm, video, options, text, reserve), prefetch)
+    def text_of(question: str) -> int:
+        if question not in texts:
+            texts[question] = text_tokens(lm, question, options.system)
+        return texts[question]
+
+    def load_item(item: VideoQuestions, reserve: Reserve | None = None) -> Loaded | Unreadable:
+        return load(lm, item, options, [text_of(question) for question in item.questions], reserve)
+
+    loading: Iterator[Loaded | Unreadable]
+    loading = (load_item(item) for item in items) if prefetch is None else Prefetch(items, load_item, prefetch)
 
     def requests() -> Iterator[Request]:
         for loaded in loading:
-            # the prompt is built here, not in the prefetch thread: on a GPU the processor runs there, and all
+            # the prompts are built here, not in the prefetch thread: on a GPU the processor runs there, and all
             # CUDA work (the engine's graph captures included) stays on the one decoding thread
-            item = prepare_loaded(lm, loaded, options)
-            if isinstance(item, Record):
-                on_record(item)
-            else:
-                yield Request(item, item.inputs)
+            counts = [text_of(question) for question in loaded.item.questions]
+            for prepared in prepare_loaded(lm, loaded, options, counts):
+                if isinstance(prepared, Record):
+                    on_record(prepared)
+                else:
+                    yield Request(prepared, prepared.inputs, prefix=prepared.prefix, started=prepared.started)
 
     def tokens(request: Request, new: list[int], stats: DecodeStats) -> None:
         if on_text is not None:
+            if id(request) not in streams and on_start is not None:
+                on_start(request.key.video, request.key.question)
             stream = streams.setdefault(id(request), TextStream(lm.tokenizer))
             on_text(request.key.video, stream.push(new), stats)
 
@@ -319,7 +407,7 @@ def answer_videos(
 
     def failed(request: Request, error: Exception) -> None:
         streams.pop(id(request), None)
-        on_record(Record.failed(request.key.video, options.question, lm.name, options.mode, error))
+        on_record(Record.failed(request.key.video, request.key.question, lm.name, options.mode, error))
 
     try:
         lm.engine.run(requests(), options.decode, batch_size=batch_size, eos=lm.eos_token_ids, on_tokens=tokens,
@@ -342,27 +430,52 @@ def answer_video(
     return records[0]
 
 
-def _answer_and_compare(lm: LoadedModel, video: str, options: AskOptions, on_text: TextCallback | None) -> Record:
-    """The StD record of one video, with `compare` filled in from decoding the same inputs densely."""
-    item = prepare(lm, video, options)
+def answer_questions(
+    lm: LoadedModel,
+    video: str,
+    questions: Sequence[str],
+    options: AskOptions,
+    on_text: Callable[[str, str, DecodeStats], None] | None = None,
+) -> list[Record]:
+    """The records of several questions about one video, in order (options.question is not asked): the video is
+    read, encoded and prefilled once, and each question continues from that prefix; every answer is token for
+    token the one of asking it alone. on_text(question, new text, stats) streams each answer. Failures are
+    reported in the records' `error`, not raised."""
+    records: list[Record] = []
+    asked: list[str] = []
+    stream = None if on_text is None else (lambda name, text, stats: on_text(asked[-1], text, stats))
+    answer_videos(lm, [VideoQuestions(video, tuple(questions))], options, 1, records.append, on_text=stream,
+                  on_start=lambda name, question: asked.append(question))
+    return records
+
+
+def _answer_and_compare(lm: LoadedModel, item: Prepared | Record, options: AskOptions, on_text: TextCallback | None,
+                        on_start: StartCallback | None) -> Record:
+    """The StD record of one question about a video, with `compare` filled in from decoding the same inputs
+    densely."""
     if isinstance(item, Record):
         return item
+    if item.prefix is not None:
+        item.prefix.drop()  # compare decodes each prompt whole, as it would be asked alone
     stream = TextStream(lm.tokenizer)
+    if on_start is not None and on_text is not None:
+        on_start(item.video, item.question)
 
     def tokens(new: list[int], stats: DecodeStats) -> None:
         if on_text is not None:
-            on_text(video, stream.push(new), stats)
+            on_text(item.video, stream.push(new), stats)
 
     try:
-        std = lm.engine.generate(item.inputs, options.decode, eos=lm.eos_token_ids, on_tokens=tokens)
+        std = lm.engine.generate(item.inputs, options.decode, eos=lm.eos_token_ids, on_tokens=tokens,
+                                 started=item.started)
         if on_text is not None and (rest := stream.finish()):
-            on_text(video, rest, std.stats)
+            on_text(item.video, rest, std.stats)
         record = answer_record(lm, item, options, std)
         record.compare = compare_with_dense(lm, item.inputs, options.decode, std, decode_answer)
     except STOP_THE_RUN:
         raise
     except Exception as error:  # one broken video must not stop a folder run: it is reported in its record
-        return Record.failed(video, options.question, lm.name, options.mode, error)
+        return Record.failed(item.video, item.question, lm.name, options.mode, error)
     return record
 
 

@@ -27,7 +27,17 @@ from .display import Display
 from .distributed import DistributedError, World
 from .engine.options import AUTO, DEFAULT_GAMMA, DEFAULT_K, DRAFT_KINDS, MAX_GAMMA, DecodeOptions
 from .errors import STOPS, Terminated
-from .inputs import AskOptions, FrameOptions, InputError, collect_videos, parse_size
+from .inputs import (
+    NO_SUCH_PATH,
+    AskOptions,
+    FrameOptions,
+    InputError,
+    VideoQuestions,
+    collect_videos,
+    parse_size,
+    plan_questions,
+    read_questions,
+)
 from .model.registry import DEFAULT_MODEL, INFLATE_SHAPES, ModelLoadError, list_models
 from .records import JsonlWriter, Record
 from .resume import Ledger
@@ -201,11 +211,23 @@ def main_options(
 
 
 @app.command(help="Answer QUESTION about each VIDEO: video files, folders (searched recursively), or - for paths on "
-             f"stdin; the last argument is the question.\n\n{BUILTIN_NOTE}")
+             "stdin; the last argument is the question. With -q (repeatable) or --questions, every argument is a "
+             "video, and each video is read, encoded and prefilled once for all its questions (answers identical "
+             f"to asking them one at a time).\n\n{BUILTIN_NOTE}")
 @ends_cleanly
 def ask(
     arguments: Annotated[list[str] | None, typer.Argument(
-        metavar="VIDEO... QUESTION", help="Videos, then the question asked of every one.", show_default=False,
+        metavar="VIDEO... [QUESTION]", show_default=False,
+        help="Videos, then the question asked of every one (no question here with -q or --questions).",
+    )] = None,
+    question: Annotated[list[str] | None, typer.Option(
+        "--question", "-q", help="A question asked of every video; repeat it for several.", show_default=False,
+    )] = None,
+    questions: Annotated[Path | None, typer.Option(
+        metavar="FILE.jsonl",
+        help='Questions, one JSON object per line: {"question": ...} asked of every video, or {"video": PATH, '
+        '"question": ...} of that video (a relative PATH is looked up beside the file first).',
+        show_default=False,
     )] = None,
     model: Annotated[
         str,
@@ -276,20 +298,22 @@ def ask(
     ] = False,
     json_out: Annotated[
         bool,
-        typer.Option("--json", help="Print one JSON object per video instead of the answer."),
+        typer.Option("--json", help="Print each answer's record, an indented JSON object, instead of its text."),
     ] = False,
     jsonl: Annotated[
         bool,
-        typer.Option("--jsonl", help="Print one JSON line per video instead of the answer."),
+        typer.Option("--jsonl", help="Print each answer's record, one JSON line, instead of its text."),
     ] = False,
     output: Annotated[
         Path | None,
         typer.Option(help="Append records to this JSONL file, flushed line by line (needed under torchrun)."),
     ] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Skip videos already answered in --output.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Skip the questions about each video already answered in --output."),
+    ] = False,
     quiet: Annotated[
         bool,
-        typer.Option("--quiet", "-q", help="No progress or statistics on stderr (errors still)."),
+        typer.Option("--quiet", help="No progress or statistics on stderr (errors still)."),
     ] = False,
     trust_remote_code: Annotated[
         bool,
@@ -298,9 +322,13 @@ def ask(
 ) -> None:
     world = _world()
     # Everything that can be checked without the model is checked first: a usage error costs no model load.
-    videos, question = _videos_and_question(arguments or [])
+    videos, asked = _videos_and_question(arguments or [], question or [], questions)
+    entries = _read_questions(questions)
+    every = [*asked, *(q for _, q in entries)]
+    if not all(text.strip() for text in every):
+        raise fail("the question is empty")
     options = _ask_options(
-        question, system, fps, frames, min_frames, max_frames, max_pixels, max_new_tokens, temperature, top_p,
+        every[0], system, fps, frames, min_frames, max_frames, max_pixels, max_new_tokens, temperature, top_p,
         seed, dense, k, gamma, draft, compare,
     )
     if json_out and jsonl:
@@ -317,32 +345,35 @@ def ask(
         budget = parse_size(prefetch_memory) if prefetch_memory is not None else None
     except InputError as error:
         raise fail(f"--prefetch-memory: {error}") from None
+    flagged = bool(question or questions)
     if world.several:
         if output is None:
             raise fail(f"{world.size} ranks write their records to one file: give --output FILE.jsonl")
         if json_out or jsonl:
             raise fail("under several ranks the records go to --output only: drop --json/--jsonl")
-        raise typer.Exit(_ask_as_rank(world, videos, options, output, resume, model, device, dtype, quiet,
-                                      trust_remote_code, batch_size))
-    todo, ledger = _todo(videos, question, output, resume, model, quiet)
+        raise typer.Exit(_ask_as_rank(world, videos, asked, entries, flagged, options, output, resume, model, device,
+                                      dtype, quiet, trust_remote_code, batch_size))
+    todo, ledger, several = _todo(videos, asked, entries, flagged, output, resume, model, quiet)
+    left = sum(len(item.questions) for item in todo)
     if not todo:
         raise typer.Exit(0)  # nothing left: not even the model is loaded
     writer = _open_output(output)  # before the model: a bad path should not cost a model load
     try:
         lm = _load(model, device, dtype, quiet, trust_remote_code)
-        _check_request(lm, options)
+        _check_request(lm, options, sorted({q for item in todo for q in item.questions}))
     except typer.Exit:
         if writer:
             writer.close()
         raise
-    # with --resume, each video is claimed just before it is read: runs resuming into one file share the work
-    videos = ledger.claimed(todo, question) if ledger else todo
+    # with --resume, each video's questions are claimed just before it is read: runs resuming into one file share
+    # the work
+    work = ledger.claimed(todo) if ledger else todo
     # one video has nothing to overlap with; --compare times decoding, which loading beside it would disturb
     ahead = prefetch and len(todo) > 1 and not compare
-    failures, answered = _run(lm, videos, len(todo), options, json_out, jsonl, writer, quiet, batch_size,
+    failures, answered = _run(lm, work, left, options, json_out, jsonl, writer, quiet, batch_size, several,
                               _prefetch_budget(budget) if ahead else None)
     if failures and answered > 1 and not quiet:
-        say(f"{failures} of {answered} videos failed (their records say why)")
+        say(f"{failures} of {answered} {'answers' if several else 'videos'} failed (their records say why)")
     raise typer.Exit(EXIT_FAILED if failures else 0)
 
 
@@ -356,24 +387,36 @@ def _world() -> World:
     return world
 
 
-def _todo(videos: list[str], question: str, output: Path | None, resume: bool, model: str, quiet: bool
-          ) -> tuple[list[str], Ledger | None]:
-    """The videos to answer (those --output does not answer yet, with --resume), and the ledger of --resume."""
+def _todo(videos: list[str], asked: list[str], entries: list[tuple[str | None, str]], flagged: bool,
+          output: Path | None, resume: bool, model: str, quiet: bool
+          ) -> tuple[list[VideoQuestions], Ledger | None, bool]:
+    """The videos and their questions to answer (those --output does not answer yet, with --resume), the ledger
+    of --resume, and whether the run asks more than one question (each answer is then labelled with its question
+    and counted as an answer; with one question, as a video). `flagged`: the questions came with -q or
+    --questions, so every argument is a video."""
     if "-" in videos and sys.stdin.isatty():
         say("reading video paths from stdin, one per line (end with Ctrl-D)")
     try:
-        paths = collect_videos(videos, sys.stdin)
+        paths = collect_videos(videos, sys.stdin) if videos or not entries else []
+        items = plan_questions(paths, asked, entries)
     except InputError as error:
-        raise fail(str(error)) from None
+        missing = str(error).endswith(NO_SUCH_PATH) and flagged
+        raise fail(f"{error} (with -q or --questions, every argument is a video)" if missing else str(error)) from None
+    if not items:
+        raise fail("no videos given (files, folders, or '-' to read paths from stdin)")
+    several = len({q.strip() for item in items for q in item.questions}) > 1
     ledger = Ledger(output, model, warn=lambda message: say(f"warning: {message}")) if resume and output else None
-    todo = ledger.todo(paths, question) if ledger else paths
-    if len(todo) < len(paths) and not quiet:
-        say(f"resuming: {len(paths) - len(todo)} of {len(paths)} videos already answered in {output}")
-    return todo, ledger
+    todo = ledger.todo(items) if ledger else items
+    total, left = (sum(len(item.questions) for item in group) for group in (items, todo))
+    if left < total and not quiet:
+        say(f"resuming: {total - left} of {total} {'questions' if several else 'videos'} already answered in "
+            f"{output}")
+    return todo, ledger, several
 
 
-def _ask_as_rank(world: World, videos: list[str], options: AskOptions, output: Path, resume: bool, model: str,
-                 device: str, dtype: str, quiet: bool, trust_remote_code: bool, batch_size: int) -> int:
+def _ask_as_rank(world: World, videos: list[str], asked: list[str], entries: list[tuple[str | None, str]],
+                 flagged: bool, options: AskOptions, output: Path, resume: bool, model: str, device: str, dtype: str,
+                 quiet: bool, trust_remote_code: bool, batch_size: int) -> int:
     """`stdcli ask` as one rank of several (stdcli/distributed.py): its share of the videos, its records appended
     to `output` as they end, then the finish line; returns its exit status."""
     from .distributed import STALE_S, estimated_work, rank_device, start
@@ -385,38 +428,42 @@ def _ask_as_rank(world: World, videos: list[str], options: AskOptions, output: P
         raise fail(str(error)) from None
     family = resolve_model(model).family  # before the model loads: the family's sampling rules, for the estimates
 
-    def plan_videos() -> list[str] | int:
+    def plan_videos() -> list[VideoQuestions] | int:
         try:
-            todo = _todo(videos, options.question, output, resume, model, quiet)[0]
+            todo = _todo(videos, asked, entries, flagged, output, resume, model, quiet)[0]
             _writer(output).close()  # a bad --output is said once, here, rather than by every rank
             return todo
         except typer.Exit as stop:
             return stop.exit_code
 
     try:
-        plan, finish = start(world, device, plan_videos, lambda video: estimated_work(video, family, options.frames))
+        plan, finish = start(world, device, plan_videos,
+                             lambda item: len(item.questions) * estimated_work(item.video, family, options.frames))
     except DistributedError as error:
         raise fail(str(error)) from None
     VOICE.started = True
     if plan.code is not None:
         return plan.code
     mine = plan.shares[world.rank]
-    total = sum(map(len, plan.shares))
+    total = sum(len(item.questions) for share in plan.shares for item in share)
+    several = len({q.strip() for share in plan.shares for item in share for q in item.questions}) > 1
     if not total:
         return 0  # --resume found every video answered: no rank loads the model, none waits for another
     if not quiet:
-        say(f"{world.size} ranks share {total} videos (rank 0: {len(mine)}); each record goes to {output} as it ends")
+        unit = "answers" if several else "videos"
+        say(f"{world.size} ranks share {total} {unit} (rank 0: {sum(len(item.questions) for item in mine)}); each "
+            f"record goes to {output} as it ends")
     failures = records = 0
     if mine:
         writer = _writer(output)
         try:
             lm = _load(model, device, dtype, quiet or world.rank > 0, trust_remote_code)
-            _check_request(lm, options)
+            _check_request(lm, options, sorted({q for item in mine for q in item.questions}))
         except typer.Exit:
             writer.close()
             raise
-        failures, records = _run(lm, mine, len(mine), options, False, False, writer, quiet or world.rank > 0,
-                                 batch_size, print_answers=False)
+        failures, records = _run(lm, mine, sum(len(item.questions) for item in mine), options, False, False, writer,
+                                 quiet or world.rank > 0, batch_size, several, print_answers=False)
     finished = finish.cross(records, failures)
     if finished is None:
         say("warning: the rendezvous store went away: how the other ranks ended is not known; --resume answers "
@@ -430,9 +477,12 @@ def _ask_as_rank(world: World, videos: list[str], options: AskOptions, output: P
     return EXIT_FAILED if failures else 0
 
 
-def _videos_and_question(arguments: list[str]) -> tuple[list[str], str]:
-    """The videos, then the question: the last argument (one list, since a question can be anything)."""
-    usage = "stdcli ask VIDEO... QUESTION"
+def _videos_and_question(arguments: list[str], asked: list[str], questions: Path | None) -> tuple[list[str], list[str]]:
+    """The videos, and the questions asked of every one: with -q or --questions every argument is a video,
+    otherwise the question is the last argument (one list, since a question can be anything)."""
+    if asked or questions is not None:
+        return arguments, asked
+    usage = "stdcli ask VIDEO... QUESTION (or VIDEO... -q QUESTION...)"
     if not arguments:
         raise fail(f"give the videos and the question: {usage}")
     if len(arguments) == 1:
@@ -440,7 +490,19 @@ def _videos_and_question(arguments: list[str]) -> tuple[list[str], str]:
         if only == "-" or Path(only).exists():
             raise fail(f"missing the question after {only}: {usage}")
         raise fail(f"missing the videos before the question: {usage}")
-    return arguments[:-1], arguments[-1]
+    return arguments[:-1], [arguments[-1]]
+
+
+def _read_questions(path: Path | None) -> list[tuple[str | None, str]]:
+    if path is None:
+        return []
+    try:
+        entries = read_questions(path)
+    except InputError as error:
+        raise fail(str(error)) from None
+    if not entries:
+        raise fail(f"--questions {path} holds no questions")
+    return entries
 
 
 def _ask_options(question, system, fps, frames, min_frames, max_frames, max_pixels, max_new_tokens, temperature,
@@ -463,7 +525,6 @@ def _ask_options(question, system, fps, frames, min_frames, max_frames, max_pixe
         (k < 1, "--k must be at least 1"),
         (draft != AUTO and draft not in DRAFT_KINDS, f"--draft must be one of {', '.join(DRAFT_KINDS)} or auto"),
         (dense and compare, "--compare compares StD with dense: drop --dense"),
-        (not question.strip(), "the question is empty"),
     ]
     for bad, message in checks:
         if bad:
@@ -595,13 +656,13 @@ def _bench_as_rank(world: World, items: list[BenchItem], model: str, device: str
         raise BenchError(str(error)) from None
 
 
-def _check_request(lm: LoadedModel, options: AskOptions) -> None:
+def _check_request(lm: LoadedModel, options: AskOptions, questions: list[str]) -> None:
     """A request no video can fit (a question over the context, --frames beyond it) is a usage error, found before
     any video is read."""
     from .ask import TooLargeError, check_request
 
     try:
-        check_request(lm, options)
+        check_request(lm, options, questions)
     except TooLargeError as error:
         raise fail(str(error)) from None
 
@@ -618,10 +679,11 @@ def _prefetch_budget(asked: int | None) -> int:
     return default_budget(free_memory_bytes(torch.device("cpu")))
 
 
-def _run(lm: LoadedModel, paths: Iterable[str], total: int, options: AskOptions, json_out: bool, jsonl: bool,
-         writer: JsonlWriter | None, quiet: bool, batch_size: int = 1, prefetch: int | None = None,
-         print_answers: bool = True) -> tuple[int, int]:
-    """Answer every path (in order; with a batch, in the order answers end); returns (failed, records) counts.
+def _run(lm: LoadedModel, items: Iterable[VideoQuestions], total: int, options: AskOptions, json_out: bool,
+         jsonl: bool, writer: JsonlWriter | None, quiet: bool, batch_size: int = 1, several: bool = False,
+         prefetch: int | None = None, print_answers: bool = True) -> tuple[int, int]:
+    """Answer every question about every video (in order; with a batch, in the order answers end); returns (failed,
+    records) counts. `several`: the run asks more than one question, and each answer is labelled with its own.
     `prefetch`: bytes of frames loaded ahead (answer_videos). Ctrl-C keeps every finished record.
     print_answers=False: nothing on stdout (the records go to `writer`)."""
     from .ask import answer_videos
@@ -630,21 +692,21 @@ def _run(lm: LoadedModel, paths: Iterable[str], total: int, options: AskOptions,
     streaming = batch_size == 1  # several answers decoded together would interleave: they print whole, as they end
     current: str | None = None
     try:
-        with Display(total, quiet=quiet, stream_answers=print_answers and not (json_out or jsonl)) as display:
+        with Display(total, quiet=quiet, stream_answers=print_answers and not (json_out or jsonl),
+                     unit="answers" if several else "videos") as display:
 
-            def started(video: str) -> None:
+            def started(video: str, question: str) -> None:
                 nonlocal current
                 if current is None:
-                    display.video_started(video, options.mode)
-                    current = video
+                    current = f"{video} [{question}]" if several else video
+                    display.video_started(current, options.mode)
 
             def text(video: str, delta: str, stats: Any) -> None:
-                started(video)
                 display.text(delta, stats)
 
             def finished(record: Record) -> None:
                 nonlocal failures, records, current
-                started(record.video)
+                started(record.video, record.question)
                 if not streaming and record.answer:
                     display.text(record.answer, None)
                 if writer:
@@ -655,8 +717,8 @@ def _run(lm: LoadedModel, paths: Iterable[str], total: int, options: AskOptions,
                 display.video_finished(record, printed)
                 current = None
 
-            answer_videos(lm, paths, options, batch_size, finished, on_text=text if streaming else None, warn=say,
-                          prefetch=prefetch)
+            answer_videos(lm, items, options, batch_size, finished, on_text=text if streaming else None,
+                          on_start=started, warn=say, prefetch=prefetch)
     except KeyboardInterrupt as stop:
         raise stopped(stop, "; finished records are kept") from None
     finally:

@@ -46,13 +46,14 @@ def _without_name(name: str, message: str) -> str:
 def stats_line(name: str, record: Record) -> str:
     """One plain line of a finished record, for stderr."""
     if record.error is not None:
-        return f"stdcli: error: {name}: {_without_name(name, record.error['message'])}"
+        return f"stdcli: error: {name}: {_without_name(record.video, record.error['message'])}"
     prefill = record.timings["prefill_s"]
     parts = [
         f"{record.new_tokens} tokens",
         f"{record.frames} frames",
         f"{record.visual_tokens} visual tokens",
         f"prefill {format_ratio(prefill)}s",
+        f"first token {format_ratio(record.timings['first_token_s'])}s",
         f"{format_ratio(record.tokens_per_s)} tok/s",
     ]
     drafted = record.gammas is not None and any(g != "0" for g in record.gammas)
@@ -85,6 +86,7 @@ def stats_table(stats: DecodeStats, mode: str, elapsed: float) -> Table:
     table.add_row(
         Text(mode, style="bold cyan"),
         f"{stats.new_tokens} tokens",
+        f"first token {format_ratio(stats.first_token_s, 's')}",
         f"{format_ratio(stats.tokens_per_s)} tok/s",
         f"acceptance {format_ratio(stats.acceptance_rate)}",
         f"accepted length {format_ratio(stats.mean_accepted_length)}",
@@ -103,6 +105,7 @@ class Display:
         stream_answers: bool = True,
         stdout: TextIO | None = None,
         console: Console | None = None,
+        unit: str = "videos",
     ):
         self.stdout = stdout or sys.stdout
         # soft_wrap: a statistics or error line stays one line, whatever the width (a file has 80 columns for Rich)
@@ -116,7 +119,7 @@ class Display:
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             console=self.console,
         )
-        self.task = self.progress.add_task("videos", total=total)
+        self.task = self.progress.add_task(unit, total=total)  # what is counted: videos, or answers
         self.live: Live | None = None
         self.answer = ""
         self.started = time.perf_counter()
@@ -174,7 +177,7 @@ class Display:
                 self._print(stats_line(self.name, record))
             if not self.quiet:
                 for warning in record.warnings or ():
-                    self._print(f"stdcli: warning: {self.name}: {_without_name(self.name, warning)}")
+                    self._print(f"stdcli: warning: {self.name}: {_without_name(record.video, warning)}")
         self.answer = ""  # printed and finished
         self._refresh(None)
 

@@ -193,15 +193,15 @@ class Plan:
     """What rank 0 decided at the start, the same on every rank."""
 
     run: str  # this run's own id: its keys in the rendezvous store (which outlives a run that torchrun restarts)
-    shares: list[list[str]]  # each rank's videos, in input order
+    shares: list[list[Any]]  # each rank's videos (with their questions), in input order
     code: int | None = None  # set: rank 0 found the run cannot go (and said why); every rank exits with it
 
 
-def start(world: World, device: str, videos: Callable[[], list[str] | int], work: Callable[[str], int]
+def start(world: World, device: str, videos: Callable[[], list[T] | int], work: Callable[[T], int]
           ) -> tuple[Plan, FinishLine]:
     """The start of `stdcli ask` under several ranks (point 1 of the module docstring). `videos()`, called on
-    rank 0 only, gives the videos left to answer, or the exit status of a run that cannot go; `work(video)` the
-    estimate the split balances."""
+    rank 0 only, gives the videos left to answer (each with its questions), or the exit status of a run that cannot
+    go; `work(video)` the estimate the split balances."""
     with process_group(world, device) as group:
         plan = None
         if world.rank == 0:

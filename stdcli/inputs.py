@@ -3,6 +3,8 @@ costs nothing (no torch): the command line checks its input with it before any m
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -11,6 +13,7 @@ from pathlib import Path
 from .engine.options import DecodeOptions
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v")
+NO_SUCH_PATH = "no such file or folder"
 
 
 @dataclass
@@ -26,7 +29,7 @@ class FrameOptions:
 
 @dataclass
 class AskOptions:
-    question: str
+    question: str = ""  # what answer_video and answer_videos ask (answer_questions is given its questions)
     system: str | None = None
     frames: FrameOptions = field(default_factory=FrameOptions)
     decode: DecodeOptions = field(default_factory=DecodeOptions)
@@ -37,8 +40,76 @@ class AskOptions:
         return self.decode.mode
 
 
+@dataclass(frozen=True)
+class VideoQuestions:
+    """A video and the questions asked of it, in order: it is read, encoded and prefilled once for all of them."""
+
+    video: str
+    questions: tuple[str, ...]
+
+
 class InputError(Exception):
     """Bad command-line input (exit status 2)."""
+
+
+QUESTIONS_FORMAT = '{"question": ...} (asked of every video) or {"video": PATH, "question": ...}'
+
+
+def read_questions(path: Path) -> list[tuple[str | None, str]]:
+    """The lines of a questions file (JSONL, QUESTIONS_FORMAT; blank lines skipped) as (video, question) in order,
+    video None for a question asked of every video. A relative PATH is looked up beside the file first; it must be
+    a file. InputError (one line, with the line number) for a line that is not one of these."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"cannot read --questions {path}: {getattr(error, 'strerror', None) or error}") from None
+    entries: list[tuple[str | None, str]] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            entry = None
+        if not isinstance(entry, dict):
+            raise InputError(f"{path}:{number}: not a JSON object: each line is {QUESTIONS_FORMAT}")
+        question, video = entry.get("question"), entry.get("video")
+        if not isinstance(question, str) or not question.strip():
+            raise InputError(f'{path}:{number}: needs a non-empty "question": each line is {QUESTIONS_FORMAT}')
+        if video is None:
+            entries.append((None, question))
+            continue
+        if not isinstance(video, str) or not video.strip():
+            raise InputError(f'{path}:{number}: "video" must be the path of a video file')
+        beside = path.parent / video
+        video = str(beside) if not Path(video).is_absolute() and beside.exists() else video
+        if not Path(video).is_file():
+            raise InputError(f"{path}:{number}: no such video {video}")
+        entries.append((video, question))
+    return entries
+
+
+def plan_questions(videos: Sequence[str], asked: Sequence[str],
+                   entries: Sequence[tuple[str | None, str]] = ()) -> list[VideoQuestions]:
+    """Each video with its questions: the videos given, then those only `entries` (read_questions) name, in order.
+    A video's questions are those `asked` of every video, then the entries for every video or for it, in order;
+    each question once (surrounding whitespace aside). InputError for a video no question is asked of."""
+    known = {os.path.realpath(v) for v in videos}
+    extra: dict[str, str] = {}  # resolved path -> the path as the file gives it, first mention
+    for video, _ in entries:
+        if video is not None and os.path.realpath(video) not in known:
+            extra.setdefault(os.path.realpath(video), video)
+    plan = []
+    for video in [*videos, *extra.values()]:
+        real = os.path.realpath(video)
+        wanted = [*asked, *(q for v, q in entries if v is None or os.path.realpath(v) == real)]
+        questions: dict[str, str] = {}
+        for question in wanted:
+            questions.setdefault(question.strip(), question)
+        if not questions:
+            raise InputError(f"{video}: no question is asked of it")
+        plan.append(VideoQuestions(video, tuple(questions.values())))
+    return plan
 
 
 def collect_videos(arguments: Sequence[str], stdin: Iterable[str]) -> list[str]:
@@ -63,7 +134,7 @@ def collect_videos(arguments: Sequence[str], stdin: Iterable[str]) -> list[str]:
         elif Path(argument).exists():
             videos.append(argument)
         else:
-            raise InputError(f"{argument}: no such file or folder")
+            raise InputError(f"{argument}: {NO_SUCH_PATH}")
     if not videos:
         raise InputError("no videos given (files, folders, or '-' to read paths from stdin)")
     return videos

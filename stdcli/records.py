@@ -1,4 +1,5 @@
-"""The record of one answered (or failed) video: a contract that scripts rely on, and where it is written.
+"""The record of one answered (or failed) question about a video: a contract that scripts rely on, and where it is
+written.
 
 `Record.to_dict()` gives the JSON object: its keys never change meaning or disappear, a key that does not apply is
 null, and they come in a fixed order (RECORD_KEYS, then the keys added later, EXTRA_KEYS; README.md documents
@@ -46,7 +47,9 @@ RECORD_KEYS = (
 # video's absolute path, symbolic links resolved (what --resume matches, whatever the working folder); drafts:
 # {"kind": cycles} of the StD cycles each draft kind drafted (StD mode only).
 EXTRA_KEYS = ("compare", "warnings", "gammas", "dense_share", "finish_reason", "video_path", "drafts")
-TIMING_KEYS = ("load_video_s", "prefill_s", "decode_s", "total_s")
+# processor_s: building the prompt (the processor on the frames, or a later question's own prompt); first_token_s:
+# from the start of this answer's work to its first token (added after the first four).
+TIMING_KEYS = ("load_video_s", "prefill_s", "decode_s", "total_s", "processor_s", "first_token_s")
 
 
 @dataclass

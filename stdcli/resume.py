@@ -1,14 +1,15 @@
-"""`--resume`: which videos an output file already answers, and claims that let several runs share one file.
+"""`--resume`: which questions about which videos an output file already answers, and claims that let several runs
+share one file.
 
-A video is answered when the file holds a successful record of the same file (its path resolved, the record's
-`video_path`: "./a.mp4", "a.mp4" and "/data/a.mp4" are one video, whichever folder each run ran in; `video`
-keeps the path as given), the same question (surrounding whitespace aside) and the same model name. Failed records
-do not count: --resume tries those videos again.
+A question about a video is answered when the file holds a successful record of the same file (its path resolved,
+the record's `video_path`: "./a.mp4", "a.mp4" and "/data/a.mp4" are one video, whichever folder each run ran in;
+`video` keeps the path as given), the same question (surrounding whitespace aside) and the same model name. Failed
+records do not count: --resume asks those questions again.
 
-Runs that resume into one file at the same time share the work: before a video is read, a run claims it in
-FILE.claims (under an exclusive lock, after reading what the file answers by then); a video answered, or claimed by
-a run that is still alive, is left to it. A claim of a run on another host counts for CLAIM_HOURS (its process
-cannot be checked from here); delete FILE.claims to take such videos back sooner.
+Runs that resume into one file at the same time share the work: before a video is read, a run claims each of its
+questions in FILE.claims (under an exclusive lock, after reading what the file answers by then); a question
+answered, or claimed by a run that is still alive, is left to it. A claim of a run on another host counts for
+CLAIM_HOURS (its process cannot be checked from here); delete FILE.claims to take such questions back sooner.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from .inputs import VideoQuestions
 from .records import locked
 
 CLAIM_HOURS = 24.0
@@ -86,33 +88,45 @@ class Ledger:
                  f"{'were' if len(bad) > 1 else 'was'} ignored")
         self.answered = answered(records)
 
-    def todo(self, videos: list[str], question: str) -> list[str]:
-        """The videos the file does not answer yet (as it is now)."""
-        return [v for v in videos if record_key(v, question, self.model) not in self.answered]
+    def todo(self, items: Iterable[VideoQuestions]) -> list[VideoQuestions]:
+        """The questions the file does not answer yet (as it is now), each video with those left (none: dropped)."""
+        left = [VideoQuestions(item.video, tuple(q for q in item.questions
+                                                 if record_key(item.video, q, self.model) not in self.answered))
+                for item in items]
+        return [item for item in left if item.questions]
 
-    def claimed(self, videos: Iterable[str], question: str) -> Iterator[str]:
-        """The videos this run should answer, each claimed just before it is handed out."""
-        for video in videos:
-            if self.claim(record_key(video, question, self.model)):
-                yield video
+    def claimed(self, items: Iterable[VideoQuestions]) -> Iterator[VideoQuestions]:
+        """Each video with the questions this run should answer, claimed just before the video is handed out (to be
+        read); a video none of whose questions are left to this run is skipped."""
+        for item in items:
+            mine = self.claim([record_key(item.video, q, self.model) for q in item.questions])
+            questions = tuple(q for q, claimed in zip(item.questions, mine, strict=True) if claimed)
+            if questions:
+                yield VideoQuestions(item.video, questions)
 
-    def claim(self, key: Key) -> bool:
-        """Claim `key` unless the file answers it by now or a live run claimed it; True: it is this run's."""
+    def claim(self, keys: list[Key]) -> list[bool]:
+        """Claim each key unless the file answers it by now or a live run claimed it; True: it is this run's."""
         self.claims.parent.mkdir(parents=True, exist_ok=True)
         with self.claims.open("a+", encoding="utf-8") as file, locked(file):
-            if key in answered(read_records(self.output)[0]):
-                return False
+            done = answered(read_records(self.output)[0])
             file.seek(0)
+            wanted, taken = set(keys), set()
             for line in file.read().splitlines():
                 try:
                     claim = json.loads(line)
                 except json.JSONDecodeError:
                     continue
-                if isinstance(claim, dict) and tuple(claim.get("key", ())) == key and self._alive(claim):
-                    return False
-            file.write(json.dumps({"key": list(key), **self.me, "time": time.time()}) + "\n")
+                if not isinstance(claim, dict):
+                    continue
+                key = tuple(claim.get("key", ()))
+                if key in wanted and self._alive(claim):
+                    taken.add(key)
+            mine = [key not in done and key not in taken for key in keys]
+            for key, claimed in zip(keys, mine, strict=True):
+                if claimed:
+                    file.write(json.dumps({"key": list(key), **self.me, "time": time.time()}) + "\n")
             file.flush()
-        return True
+        return mine
 
     def _alive(self, claim: dict[str, Any]) -> bool:
         """Whether the run that made `claim` may still be answering it (this run's own claims count as alive; an

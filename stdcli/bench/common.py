@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ..engine.device import synchronize
-from ..inputs import InputError, collect_videos, videos_in
+from ..inputs import InputError, collect_videos, read_questions, videos_in
 from ..model.prompts import frame_defaults
 from .settings import DEFAULT_QUESTION, WARMUP_ITERS, BenchError
 
@@ -62,30 +62,11 @@ def load_items(videos: Sequence[str] | None, questions: str | Path | None = None
 
 def _read_questions(path: Path) -> tuple[list[str], list[tuple[str, str]]]:
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as error:
-        raise BenchError(f"cannot read --questions {path}: {error.strerror or error}") from None
-    general, paired = [], []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            raise BenchError(f"{path}:{number}: not a JSON object") from None
-        question = entry.get("question") if isinstance(entry, dict) else None
-        if not isinstance(question, str) or not question.strip():
-            raise BenchError(f'{path}:{number}: needs a non-empty "question"')
-        video = entry.get("video")
-        if video is None:
-            general.append(question)
-            continue
-        beside = path.parent / str(video)
-        video = str(beside) if not Path(video).is_absolute() and beside.exists() else str(video)
-        if not Path(video).is_file():
-            raise BenchError(f"{path}:{number}: no such video {video}")
-        paired.append((video, question))
-    return general, paired
+        entries = read_questions(path)
+    except InputError as error:
+        raise BenchError(str(error)) from None
+    general = [question for video, question in entries if video is None]
+    return general, [(video, question) for video, question in entries if video is not None]
 
 
 def _status_kib(field: str) -> int | None:

@@ -9,6 +9,6 @@ __all__, __getattr__ = lazy_exports(__name__, {
     "stats": ("DecodeStats", "gamma_counts"),
     "policy": ("GammaPolicy", "expected_tokens"),
     "costs": ("CostMemory",),
-    "decoder": ("Decoder", "Slot"),
+    "decoder": ("Decoder", "SharedPrefix", "Slot"),
     "session": ("Engine", "Generation", "Request", "cache_capacity", "generate", "policy_cycle", "run_window"),
 })

@@ -5,7 +5,8 @@ drives it (`engine_attention`). Each forward the engine runs gets a `StepContext
 may see, passed as the keyword argument STEP_KWARG: transformers hands a model's extra keyword arguments down to
 its attention functions, which is its documented way of giving a custom attention what it needs.
 
-- prefill: plain causal attention over the prompt, plus the top-K selection scores of every layer;
+- prefill: plain causal attention over the prompt (or over the rest of a prompt whose shared prefix is cached
+  already), plus the top-K selection scores of every layer;
 - dense / sparse steps: the new tokens of sequence b sit right after `base_len[b]` cached keys (of the dense
   or of the sparse cache) and see those keys plus the new tokens before them (causal, bottom-right aligned).
   Keys are the whole preallocated buffer; on a CUDA GPU the split-KV kernel of kernels.py reads only each
@@ -50,8 +51,15 @@ class StepContext:
     visual_keys: torch.Tensor | None = None
     visual_scores: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [Hkv, V]
     scoring_s: float = 0.0  # prefill: seconds spent ranking visual keys (part of what a sparse view costs)
+    # prefill of a prompt that shares its first `start` tokens with others (decoder.SharedPrefix): keys and values
+    # of those are cached already and the forward runs only the rest of the prompt. The prefix's own text after the
+    # video ranks visual keys for every prompt that continues it: the prompt that prefills the whole prefix keeps
+    # the query rows of `row_positions` (layer -> [Hq, Q, D]); those that continue it read them.
+    start: int = 0
+    row_positions: torch.Tensor | None = None
+    query_rows: dict[int, torch.Tensor] = field(default_factory=dict)
     # dense steps that re-select the sparse view (DecodeOptions.reselect): each slot's visual key positions (None:
-    # nothing to collect), and per layer, per slot, the attention its new rows pay them (step_visual_attention)
+    # nothing to collect), and per layer, per slot, the attention its new rows pay them (collect_visual_attention)
     slot_visual: list[torch.Tensor | None] | None = None
     visual_mass: list[list[torch.Tensor | None]] = field(default_factory=list)
 
@@ -87,14 +95,26 @@ def score_visual_keys(
     visual_keys: torch.Tensor,
     scaling: float,
     chunk: int = SCORE_CHUNK,
+    start: int = 0,
+    cached_rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean attention probability that the text queries pay to each visual key, per KV head.
 
     query [Hq,L,D], key [Hkv,L,D] of one prompt (after RoPE); score_queries [T] and visual_keys [V] are positions;
     the last MAX_SCORE_QUERIES of the queries rank (visual_attention says how). Returns [Hkv, V] float32.
+
+    A prompt continued from a shared prefix: `query` holds only the tokens from position `start` on (key still
+    holds every position), and `cached_rows` [Hq, Q, D] the query rows of the last Q score queries before `start`,
+    kept when the prefix was prefilled: the scores are those of the whole prompt prefilled at once.
     """
     score_queries = score_queries[-MAX_SCORE_QUERIES:]
-    return visual_attention(query[:, score_queries], score_queries, key, visual_keys, scaling, chunk)
+    own = score_queries[score_queries >= start]
+    rows = query[:, own - start]
+    cached = score_queries.numel() - own.numel()
+    if cached:
+        assert cached_rows is not None and cached_rows.shape[1] >= cached
+        rows = torch.cat([cached_rows[:, cached_rows.shape[1] - cached :], rows], 1)
+    return visual_attention(rows, score_queries, key, visual_keys, scaling, chunk)
 
 
 def visual_attention(
@@ -166,11 +186,19 @@ def engine_attention_forward(module: Any, query: torch.Tensor, key: torch.Tensor
     scaling = module.scaling if scaling is None else scaling
     if ctx.mode == "prefill":
         group = query.shape[1] != key.shape[1]
-        out = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scaling, enable_gqa=group)
+        layer = module.layer_idx
+        if ctx.start:  # the rest of a prompt after a cached prefix: key and value hold the prefix too
+            mask = ragged_causal_mask(torch.tensor([ctx.start], device=query.device), query.shape[2], key.shape[2])
+            out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling, enable_gqa=group)
+        else:
+            out = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scaling, enable_gqa=group)
+            if ctx.row_positions is not None:
+                ctx.query_rows[layer] = query[0][:, ctx.row_positions]
         queries, keys = ctx.score_queries, ctx.visual_keys
         if queries is not None and keys is not None and keys.numel() and queries.numel():
             started = _clock(query)
-            ctx.visual_scores[module.layer_idx] = score_visual_keys(query[0], key[0], queries, keys, scaling)
+            ctx.visual_scores[layer] = score_visual_keys(query[0], key[0], queries, keys, scaling, start=ctx.start,
+                                                         cached_rows=ctx.query_rows.get(layer))
             ctx.scoring_s += _clock(query) - started
         return out.transpose(1, 2), None
     collect_visual_attention(query, key, ctx, scaling)

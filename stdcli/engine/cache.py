@@ -67,9 +67,20 @@ class EngineCache:
     def layer_buffers(self, mode: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return [self.step_buffers(layer, mode) for layer in range(self.num_layers)]
 
-    def prefill_view(self, slot: int) -> Cache:
-        """A transformers Cache for one prompt's forward: its keys and values go to `slot` from position 0."""
-        return _View(self, _PrefillLayer, slot=slot)
+    def prefill_view(self, slot: int, start: int = 0) -> Cache:
+        """A transformers Cache for one prompt's forward: its keys and values go to `slot` from position `start`
+        (after a shared prefix already copied there, which attention then reads too)."""
+        return _View(self, _PrefillLayer, slot=slot, start=start)
+
+    def read_prefix(self, slot: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A copy of the dense keys and values [layers, Hkv, length, D] of the first `length` tokens of `slot`."""
+        return self.dense_k[:, slot, :, :length].clone(), self.dense_v[:, slot, :, :length].clone()
+
+    def write_prefix(self, slot: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Put keys and values that read_prefix gave back as the first tokens of `slot`."""
+        length = keys.shape[2]
+        self.dense_k[:, slot, :, :length] = keys
+        self.dense_v[:, slot, :, :length] = values
 
     def step_view(self, mode: str, write_pos: torch.Tensor) -> Cache:
         """A transformers Cache for one decoding step's forward: new entries go to write_pos [B, L] of the `mode`
@@ -140,16 +151,19 @@ class _Layer(CacheLayerMixin):
 
 
 class _PrefillLayer(_Layer):
-    def __init__(self, storage: EngineCache, layer_idx: int, slot: int):
+    def __init__(self, storage: EngineCache, layer_idx: int, slot: int, start: int):
         super().__init__(storage, layer_idx)
-        self.slot = slot
+        self.slot, self.start = slot, start
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
                ) -> tuple[torch.Tensor, torch.Tensor]:
-        length = key_states.shape[2]
-        self.storage.dense_k[self.layer_idx, self.slot, :, :length] = key_states[0]
-        self.storage.dense_v[self.layer_idx, self.slot, :, :length] = value_states[0]
-        return key_states, value_states
+        end = self.start + key_states.shape[2]
+        keys, values = self.storage.dense_k[self.layer_idx], self.storage.dense_v[self.layer_idx]
+        keys[self.slot, :, self.start : end] = key_states[0]
+        values[self.slot, :, self.start : end] = value_states[0]
+        if not self.start:
+            return key_states, value_states
+        return keys[self.slot : self.slot + 1, :, :end], values[self.slot : self.slot + 1, :, :end]
 
 
 class _StepLayer(_Layer):

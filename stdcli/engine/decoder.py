@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from ..model.adapter import ModelAdapter
-from .attention import STEP_KWARG, StepContext, engine_attention, step_context
+from .attention import MAX_SCORE_QUERIES, STEP_KWARG, StepContext, engine_attention, step_context
 from .cache import DENSE, SPARSE, EngineCache
 from .device import synchronize, to_device
 from .fused import FusedTextModel, decode_forward
@@ -65,6 +65,36 @@ class Slot:
     visual_keys: torch.Tensor | None = None
     text_keys: torch.Tensor | None = None
     visual_scores: torch.Tensor | None = None
+
+
+class SharedPrefix:
+    """The first `length` tokens of the prompts of `uses` requests (a video, and the text before each question
+    about it), prefilled once. The first of those requests to be prefilled runs its whole prompt and keeps here the
+    dense keys and values of the prefix, and the query rows of the prefix's text after the video (which ranks
+    visual tokens for every prompt that continues it); each later one copies them into its slot and prefills only
+    the rest. The copy is freed after the last use."""
+
+    def __init__(self, length: int, uses: int):
+        self.length, self.uses = length, uses
+        self.keys: torch.Tensor | None = None  # [layers, Hkv, length, D]
+        self.values: torch.Tensor | None = None
+        self.query_rows: dict[int, torch.Tensor] = {}  # layer -> [Hq, Q, D]
+        self.input_ids: torch.Tensor | None = None  # [length]: what a prompt that continues it must start with
+
+    def prefilled(self, cache: EngineCache, slot: int, input_ids: torch.Tensor, ctx: StepContext) -> None:
+        """One of its requests was prefilled into `slot`: keep the prefix if it is not kept yet and others will
+        continue it."""
+        if self.keys is None and self.uses > 1:
+            self.keys, self.values = cache.read_prefix(slot, self.length)
+            self.query_rows, self.input_ids = ctx.query_rows, input_ids[0, : self.length].clone()
+        self.drop()
+
+    def drop(self) -> None:
+        """One of its requests is done with it (prefilled, or given up before): the last frees the copy."""
+        self.uses -= 1
+        if self.uses <= 0:
+            self.keys = self.values = self.input_ids = None
+            self.query_rows = {}
 
 
 @dataclass
@@ -265,11 +295,16 @@ class Decoder:
     # ---- prefill ---------------------------------------------------------------------------------
     @torch.inference_mode()
     def prefill(self, slot: int, inputs: dict[str, torch.Tensor], max_new_tokens: int | None = None,
-                sparse_view: bool = True) -> list[int]:
+                sparse_view: bool = True, prefix: SharedPrefix | None = None) -> list[int]:
         """Run the prompt into `slot`; returns the first generated token as a list (empty if the limit is 0).
 
         sparse_view=False skips ranking the visual tokens and building the slot's sparse view (gamma auto, when
-        the remembered costs say drafting will not pay): the slot can then only take dense steps."""
+        the remembered costs say drafting will not pay): the slot can then only take dense steps.
+
+        `prefix`: the first tokens of the prompt, shared with other requests (SharedPrefix). The first of them to
+        be prefilled runs its whole prompt and keeps the prefix; the others copy it into their slot and run only
+        the rest of their prompt, whose text ranks the visual tokens over the cached keys as the whole prompt would
+        (with the prefix's own text after the video, kept from the first)."""
         started = time.perf_counter()
         input_ids = inputs["input_ids"]
         is_visual = torch.isin(input_ids[0], torch.tensor(self.adapter.visual_ids, device=input_ids.device))
@@ -286,8 +321,16 @@ class Decoder:
         if self.mrope:
             extra["position_ids"] = self.adapter.positions(inputs)
             rope_delta = tuple(int(p) + 1 - input_ids.shape[1] for p in extra["position_ids"][:, 0, -1])
-        out = self.model(**inputs, **extra, past_key_values=self.storage.prefill_view(slot), use_cache=True,
-                         logits_to_keep=1, **{STEP_KWARG: ctx})
+        start = 0 if prefix is None else self._enter_prefix(slot, prefix, input_ids, is_visual, text, ctx)
+        model_inputs: dict[str, torch.Tensor] = inputs
+        if start:  # no pixels: every visual token is in the cached prefix
+            model_inputs = {"input_ids": input_ids[:, start:]}
+            all_positions = extra["position_ids"] if self.mrope else positions[None]
+            extra["position_ids"] = all_positions[..., start:]
+        out = self.model(**model_inputs, **extra, past_key_values=self.storage.prefill_view(slot, start),
+                         use_cache=True, logits_to_keep=1, **{STEP_KWARG: ctx})
+        if prefix is not None:
+            prefix.prefilled(self.storage, slot, input_ids, ctx)
         if sparse_view:
             synchronize(self.device)  # the view's own time starts when the forward has finished
         view_started = time.perf_counter()
@@ -310,6 +353,26 @@ class Decoder:
         state.stats.prefill_s = time.perf_counter() - started
         self.slots[slot] = state
         return self._append(state, [state.last_token])
+
+    def _enter_prefix(self, slot: int, prefix: SharedPrefix, input_ids: torch.Tensor, is_visual: torch.Tensor,
+                      text: torch.Tensor, ctx: StepContext) -> int:
+        """Set up a prefill with a shared prefix: copy it into `slot` and return its length, or return 0 when it is
+        not kept yet (this prompt prefills it whole, keeping the query rows of its text after the video)."""
+        length = prefix.length
+        if not 0 < length < input_ids.shape[1] or bool(is_visual[length:].any()):
+            raise ValueError(f"a shared prefix of {length} tokens must hold every visual token of a prompt of "
+                             f"{input_ids.shape[1]}, and be shorter")
+        if prefix.keys is None or prefix.values is None or prefix.input_ids is None:
+            if self.options.drafting and bool(is_visual.any()):
+                first_visual = int(is_visual.nonzero()[0])
+                before = text[(text > first_visual) & (text < length)]
+                ctx.row_positions = before[-MAX_SCORE_QUERIES:]
+            return 0
+        if not torch.equal(prefix.input_ids, input_ids[0, :length]):
+            raise ValueError("this prompt does not start with the shared prefix it was given")
+        self.storage.write_prefix(slot, prefix.keys, prefix.values)
+        ctx.start, ctx.query_rows = length, prefix.query_rows
+        return length
 
     def seed(self, slot: int, state: Slot, sparse_view: bool = True) -> None:
         """Put a slot state back whose prompt is already in this decoder's cache: a sequence prefilled earlier

@@ -15,6 +15,7 @@ of gamma auto. Nothing is stored on the transformers model.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ import torch
 from ..model.adapter import ModelAdapter
 from . import kernels
 from .costs import CostMemory, cost_key, model_label
-from .decoder import Decoder, Slot
+from .decoder import Decoder, SharedPrefix, Slot
 from .device import device_label, free_memory_bytes
 from .fused import FusedTextModel, fused_text_model, still_shared, unsupported_reason
 from .options import AUTO, AUTO_DRAFTS, INT4_DRAFT, INT8_DRAFT, MAX_GAMMA, SPARSE_DRAFT, DecodeOptions, EngineConfig
@@ -46,12 +47,19 @@ MEMORY_SHARE = 0.8  # of the free device memory the batch's caches may take
 @dataclass
 class Request:
     """One sequence to decode: a prompt (`inputs`, a batch-1 dict of model inputs from the processor), or a state
-    already prefilled in the decoder's cache (`prefilled`, for profiling). `key` is the caller's own."""
+    already prefilled in the decoder's cache (`prefilled`, for profiling). `key` is the caller's own.
+
+    `prefix`: the first tokens of the prompt, shared with other requests (several questions about one video): they
+    are prefilled once, by the first of those requests, and the others prefill only the rest of their prompt (the
+    answer is the same). `started`: when the caller began work on this request (time.perf_counter()), the origin of
+    its stats.first_token_s; None: its prefill."""
 
     key: Any
     inputs: dict[str, torch.Tensor] | None = None
     max_new_tokens: int | None = None  # None: the options'
     prefilled: Slot | None = None
+    prefix: SharedPrefix | None = None
+    started: float | None = None
 
 
 @dataclass
@@ -119,10 +127,13 @@ def run_window(decoder: Decoder, policy: GammaPolicy, requests: Sequence[Request
                     decoder.seed(slot, request.prefilled, sparse_view)
                     continue
                 assert request.inputs is not None
-                first = decoder.prefill(slot, request.inputs, request.max_new_tokens, sparse_view)
+                began = time.perf_counter() if request.started is None else request.started
+                first = decoder.prefill(slot, request.inputs, request.max_new_tokens, sparse_view, request.prefix)
                 state = decoder.slots[slot]
-                if on_tokens and state is not None:
-                    on_tokens(request, first, state.stats)
+                if state is not None:
+                    state.stats.first_token_s = time.perf_counter() - began
+                    if on_tokens:
+                        on_tokens(request, first, state.stats)
         if not any(decoder.slots):
             return
         for slot, tokens in policy_cycle(decoder, policy).items():
@@ -394,17 +405,18 @@ class Engine:
         return _round_up(max_len, CPU_DENSE_ROUNDING), _round_up(sparse_cap, CPU_SPARSE_ROUNDING)
 
     def generate(self, inputs: dict[str, torch.Tensor], options: DecodeOptions | None = None, *,
-                 eos: Sequence[int] | None = None, on_tokens: Callable[[list[int], DecodeStats], None] | None = None
-                 ) -> Generation:
+                 eos: Sequence[int] | None = None, on_tokens: Callable[[list[int], DecodeStats], None] | None = None,
+                 started: float | None = None) -> Generation:
         """Decode one prompt (a batch-1 dict of model inputs from the processor) with StD, or densely if gamma = 0.
 
         Greedy output is token-for-token identical to `model.generate(**inputs, do_sample=False)`; sampled output
         has the same distribution as `model.generate(do_sample=True)` with the same temperature and top_p.
-        `on_tokens(new_tokens, stats)` is called after every step, for streaming and live statistics.
+        `on_tokens(new_tokens, stats)` is called after every step, for streaming and live statistics. `started`:
+        as Request.started.
         """
         results: list[Generation] = []
         stream = None if on_tokens is None else (lambda request, tokens, stats: on_tokens(tokens, stats))
-        self.run([Request(0, inputs)], options or DecodeOptions(), eos=eos, on_tokens=stream,
+        self.run([Request(0, inputs, started=started)], options or DecodeOptions(), eos=eos, on_tokens=stream,
                  on_done=lambda request, generation: results.append(generation))
         return results[0]
 

@@ -28,6 +28,7 @@ class DecodeStats:
     verify_s: float = 0.0
     dense_s: float = 0.0
     dense_step_s: float | None = None  # fastest measured dense step: the baseline of speedup_est
+    first_token_s: float | None = None  # from the start of the request's work (Request.started) to its first token
     gammas: dict[int, int] = field(default_factory=dict)  # gamma -> cycles with it (0: dense steps)
     drafts: dict[str, int] = field(default_factory=dict)  # draft kind -> StD cycles it drafted
 

@@ -214,6 +214,58 @@ def processor_device(lm: LoadedModel) -> torch.device | None:
     return lm.device if lm.device.type == "cuda" else None
 
 
+def chat_text(lm: LoadedModel, question: str, system: str | None, with_video: bool) -> str:
+    """The chat prompt as text, a video (if any) as the one placeholder token the processor expands."""
+    text: str = lm.processor.apply_chat_template(chat_messages(lm.family, question, system, with_video),
+                                                 add_generation_prompt=True, tokenize=False)
+    if with_video and lm.family == "qwen3-vl":
+        text = qwen3_unwrapped_video(lm.processor, text)
+    return text
+
+
+# What a text token holds in the processor's per-token outputs beside input_ids.
+TEXT_TOKEN_VALUES = {"attention_mask": 1, "mm_token_type_ids": 0}
+
+
+def question_tail(lm: LoadedModel, question: str, system: str | None = None) -> list[int]:
+    """The tokens of a prompt about a video that follow the video: the question and the chat template's end. In the
+    processor's prompt a special token precedes them (the last video token, or Qwen3-VL's vision end) as the
+    placeholder does here, so they are tokenized alike."""
+    tokenizer = lm.processor.tokenizer
+    ids: list[int] = tokenizer(chat_text(lm, question, system, with_video=True))["input_ids"]
+    placeholder = tokenizer.convert_tokens_to_ids(lm.processor.video_token)
+    if ids.count(placeholder) != 1:
+        raise ValueError("the question must not hold the video's placeholder token")
+    tail = ids[ids.index(placeholder) + 1 :]
+    if set(tail) & set(lm.visual_token_ids):
+        raise ValueError("the question must not hold image or video placeholder tokens")
+    return tail
+
+
+def shared_prefix_length(lm: LoadedModel, inputs: dict[str, torch.Tensor], question: str,
+                         system: str | None = None) -> int:
+    """How many first tokens of `inputs` (build_inputs of `question` about a video) every question about that video
+    shares: all but the question's tail."""
+    ids, tail = inputs["input_ids"][0].tolist(), question_tail(lm, question, system)
+    if ids[len(ids) - len(tail) :] != tail:
+        raise ValueError("the prompt does not end with its question: it cannot be shared with other questions")
+    return len(ids) - len(tail)
+
+
+def with_question(lm: LoadedModel, inputs: dict[str, torch.Tensor], prefix_length: int, question: str,
+                  system: str | None = None) -> dict[str, torch.Tensor]:
+    """The prompt of `question` about the video of `inputs`, as build_inputs makes it, without running the processor
+    on the frames again: the first `prefix_length` tokens of `inputs` (shared_prefix_length), then the question's
+    tail; the pixel values and grids are those of `inputs` (the same tensors, not copies)."""
+    ids = inputs["input_ids"]
+    tail = torch.tensor([question_tail(lm, question, system)], dtype=ids.dtype, device=ids.device)
+    prompt = dict(inputs, input_ids=torch.cat([ids[:, :prefix_length], tail], 1))
+    for key, value in TEXT_TOKEN_VALUES.items():
+        if key in inputs:
+            prompt[key] = torch.cat([inputs[key][:, :prefix_length], torch.full_like(tail, value)], 1)
+    return prompt
+
+
 def build_inputs(lm: LoadedModel, video, question: str, system: str | None = None) -> dict[str, torch.Tensor]:
     """Model inputs for one chat turn: optional system message, the user's video (already sampled frames, None for a
     text-only prompt) then question, and the generation prompt.
@@ -223,8 +275,7 @@ def build_inputs(lm: LoadedModel, video, question: str, system: str | None = Non
     Qwen3-VL's prompt also holds the time of each temporal patch, as text before its frame's vision tokens.
     On a GPU the frames are resized and normalized there (processor_device); on the CPU as the processor does.
     """
-    messages = chat_messages(lm.family, question, system, video is not None)
-    text = lm.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    text = chat_text(lm, question, system, video is not None)
     if video is None:
         batch = lm.processor(text=[text], return_tensors="pt")
     else:
@@ -235,6 +286,6 @@ def build_inputs(lm: LoadedModel, video, question: str, system: str | None = Non
             arguments["device"] = device
         frames = video.frames
         if lm.family == "qwen3-vl":
-            text, frames = qwen3_unwrapped_video(lm.processor, text), qwen3_resized_frames(lm, frames, device)
+            frames = qwen3_resized_frames(lm, frames, device)
         batch = lm.processor(text=[text], videos=[frames], return_tensors="pt", **arguments)
     return _to_model(batch, lm.device, lm.dtype)

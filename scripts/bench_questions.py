@@ -1,0 +1,110 @@
+"""Five questions about one video, asked one at a time and then together (stdcli.answer_questions): what a question
+costs after the first, once the video has been read, encoded and prefilled.
+
+    python scripts/bench_questions.py                 # the built-in model on the CPU, a generated clip, 64 frames
+
+Asked alone, every question pays for reading the video, the processor, the vision encoder and the prefill of its
+whole prompt. Asked together, the first one does; each later one copies the cached prefix (the system prompt and
+the video) and prefills only its own tokens. Both ways decode with the options `stdcli ask` has by default, and the
+answers are checked to be identical. Prints, best of --rounds: the seconds of each question asked alone, the
+seconds questions 2-5 take together after the first, and the ratio "questions 2-5 together / question 1 alone",
+in wall-clock time and in this process's CPU time (steadier where other work shares the cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import tempfile
+import time
+from pathlib import Path
+
+from stdcli import AskOptions, VideoQuestions, answer_video, answer_videos, load_model
+from stdcli.engine import DecodeOptions
+from stdcli.inputs import FrameOptions
+from stdcli.records import Record
+from stdcli.world import generate_clip, questions_for, write_video
+
+CLIP_SEED = 10_900_001  # a clip of the held-out range, never seen in training
+
+
+def clocks() -> tuple[float, float]:
+    """(wall-clock, CPU) seconds."""
+    return time.perf_counter(), time.process_time()
+
+
+def since(start: tuple[float, float]) -> tuple[float, float]:
+    now = clocks()
+    return now[0] - start[0], now[1] - start[1]
+
+
+def together(lm, video: str, questions: list[str], options: AskOptions) -> tuple[tuple[float, float], list[Record]]:
+    """(wall-clock, CPU) seconds from the end of the first answer to the end of the last, asked together, and the
+    records."""
+    ends: list[tuple[float, float]] = []
+    records: list[Record] = []
+
+    def record(r: Record) -> None:
+        ends.append(clocks())
+        records.append(r)
+
+    answer_videos(lm, [VideoQuestions(video, tuple(questions))], options, 1, record)
+    return (ends[-1][0] - ends[0][0], ends[-1][1] - ends[0][1]), records
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="builtin")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--frames", type=int, default=64)
+    parser.add_argument("--questions", type=int, default=5)
+    parser.add_argument("--minutes", type=float, default=2.0, help="length of the generated clip (8 fps)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--clip", type=Path, help="where the generated clip is kept: written if missing, else reused")
+    args = parser.parse_args()
+
+    lm = load_model(args.model, device=args.device)
+    clip = generate_clip(CLIP_SEED, "long", duration=args.minutes * 60)
+    questions = list(dict.fromkeys(qa.question for qa in questions_for(clip, random.Random(CLIP_SEED))))
+    questions = questions[: args.questions]
+    options = AskOptions(questions[0], frames=FrameOptions(frames=args.frames), decode=DecodeOptions())
+    with tempfile.TemporaryDirectory() as tmp:
+        path = args.clip or Path(tmp) / "clip.mp4"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_video(clip, str(path), fps=8.0, size=(224, 224))
+        video = str(path)
+        answer_video(lm, video, options)  # warm-up: first allocations, the gamma policy's first costs
+        alone: list[list[tuple[float, float]]] = [[] for _ in questions]
+        later: list[tuple[float, float]] = []
+        first_tokens: list[list[float]] = [[] for _ in questions]
+        for _ in range(args.rounds):
+            single = []
+            for i, question in enumerate(questions):
+                started = clocks()
+                single.append(answer_video(lm, video, AskOptions(question, frames=options.frames)))
+                alone[i].append(since(started))
+            seconds, records = together(lm, video, questions, options)
+            later.append(seconds)
+            assert all(r.ok for r in single + records), [r.error for r in single + records if not r.ok]
+            assert [r.answer for r in records] == [r.answer for r in single], "answers differ"
+            for i, r in enumerate(records):
+                first_tokens[i].append(r.timings["first_token_s"])
+        n = len(questions)
+        print(f"{args.model} on {lm.device}, {args.frames} frames, {records[0].prompt_tokens} prompt tokens "
+              f"({records[0].visual_tokens} visual), {n} questions, best of {args.rounds} rounds (wall-clock, CPU)")
+        for i, question in enumerate(questions):
+            wall, cpu = (min(t[c] for t in alone[i]) for c in (0, 1))
+            print(f"  question {i + 1} alone: {wall:.3f} s, {cpu:.3f} s CPU  {records[i].new_tokens} tokens  "
+                  f"{question!r}")
+        firsts = ", ".join(f"{min(times):.3f}" for times in first_tokens[1:])
+        print(f"  first token together: question 1 {min(first_tokens[0]):.3f} s, questions 2-{n} {firsts} s")
+        for c, clock in enumerate(("wall-clock", "CPU")):
+            first = min(t[c] for t in alone[0])
+            rest_alone = sum(min(t[c] for t in times) for times in alone[1:])
+            rest = min(t[c] for t in later)
+            print(f"questions 2-{n} together / question 1 alone ({clock}): {rest / first:.2f}  "
+                  f"({rest:.3f} s / {first:.3f} s; asked alone, questions 2-{n} take {rest_alone / first:.2f})")
+
+if __name__ == "__main__":
+    main()
