@@ -65,7 +65,7 @@ def baseline(folder, model, tmp_path_factory) -> dict[str, dict]:
     torch.set_num_threads(1)
     try:
         result = CliRunner().invoke(app, ["ask", str(folder), QUESTION, "--model", model, *SETTINGS, "--output",
-                                          str(out), "-q"])
+                                          str(out), "--quiet"])
     finally:
         torch.set_num_threads(threads)
     assert result.exit_code == 1, result.output  # the broken video
@@ -252,7 +252,7 @@ def ranks_of(launcher: int) -> dict[int, int]:
 def test_a_killed_rank_loses_no_record_and_fewer_ranks_resume(folder, model, baseline, tmp_path):
     out = tmp_path / "out.jsonl"
     with (tmp_path / "err").open("w") as err:
-        run = torchrun(3, folder, model, out, "-q", stderr=err)
+        run = torchrun(3, folder, model, out, "--quiet", stderr=err)
         ranks: dict[int, int] = {}
         try:
             deadline = time.monotonic() + 240
@@ -277,7 +277,7 @@ def test_a_killed_rank_loses_no_record_and_fewer_ranks_resume(folder, model, bas
     assert all(record == baseline[video] for video, record in kept.items())
     assert len(answered(out)) < len(baseline) - 1, "every video was answered before the kill: nothing to resume"
     # two ranks instead of three answer what is missing, and the broken video again
-    again = torchrun(2, folder, model, out, "--resume", "-q", stderr=subprocess.PIPE)
+    again = torchrun(2, folder, model, out, "--resume", "--quiet", stderr=subprocess.PIPE)
     _, stderr = again.communicate(timeout=240)
     assert again.returncode == 1, stderr
     assert sorted(answered(out)) == sorted(v for v in baseline if BROKEN not in v)  # each once
