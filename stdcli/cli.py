@@ -33,6 +33,7 @@ from .resume import Ledger
 
 if TYPE_CHECKING:
     from .engine.costs import CostMemory
+    from .engine.tensor_parallel import TensorParallel
     from .model.loading import LoadedModel
 
 # The command line imports torch and transformers (seconds) only where a command needs a model: `stdcli --help`,
@@ -45,6 +46,8 @@ BUILTIN_NOTE = (
 )
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_CLOSED_PIPE, EXIT_TERMINATED = 1, 2, 130, 141, 143
 T = TypeVar("T")
+TP_HELP = ("Tensor parallel: split the language model over N GPUs, one process each, started by torchrun: "
+           "torchrun --nproc-per-node N -m stdcli {command} --tp N ...")
 
 
 def stopped(stop: KeyboardInterrupt, kept: str = "") -> typer.Exit:
@@ -249,6 +252,7 @@ def ask(
         bool,
         typer.Option("--trust-remote-code", help="Allow a checkpoint's own Python code (off by default)."),
     ] = False,
+    tp: Annotated[int, typer.Option("--tp", help=TP_HELP.format(command="ask"))] = 1,
 ) -> None:
     # Everything that can be checked without the model is checked first: a usage error costs no model load.
     videos, question = _videos_and_question(arguments or [])
@@ -264,6 +268,10 @@ def ask(
         raise fail("--compare measures one video at a time: drop --batch-size")
     if resume and output is None:
         raise fail("--resume needs --output FILE.jsonl")
+    if tp > 1 and resume:
+        raise fail("--resume is not supported with --tp: every rank must decode the same videos")
+    if tp > 1 and "-" in videos:
+        raise fail("--tp reads videos from the command line, not from stdin (-): every rank reads the same list")
     if "-" in videos and sys.stdin.isatty():
         say("reading video paths from stdin, one per line (end with Ctrl-D)")
     try:
@@ -276,9 +284,13 @@ def ask(
         say(f"resuming: {len(paths) - len(todo)} of {len(paths)} videos already answered in {output}")
     if not todo:
         raise typer.Exit(0)  # nothing left: not even the model is loaded
+    parallel = _tensor_parallel(tp, device)
+    if parallel is not None and not parallel.leader:
+        _follow(_load(model, device, dtype, True, trust_remote_code, parallel), todo, options, batch_size)
+        raise typer.Exit(0)
     writer = _open_output(output)  # before the model: a bad path should not cost a model load
     try:
-        lm = _load(model, device, dtype, quiet, trust_remote_code)
+        lm = _load(model, device, dtype, quiet, trust_remote_code, parallel)
         _check_request(lm, options)
     except typer.Exit:
         if writer:
@@ -290,6 +302,42 @@ def ask(
     if failures and answered > 1 and not quiet:
         say(f"{failures} of {answered} videos failed (their records say why)")
     raise typer.Exit(EXIT_FAILED if failures else 0)
+
+
+def _tensor_parallel(tp: int, device: str) -> TensorParallel | None:
+    """This rank's group for --tp N (None for 1); a launch that cannot serve it is a usage error."""
+    if tp == 1:
+        return None
+    from .engine.tensor_parallel import TensorParallelError, check_launch, start
+    from .model.loading import pick_device
+
+    try:
+        check_launch(tp)
+        where = pick_device(device)
+    except (TensorParallelError, ModelLoadError) as error:
+        raise _fail_once(str(error)) from None
+    if where.index is not None:
+        raise _fail_once(f"--tp puts each rank on GPU LOCAL_RANK: use --device cuda or auto, not {device}")
+    return start(tp, where.type)
+
+
+def _fail_once(message: str) -> typer.Exit:
+    """fail(), said by the first rank of a torchrun launch only: the others end with the same status, silently."""
+    if os.environ.get("RANK", "0") != "0":
+        return typer.Exit(EXIT_USAGE)
+    return fail(message)
+
+
+def _follow(lm: LoadedModel, videos: list[str], options: AskOptions, batch_size: int) -> None:
+    """A rank other than the leader under --tp: the leader's decoding step for step, nothing said or written (the
+    leader reports, errors included)."""
+    from .ask import TooLargeError, answer_videos, check_request
+
+    try:
+        check_request(lm, options)
+    except TooLargeError:
+        raise typer.Exit(EXIT_USAGE) from None
+    answer_videos(lm, videos, options, batch_size)
 
 
 def _videos_and_question(arguments: list[str]) -> tuple[list[str], str]:
@@ -394,20 +442,24 @@ def _cost_memory() -> CostMemory:
     return CostMemory.load(default_path())
 
 
-def _load(model: str, device: str, dtype: str, quiet: bool, trust_remote_code: bool = False) -> LoadedModel:
-    """The model, with the cost memory of earlier runs; a model that cannot be loaded is a usage error."""
+def _load(model: str, device: str, dtype: str, quiet: bool, trust_remote_code: bool = False,
+          parallel: TensorParallel | None = None) -> LoadedModel:
+    """The model, with the cost memory of earlier runs (the leader's, under --tp); a model that cannot be loaded is
+    a usage error."""
     from rich.console import Console
 
+    from .engine.costs import CostMemory
     from .model.loading import load_model
 
     _quiet_loading_bars(quiet)
     status = Console(stderr=True).status(f"loading {model}") if Display.live_possible(quiet) else nullcontext()
     try:
         with status:
+            memory = _cost_memory() if parallel is None or parallel.leader else CostMemory()
             return load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
-                              cost_memory=_cost_memory())
+                              cost_memory=memory, tensor_parallel=parallel)
     except ModelLoadError as error:
-        raise fail(str(error)) from None
+        raise _fail_once(str(error)) from None
 
 
 def _load_for_bench(model: str, device: str, dtype: str, quiet: bool, inflate: str | None) -> LoadedModel:
@@ -635,10 +687,15 @@ def bench(
         bool,
         typer.Option("--quiet", "-q", help="No progress on stderr (the tables and errors still)."),
     ] = False,
+    tp: Annotated[int, typer.Option("--tp", help="--random-init: " + TP_HELP.format(command="bench"))] = 1,
 ) -> None:
     from rich.console import Console
 
-    progress = None if quiet else (lambda message: say(f"bench: {message}"))
+    if tp != 1 and not random_init:
+        raise _fail_once("--tp goes with --random-init (the benchmarks on videos run on one device)")
+    parallel = _tensor_parallel(tp, device)
+    leader = parallel is None or parallel.leader
+    progress = None if quiet or not leader else (lambda message: say(f"bench: {message}"))
     lm = None
     try:
         ks = bench_settings.parse_int_list(k, "--k") or [DEFAULT_K]
@@ -667,6 +724,7 @@ def bench(
                 iters=repeat or bench_settings.DEFAULT_ITERS,
                 decode_tokens=max_new_tokens if decode else 0,
                 progress=progress,
+                tensor_parallel=parallel,
             )
             tables, verdict = profile_tables(report), profile_verdict(report)
         else:
@@ -701,10 +759,12 @@ def bench(
                 )
                 tables, verdict = model_tables(report), model_verdict(report)
     except BenchError as error:
-        raise fail(str(error)) from None
+        raise (fail(str(error)) if leader else typer.Exit(EXIT_USAGE)) from None
     finally:
         if lm is not None:
             lm.engine.memory.save()
+    if not leader:  # the leader reports its own measurements
+        raise typer.Exit(0)
     console = Console(stderr=True)
     if not console.is_terminal:
         console = Console(stderr=True, width=200)  # a file or a pipe: no 80-column wrapping
