@@ -655,7 +655,7 @@ def bench(
         str | None,
         typer.Option(
             help="--random-init: the --model alias's size (7b; 2b for qwen2-vl-2b, qwen3-vl-2b; 8b for qwen3-vl), "
-            "or tiny.",
+            "or tiny; 72b for qwen2-vl (over several GPUs: --tp).",
             show_default=False,
         ),
     ] = None,
