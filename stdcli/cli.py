@@ -45,6 +45,7 @@ from .resume import Ledger
 if TYPE_CHECKING:
     from .bench.common import BenchItem
     from .engine.costs import CostMemory
+    from .engine.tensor_parallel import TensorParallel
     from .model.loading import LoadedModel
 
 # The command line imports torch and transformers (seconds) only where a command needs a model: `stdcli --help`,
@@ -57,6 +58,8 @@ BUILTIN_NOTE = (
 )
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_CLOSED_PIPE, EXIT_TERMINATED = 1, 2, 130, 141, 143
 T = TypeVar("T")
+TP_HELP = ("Tensor parallel: split the language model over N GPUs, one process each, started by torchrun: "
+           "torchrun --nproc-per-node N -m stdcli {command} --tp N ...")
 
 
 def stopped(stop: KeyboardInterrupt, kept: str = "") -> typer.Exit:
@@ -319,6 +322,7 @@ def ask(
         bool,
         typer.Option("--trust-remote-code", help="Allow a checkpoint's own Python code (off by default)."),
     ] = False,
+    tp: Annotated[int, typer.Option("--tp", help=TP_HELP.format(command="ask"))] = 1,
 ) -> None:
     world = _world()
     # Everything that can be checked without the model is checked first: a usage error costs no model load.
@@ -341,12 +345,16 @@ def ask(
         raise fail("--resume needs --output FILE.jsonl")
     if prefetch_memory is not None and not prefetch:
         raise fail("--prefetch-memory and --no-prefetch are exclusive")
+    if tp > 1 and resume:
+        raise fail("--resume is not supported with --tp: every rank must decode the same videos")
+    if tp > 1 and "-" in videos:
+        raise fail("--tp reads videos from the command line, not from stdin (-): every rank reads the same list")
     try:
         budget = parse_size(prefetch_memory) if prefetch_memory is not None else None
     except InputError as error:
         raise fail(f"--prefetch-memory: {error}") from None
     flagged = bool(question or questions)
-    if world.several:
+    if world.several and tp == 1:  # data parallel; under --tp the ranks of torchrun are one model's
         if output is None:
             raise fail(f"{world.size} ranks write their records to one file: give --output FILE.jsonl")
         if json_out or jsonl:
@@ -357,9 +365,13 @@ def ask(
     left = sum(len(item.questions) for item in todo)
     if not todo:
         raise typer.Exit(0)  # nothing left: not even the model is loaded
+    parallel = _tensor_parallel(tp, device)
+    if parallel is not None and not parallel.leader:
+        _follow(_load(model, device, dtype, True, trust_remote_code, parallel), todo, options, batch_size)
+        raise typer.Exit(0)
     writer = _open_output(output)  # before the model: a bad path should not cost a model load
     try:
-        lm = _load(model, device, dtype, quiet, trust_remote_code)
+        lm = _load(model, device, dtype, quiet, trust_remote_code, parallel)
         _check_request(lm, options, sorted({q for item in todo for q in item.questions}))
     except typer.Exit:
         if writer:
@@ -369,7 +381,7 @@ def ask(
     # the work
     work = ledger.claimed(todo) if ledger else todo
     # one video has nothing to overlap with; --compare times decoding, which loading beside it would disturb
-    ahead = prefetch and len(todo) > 1 and not compare
+    ahead = prefetch and len(todo) > 1 and not compare and parallel is None
     failures, answered = _run(lm, work, left, options, json_out, jsonl, writer, quiet, batch_size, several,
                               _prefetch_budget(budget) if ahead else None)
     if failures and answered > 1 and not quiet:
@@ -475,6 +487,42 @@ def _ask_as_rank(world: World, videos: list[str], asked: list[str], entries: lis
         failed = f", {finished.failed} of them failed (their records say why)" if finished.failed else ""
         say(f"{finished.records} records from {finished.ranks} ranks in {output}{failed}")
     return EXIT_FAILED if failures else 0
+
+
+def _tensor_parallel(tp: int, device: str) -> TensorParallel | None:
+    """This rank's group for --tp N (None for 1); a launch that cannot serve it is a usage error."""
+    if tp == 1:
+        return None
+    from .engine.tensor_parallel import TensorParallelError, check_launch, start
+    from .model.loading import pick_device
+
+    try:
+        check_launch(tp)
+        where = pick_device(device)
+    except (TensorParallelError, ModelLoadError) as error:
+        raise _fail_once(str(error)) from None
+    if where.index is not None:
+        raise _fail_once(f"--tp puts each rank on GPU LOCAL_RANK: use --device cuda or auto, not {device}")
+    return start(tp, where.type)
+
+
+def _fail_once(message: str) -> typer.Exit:
+    """fail(), said by the first rank of a torchrun launch only: the others end with the same status, silently."""
+    if os.environ.get("RANK", "0") != "0":
+        return typer.Exit(EXIT_USAGE)
+    return fail(message)
+
+
+def _follow(lm: LoadedModel, items: list[VideoQuestions], options: AskOptions, batch_size: int) -> None:
+    """A rank other than the leader under --tp: the leader's decoding step for step, nothing said or written (the
+    leader reports, errors included)."""
+    from .ask import TooLargeError, answer_videos, check_request
+
+    try:
+        check_request(lm, options, sorted({q for item in items for q in item.questions}))
+    except TooLargeError:
+        raise typer.Exit(EXIT_USAGE) from None
+    answer_videos(lm, items, options, batch_size)
 
 
 def _videos_and_question(arguments: list[str], asked: list[str], questions: Path | None) -> tuple[list[str], list[str]]:
@@ -595,20 +643,24 @@ def _cost_memory() -> CostMemory:
     return CostMemory.load(default_path())
 
 
-def _load(model: str, device: str, dtype: str, quiet: bool, trust_remote_code: bool = False) -> LoadedModel:
-    """The model, with the cost memory of earlier runs; a model that cannot be loaded is a usage error."""
+def _load(model: str, device: str, dtype: str, quiet: bool, trust_remote_code: bool = False,
+          parallel: TensorParallel | None = None) -> LoadedModel:
+    """The model, with the cost memory of earlier runs (the leader's, under --tp); a model that cannot be loaded is
+    a usage error."""
     from rich.console import Console
 
+    from .engine.costs import CostMemory
     from .model.loading import load_model
 
     _quiet_loading_bars(quiet)
     status = Console(stderr=True).status(f"loading {model}") if Display.live_possible(quiet) else nullcontext()
     try:
         with status:
+            memory = _cost_memory() if parallel is None or parallel.leader else CostMemory()
             return load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
-                              cost_memory=_cost_memory())
+                              cost_memory=memory, tensor_parallel=parallel)
     except ModelLoadError as error:
-        raise fail(str(error)) from None
+        raise _fail_once(str(error)) from None
 
 
 def _load_for_bench(model: str, device: str, dtype: str, quiet: bool, inflate: str | None) -> LoadedModel:
@@ -845,7 +897,7 @@ def bench(
         str | None,
         typer.Option(
             help="--random-init: the --model alias's size (7b; 2b for qwen2-vl-2b, qwen3-vl-2b; 8b for qwen3-vl), "
-            "or tiny.",
+            "or tiny; 72b for qwen2-vl (over several GPUs: --tp).",
             show_default=False,
         ),
     ] = None,
@@ -877,14 +929,20 @@ def bench(
         bool,
         typer.Option("--quiet", "-q", help="No progress on stderr (the tables and errors still)."),
     ] = False,
+    tp: Annotated[int, typer.Option("--tp", help="--random-init: " + TP_HELP.format(command="bench"))] = 1,
 ) -> None:
     from rich.console import Console
 
+    if tp != 1 and not random_init:
+        raise _fail_once("--tp goes with --random-init (the benchmarks on videos run on one device)")
     world = _world()
-    progress = None if quiet else (lambda message: say(f"bench: {message}"))
+    grouped = world.several and tp == 1  # data parallel; under --tp the ranks of torchrun are one model's
+    parallel = _tensor_parallel(tp, device)
+    leader = parallel is None or parallel.leader
+    progress = None if quiet or not leader else (lambda message: say(f"bench: {message}"))
     lm = None
     try:
-        if world.several and (random_init or not batch_size):
+        if grouped and (random_init or not batch_size):
             raise BenchError(f"under {world.size} ranks `stdcli bench` measures the folder throughput of the group: "
                              "give --batch-size (without --random-init)")
         ks = bench_settings.parse_int_list(k, "--k") or [DEFAULT_K]
@@ -913,6 +971,7 @@ def bench(
                 iters=repeat or bench_settings.DEFAULT_ITERS,
                 decode_tokens=max_new_tokens if decode else 0,
                 progress=progress,
+                tensor_parallel=parallel,
             )
             tables, verdict = profile_tables(report), profile_verdict(report)
         else:
@@ -933,7 +992,7 @@ def bench(
                 settings = {"batch_sizes": batch_sizes, "gammas": gammas or [DEFAULT_GAMMA], "k": one_k,
                             "draft": one_draft, "frames": one_frames, "max_new_tokens": max_new_tokens,
                             "rounds": repeat or 1, "progress": progress}
-                if world.several:
+                if grouped:
                     lm, group_report = _bench_as_rank(world, items, model or DEFAULT_MODEL, device, dtype, quiet,
                                                       inflate, settings)
                     if group_report is None:  # another rank's measurements: rank 0 reports them
@@ -953,10 +1012,12 @@ def bench(
                 )
                 tables, verdict = model_tables(report), model_verdict(report)
     except BenchError as error:
-        raise fail(str(error)) from None
+        raise (fail(str(error)) if leader else typer.Exit(EXIT_USAGE)) from None
     finally:
         if lm is not None:
             lm.engine.memory.save()
+    if not leader:  # the leader reports its own measurements
+        raise typer.Exit(0)
     console = Console(stderr=True)
     if not console.is_terminal:
         console = Console(stderr=True, width=200)  # a file or a pipe: no 80-column wrapping

@@ -37,7 +37,7 @@ POINT_KEYS = {"context", "batch", "skipped", "memory_needed_bytes", "memory_free
               "verify_steps"}
 PROFILE_MODEL_KEYS = {"alias", "family", "scale", "dtype", "device", "parameters", "weight_bytes",
                       "weight_bytes_read_per_step", "kv_bytes_per_token", "layers", "kv_heads", "q_heads", "head_dim",
-                      "vocab_size"}
+                      "vocab_size", "tensor_parallel", "weight_bytes_per_rank"}
 BANDWIDTH_KEYS = {"copy_bytes_per_s", "reduction_bytes_per_s", "bytes_per_s", "used", "buffer_bytes", "method"}
 
 

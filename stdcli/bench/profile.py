@@ -20,6 +20,13 @@ from ..engine.policy import GammaPolicy, expected_tokens
 from ..engine.quant import weight_bytes
 from ..engine.session import Engine, Request, cache_capacity, run_window
 from ..engine.stats import draft_counts, gamma_counts
+from ..engine.tensor_parallel import (
+    TensorParallel,
+    TensorParallelError,
+    check_shape,
+    shard_language_model,
+    weight_bytes_per_rank,
+)
 from ..model.adapter import eos_token_ids, visual_token_ids
 from ..model.loading import pick_device, pick_dtype
 from ..model.registry import REGISTRY, ModelLoadError
@@ -199,6 +206,8 @@ def _profile_point(engine: Engine, shape: _Shape, weights_read: int, bandwidth: 
     point: dict[str, Any] = {"context": context, "batch": batch, "skipped": None}
     need = _point_memory(shape, batch, context, max(kept.values()), gmax)
     free = free_memory_bytes(device)
+    if engine.parallel is not None:  # every rank measures the point, or none does
+        free = engine.parallel.agreed_min(free)
     point.update(memory_needed_bytes=need, memory_free_bytes=free)
     if need > free:
         point["skipped"] = f"needs ~{need / GIB:.1f} GiB for the caches and working memory, {free / GIB:.1f} GiB free"
@@ -419,6 +428,7 @@ def profile_random_init(
     decode_tokens: int = 0,
     decode_rounds: int = 2,
     progress: Progress = None,
+    tensor_parallel: TensorParallel | None = None,
 ) -> dict[str, Any]:
     """Step costs of the real architecture with random weights against their floors (a draft step of each draft
     kind), and the projected speedup. With decode_tokens > 0, each point also decodes that many tokens per sequence
@@ -427,6 +437,8 @@ def profile_random_init(
 
     Points that do not fit in the device's free memory (weights are checked before the model is built, each
     context x batch point before its caches are allocated) are skipped with a note, never attempted.
+    `tensor_parallel`: this rank's group; the language model is split over it (engine/tensor_parallel.py), every
+    rank measures its own steps (the report's are the leader's) and the floors count what one rank reads.
     """
     from ..model.build import MODEL_CLASSES, build_random_model, make_config
 
@@ -442,25 +454,34 @@ def profile_random_init(
             f"--context values must exceed the {text_tokens} text tokens of the prompt, got {too_short[0]}"
         )
     try:
-        torch_device = pick_device(device)
+        torch_device = pick_device(device) if tensor_parallel is None else tensor_parallel.device
         torch_dtype = pick_dtype(dtype, torch_device)
     except ModelLoadError as error:
         raise BenchError(str(error)) from None
     env = environment(torch_device)
     config = make_config(family, scale)
+    ranks = tensor_parallel.size if tensor_parallel is not None else 1
+    try:
+        check_shape(config.get_text_config(), ranks)
+    except TensorParallelError as error:
+        raise BenchError(str(error)) from None
     with torch.device("meta"):
         skeleton = MODEL_CLASSES[family]._from_config(config, dtype=torch_dtype)
-    parameters, weight_bytes, weights_read = _weight_bytes(skeleton)
+    parameters, weight_bytes, _ = _weight_bytes(skeleton)
+    held = weight_bytes_per_rank(skeleton, ranks)
     del skeleton
     free = free_memory_bytes(torch_device)
-    if weight_bytes + (1 << 30) > free:
+    if held + (1 << 30) > free:
+        split = f", {held / GIB:.1f} GiB on each of {ranks} ranks," if ranks > 1 else ""
         raise BenchError(
-            f"{family} {scale} in {str(torch_dtype).removeprefix('torch.')}: {weight_bytes / GIB:.1f} GiB of weights "
-            f"do not fit in the {free / GIB:.1f} GiB free on {torch_device}"
+            f"{family} {scale} in {str(torch_dtype).removeprefix('torch.')}: {weight_bytes / GIB:.1f} GiB of weights"
+            f"{split} do not fit in the {free / GIB:.1f} GiB free on {torch_device}"
         )
     say(progress, f"building {family} {scale} with random weights on {torch_device}")
-    model = build_random_model(family, config, seed=seed, dtype=torch_dtype, device=str(torch_device))
-    engine = Engine.of(model)
+    shard = None if tensor_parallel is None else (lambda model: shard_language_model(model, tensor_parallel))
+    model = build_random_model(family, config, seed=seed, dtype=torch_dtype, device=str(torch_device), shard=shard)
+    _, _, weights_read = _weight_bytes(model)  # what one rank's step reads
+    engine = Engine.of(model, parallel=tensor_parallel)
     try:
         kinds = list(dict.fromkeys([*kinds, *(engine.draft_kinds(DecodeOptions()) if AUTO in drafts else [])]))
         engine.draft_kinds(DecodeOptions(draft=kinds[0]))  # a quantized kind the model cannot run is refused here
@@ -472,7 +493,7 @@ def profile_random_init(
     layers, kv_heads, head_dim = dims.layers, dims.kv_heads, dims.head_dim
     text = config.get_text_config()
     elem = torch.empty((), dtype=torch_dtype).element_size()
-    shape = _Shape(layers, kv_heads, text.num_attention_heads, head_dim, elem, text.vocab_size)
+    shape = _Shape(layers, kv_heads, text.num_attention_heads // ranks, head_dim, elem, text.vocab_size)
     points = []
     for context in contexts:
         for batch in batches:
@@ -506,6 +527,8 @@ def profile_random_init(
             "q_heads": shape.q_heads,
             "head_dim": head_dim,
             "vocab_size": shape.vocab,
+            "tensor_parallel": ranks,
+            "weight_bytes_per_rank": held,
         },
         "settings": {
             "contexts": list(contexts),

@@ -21,6 +21,7 @@ parameters are new objects then: code that holds the old ones (an optimizer buil
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,9 +61,11 @@ class FusedTextModel:
     lm_head: Weight
     rotary: nn.Module  # the model's own rotary embedding: cos/sin exactly as its forward computes them
     eps: float
-    q_heads: int
+    q_heads: int  # this rank's, under tensor parallelism (tensor_parallel.py)
     kv_heads: int
     head_dim: int
+    # Tensor parallelism: the sum over the ranks of the o and down projections' partial outputs (None: one rank)
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @property
     def scaling(self) -> float:
@@ -119,10 +122,12 @@ def _concatenate_rows(*linears: nn.Linear) -> tuple[torch.Tensor, torch.Tensor |
     return weight, bias
 
 
-def fused_text_model(model: Any) -> FusedTextModel | None:
+def fused_text_model(model: Any, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+                     ) -> FusedTextModel | None:
     """The model's language model as `decode_forward` takes it, or None when its architecture is not one
     `decode_forward` reproduces (then the engine uses transformers' forward). Build it once per model and keep it
-    (the Engine does): building it again concatenates the weights again."""
+    (the Engine does): building it again concatenates the weights again. A model split by tensor parallelism gives
+    its local weights and `reduce`, the sum over its ranks."""
     if unsupported_reason(model) is not None:
         return None
     lm = language_model(model)
@@ -138,10 +143,11 @@ def fused_text_model(model: Any) -> FusedTextModel | None:
         ))
     config = lm.config
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    attn = lm.layers[0].self_attn  # heads counted from the weights: a tensor-parallel rank holds only some
     return FusedTextModel(
         embed=lm.embed_tokens.weight, layers=layers, norm=lm.norm.weight, lm_head=model.lm_head.weight,
-        rotary=lm.rotary_emb, eps=config.rms_norm_eps, q_heads=config.num_attention_heads,
-        kv_heads=config.num_key_value_heads, head_dim=head_dim,
+        rotary=lm.rotary_emb, eps=config.rms_norm_eps, q_heads=attn.q_proj.out_features // head_dim,
+        kv_heads=attn.k_proj.out_features // head_dim, head_dim=head_dim, reduce=reduce,
     )
 
 
@@ -209,8 +215,12 @@ def decode_forward(
         collect_visual_attention(query, keys, ctx, fused.scaling)
         attended = step_attention(query, keys, values, ctx, fused.scaling)  # [B, L, Hq, D]
         delta = project(attended.reshape(batch * length, -1), layer.o_weight)
+        if fused.reduce is not None:
+            delta = fused.reduce(delta)
         x = norm_fn(hidden, delta, layer.post_attention_norm, fused.eps)
         delta = project(silu_mul_fn(project(x, layer.gate_up_weight)), layer.down_weight)
+        if fused.reduce is not None:
+            delta = fused.reduce(delta)
     x = norm_fn(hidden, delta, fused.norm, fused.eps)
     return project(x, fused.lm_head).view(batch, length, -1)
 

@@ -33,6 +33,7 @@ from .options import AUTO, AUTO_DRAFTS, INT4_DRAFT, INT8_DRAFT, MAX_GAMMA, SPARS
 from .policy import GammaPolicy
 from .quant import quantized_text_model
 from .stats import DecodeStats
+from .tensor_parallel import SharedPolicy, TensorParallel
 
 # Caches of a decoder kept for reuse are rounded up to these sizes, so that prompts of similar lengths share it.
 DENSE_ROUNDING, SPARSE_ROUNDING = 4096, 1024
@@ -199,20 +200,25 @@ def _round_up(value: int, step: int) -> int:
 
 
 class Engine:
-    """Decoding for one model: see the module docstring. `memory` None: a fresh in-memory cost memory."""
+    """Decoding for one model: see the module docstring. `memory` None: a fresh in-memory cost memory. `parallel`:
+    this rank's group when the model is split by tensor parallelism (tensor_parallel.py; the adapter's tp_size is
+    the group's size)."""
 
-    def __init__(self, adapter: ModelAdapter, config: EngineConfig | None = None, memory: CostMemory | None = None):
+    def __init__(self, adapter: ModelAdapter, config: EngineConfig | None = None, memory: CostMemory | None = None,
+                 parallel: TensorParallel | None = None):
         self.adapter = adapter
         self.config = config or EngineConfig()
         self.memory = memory if memory is not None else CostMemory()
+        self.parallel = parallel
         self._fused: FusedTextModel | None = None
         self._quantized: dict[str, FusedTextModel] = {}  # draft kind -> the fused model's quantized copy
         self._kept: Decoder | None = None
 
     @classmethod
     def of(cls, model: Any, config: EngineConfig | None = None, memory: CostMemory | None = None,
-           tokenizer: Any = None) -> Engine:
-        return cls(ModelAdapter.of(model, tokenizer), config, memory)
+           tokenizer: Any = None, parallel: TensorParallel | None = None) -> Engine:
+        tp_size = parallel.size if parallel is not None else 1
+        return cls(ModelAdapter.of(model, tokenizer, tp_size), config, memory, parallel)
 
     @property
     def model(self) -> Any:
@@ -228,7 +234,8 @@ class Engine:
         if not self.config.fused:
             return None
         if self._fused is None or not still_shared(self.model, self._fused):
-            self._fused, self._quantized = fused_text_model(self.model), {}
+            reduce = self.parallel.ordered_sum if self.parallel is not None else None
+            self._fused, self._quantized = fused_text_model(self.model, reduce), {}
         return self._fused
 
     def draft_kinds(self, options: DecodeOptions) -> tuple[str, ...]:
@@ -260,12 +267,15 @@ class Engine:
 
     def cost_key(self, prompt_tokens: int, batch: int = 1) -> str:
         name = model_label(self.adapter.name, id(self.model))
+        if self.parallel is not None:
+            name += f"|tp={self.parallel.size}"
         dtype = str(self.adapter.dtype).removeprefix("torch.")
         return cost_key(name, device_label(self.device), dtype, batch, prompt_tokens)
 
     def start_policy(self, options: DecodeOptions, key: str) -> GammaPolicy:
-        return GammaPolicy.start(options.gamma, options.calibration_steps, self.memory.get(key),
-                                 self.draft_kinds(options))
+        policy = GammaPolicy.start(options.gamma, options.calibration_steps, self.memory.get(key),
+                                   self.draft_kinds(options))
+        return policy if self.parallel is None else SharedPolicy.of(policy, self.parallel)
 
     def finish_policy(self, key: str, policy: GammaPolicy) -> None:
         self.memory.remember(key, policy)
@@ -322,7 +332,7 @@ class Engine:
         batch = wanted
         while batch > 1 and self.cache_bytes(batch, max_len, sparse_cap) > budget:
             batch -= 1
-        return batch
+        return batch if self.parallel is None else self.parallel.agreed_min(batch)
 
     # ---- running requests -----------------------------------------------------------------------
     def run(

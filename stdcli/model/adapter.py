@@ -7,7 +7,7 @@ that the engine can decode needs its answers here (and, for the fused forward, a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -84,10 +84,11 @@ class ModelAdapter:
     model: Any  # a transformers PreTrainedModel
     visual_ids: tuple[int, ...]
     eos_ids: tuple[int, ...]
+    tp_size: int = 1  # ranks the language model is split over (engine/tensor_parallel.py): each caches its KV heads
 
     @classmethod
-    def of(cls, model: Any, tokenizer: Any = None) -> ModelAdapter:
-        return cls(model, visual_token_ids(model), eos_token_ids(model, tokenizer))
+    def of(cls, model: Any, tokenizer: Any = None, tp_size: int = 1) -> ModelAdapter:
+        return cls(model, visual_token_ids(model), eos_token_ids(model, tokenizer), tp_size)
 
     @property
     def mrope(self) -> bool:
@@ -95,8 +96,10 @@ class ModelAdapter:
 
     @property
     def cache(self) -> CacheDims:
-        """Read anew each time: a model cast after loading (model.to(dtype)) caches in its new dtype."""
-        return cache_dims(self.model)
+        """This rank's cache, read anew each time: a model cast after loading (model.to(dtype)) caches in its new
+        dtype."""
+        dims = cache_dims(self.model)
+        return replace(dims, kv_heads=dims.kv_heads // self.tp_size)
 
     @property
     def device(self) -> torch.device:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -347,6 +347,20 @@ QWEN2_VL_7B = {
     },
     "tie_word_embeddings": False,
 }
+# Qwen/Qwen2-VL-72B-Instruct: the 7B's vision tower (its merger widened to 8192) and an 80-layer language model of
+# 64 query heads over 8 KV heads: 145 GB in bfloat16, more than one GPU of 141 GB holds (engine/tensor_parallel.py).
+QWEN2_VL_72B = {
+    "text_config": {
+        **QWEN2_VL_7B["text_config"],
+        "hidden_size": 8192,
+        "intermediate_size": 29568,
+        "num_hidden_layers": 80,
+        "num_attention_heads": 64,
+        "num_key_value_heads": 8,
+    },
+    "vision_config": {**QWEN2_VL_7B["vision_config"], "hidden_size": 8192},
+    "tie_word_embeddings": False,
+}
 QWEN2_VL_2B = {
     "text_config": {
         **QWEN2_VL_7B["text_config"],
@@ -585,12 +599,13 @@ TINY_LLAVA_OV = {
 # with 0.02). Chosen so the logits are far from flat (std ~1.6-2.4 over the vocabulary) and greedy decoding does not
 # lock onto one token: at 0.02 a random 2B/7B model repeats one token after a few steps (checked on an H100, video
 # prompts of ~1200-3200 tokens); at 0.04 48 greedy tokens were all distinct. Tiny models (width 64) need 0.2.
-RANDOM_INIT_STD = {"tiny": 0.2, "2b": 0.04, "7b": 0.04, "8b": 0.04}
+RANDOM_INIT_STD = {"tiny": 0.2, "2b": 0.04, "7b": 0.04, "8b": 0.04, "72b": 0.04}
 
 SHAPES: dict[tuple[str, str], dict[str, Any]] = {
     ("qwen2-vl", "tiny"): TINY_QWEN2_VL,
     ("qwen2-vl", "2b"): QWEN2_VL_2B,
     ("qwen2-vl", "7b"): QWEN2_VL_7B,
+    ("qwen2-vl", "72b"): QWEN2_VL_72B,
     ("qwen2.5-vl", "tiny"): TINY_QWEN2_5_VL,
     ("qwen2.5-vl", "7b"): QWEN2_5_VL_7B,
     ("llava-ov", "tiny"): TINY_LLAVA_OV,
@@ -682,18 +697,28 @@ def generation_config_for(config: PretrainedConfig) -> GenerationConfig:
 
 
 def build_random_model(
-    family: str, config: PretrainedConfig, seed: int = 0, dtype: torch.dtype = torch.float32, device: str = "cpu"
+    family: str, config: PretrainedConfig, seed: int = 0, dtype: torch.dtype = torch.float32, device: str = "cpu",
+    shard: Callable[[PreTrainedModel], None] | None = None,
 ) -> PreTrainedModel:
     """The family's real model class with random weights, the same for the same seed, device and dtype; eval mode.
 
     Weights follow the config's initializer_range: make_config sets RANDOM_INIT_STD, which keeps logits from being
-    flat and greedy outputs varied.
+    flat and greedy outputs varied. `shard` splits the model in place (tensor parallelism): it is then built on the
+    meta device, split, and only its part gets memory and random weights (the same on every rank for what each
+    rank holds whole, since each draws from the same seed in the same order).
     """
     _check_family(family)
     torch.manual_seed(seed)
     # Built directly on the device in the target dtype: a 7B model never materialises in float32 on the host.
-    with torch.device(device):
+    with torch.device(device if shard is None else "meta"):
         model = MODEL_CLASSES[family]._from_config(config, dtype=dtype)
+    if shard is not None:
+        shard(model)
+        model.to_empty(device=device)
+        for module in model.modules():  # the meta build marked them initialized
+            module._is_hf_initialized = False
+        model.initialize_weights()  # rotary frequencies included: to_empty left every buffer undefined
+        model.tie_weights()
     model.generation_config = generation_config_for(config)
     return model.eval()
 

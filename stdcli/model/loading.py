@@ -20,6 +20,7 @@ import torch
 from ..engine.costs import CostMemory
 from ..engine.options import EngineConfig
 from ..engine.session import Engine
+from ..engine.tensor_parallel import TensorParallel, TensorParallelError, check_shape, shard_language_model
 from ..errors import one_line
 from .adapter import ModelAdapter
 from .registry import (
@@ -146,11 +147,14 @@ def load_model(
     *,
     config: EngineConfig | None = None,
     cost_memory: CostMemory | None = None,
+    tensor_parallel: TensorParallel | None = None,
 ) -> LoadedModel:
     """Load a model (alias, folder or hub id) for inference, in eval mode, with its decoding engine; every failure
     is a ModelLoadError. `cost_memory`: where gamma auto remembers step costs (default: in this process only;
-    `CostMemory.load(costs.default_path())` is the command line's file)."""
-    torch_device = pick_device(device)
+    `CostMemory.load(costs.default_path())` is the command line's file). `tensor_parallel`: this rank's group
+    (engine/tensor_parallel.py, on its device): the ranks load the checkpoint one after another on the host, each
+    keeping its part of the language model, which then goes to its device."""
+    torch_device = pick_device(device) if tensor_parallel is None else tensor_parallel.device
     torch_dtype = pick_dtype(dtype, torch_device)
     resolved = resolve_model(name)
     if not resolved.available and resolved.kind in ("alias", "hub") and not Path(resolved.location).is_dir():
@@ -166,21 +170,24 @@ def load_model(
         processor = transformers.AutoProcessor.from_pretrained(
             folder, trust_remote_code=trust_remote_code, local_files_only=True
         )
-        model = _from_pretrained(
-            model_class,
-            folder,
-            torch_device,
-            dtype=torch_dtype,
-            use_safetensors=True if safetensors else None,
-            trust_remote_code=trust_remote_code,
-            local_files_only=True,
-        )
+        settings = dict(dtype=torch_dtype, use_safetensors=True if safetensors else None,
+                        trust_remote_code=trust_remote_code, local_files_only=True)
+        if tensor_parallel is None:
+            model = _from_pretrained(model_class, folder, torch_device, **settings)
+        else:
+            model_config = model_class.config_class.from_pretrained(
+                folder, trust_remote_code=trust_remote_code, local_files_only=True)
+            check_shape(model_config.get_text_config(), tensor_parallel.size)  # before any weight is read
+            model = tensor_parallel.in_turn(
+                lambda: _load_shard(model_class, folder, tensor_parallel, config=model_config, **settings))
+    except TensorParallelError as error:
+        raise ModelLoadError(str(error)) from None
     except Exception as error:  # a broken checkpoint, OOM, ...: one line for the user
         reason = f"{type(error).__name__}: {one_line(error, 300)}"
         raise ModelLoadError(f"cannot load {name} from {folder}: {reason}") from None
     model.eval()
     tokenizer = processor.tokenizer
-    adapter = ModelAdapter.of(model, tokenizer)
+    adapter = ModelAdapter.of(model, tokenizer, tensor_parallel.size if tensor_parallel is not None else 1)
     return LoadedModel(
         name=name,
         family=resolved.family,
@@ -192,5 +199,13 @@ def load_model(
         dtype=torch_dtype,
         eos_token_ids=adapter.eos_ids,
         visual_token_ids=adapter.visual_ids,
-        engine=Engine(adapter, config, cost_memory),
+        engine=Engine(adapter, config, cost_memory, tensor_parallel),
     )
+
+
+def _load_shard(cls, folder: Path, parallel: TensorParallel, **kwargs: Any):
+    """This rank's part of the model (tensor_parallel.shard_language_model) on its device: read whole on the host,
+    since from_pretrained cannot read a part of a weight; the rest is freed before the next rank reads."""
+    model = cls.from_pretrained(folder, **kwargs)
+    shard_language_model(model, parallel)
+    return model.to(parallel.device)
