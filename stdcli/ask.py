@@ -19,6 +19,7 @@ import torch
 
 from .compare import compare_with_dense
 from .engine import device as devices
+from .engine.linear import slot_bytes
 from .engine.session import Generation, Request
 from .engine.stats import DecodeStats, gamma_counts
 from .inputs import AskOptions, FrameOptions
@@ -82,6 +83,8 @@ def check_fits(lm: LoadedModel, frames: int, height: int, width: int, text: int,
                             f"{limit:,} tokens: {fewer}")
     dims = lm.engine.adapter.cache
     kv = (prompt + options.decode.max_new_tokens) * dims.kv_bytes_per_token
+    if dims.linear is not None:  # a hybrid's linear-attention states, the same for any length
+        kv += slot_bytes(dims.linear)
     host, device = frames * height * width * 3, visual * BYTES_PER_VISUAL_TOKEN + kv
     if lm.device.type == "cpu":
         host, device = host + device, 0
