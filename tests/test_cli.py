@@ -463,10 +463,11 @@ def test_dense_mode_and_compare_agree_with_std(model, good):
     assert "answers identical" in result.stderr
 
 
-def test_qwen3_vl_answers_with_std_by_default(tiny_checkpoint, good):
-    """A Qwen3-VL checkpoint loaded by path answers like the other families: StD by default, the same answer as
-    --dense, its prompt holding the frames' timestamps beside the visual tokens."""
-    qwen3 = str(tiny_checkpoint("qwen3-vl"))
+@pytest.mark.parametrize("family", ["qwen3-vl", "qwen3.5"])
+def test_qwen3_families_answer_with_std_by_default(family, tiny_checkpoint, good):
+    """A Qwen3-VL or Qwen3.5 (hybrid) checkpoint loaded by path answers like the other families: StD by default, the
+    same answer as --dense, its prompt holding the frames' timestamps beside the visual tokens."""
+    qwen3 = str(tiny_checkpoint(family))
     result = ask(good, QUESTION, "--jsonl", "--k", "2", "--gamma", "3", model=qwen3)
     assert result.exit_code == 0, result.output
     (std,) = records_of(result.stdout)
