@@ -631,8 +631,8 @@ def bench(
     scale: Annotated[
         str | None,
         typer.Option(
-            help="--random-init: the --model alias's size (7b; 2b for qwen2-vl-2b, qwen3-vl-2b; 8b for qwen3-vl), "
-            "or tiny.",
+            help="--random-init: the --model alias's size (7b; 2b for qwen2-vl-2b, qwen3-vl-2b; 8b for qwen3-vl; 9b "
+            "for qwen3.5), or tiny.",
             show_default=False,
         ),
     ] = None,
