@@ -463,11 +463,10 @@ def test_dense_mode_and_compare_agree_with_std(model, good):
     assert "answers identical" in result.stderr
 
 
-@pytest.mark.parametrize("family", ["qwen3-vl", "qwen3.5"])
-def test_qwen3_families_answer_with_std_by_default(family, tiny_checkpoint, good):
-    """A Qwen3-VL or Qwen3.5 (hybrid) checkpoint loaded by path answers like the other families: StD by default, the
-    same answer as --dense, its prompt holding the frames' timestamps beside the visual tokens."""
-    qwen3 = str(tiny_checkpoint(family))
+def test_qwen3_vl_answers_with_std_by_default(tiny_checkpoint, good):
+    """A Qwen3-VL checkpoint loaded by path answers like the other families: StD by default, the same answer as
+    --dense, its prompt holding the frames' timestamps beside the visual tokens."""
+    qwen3 = str(tiny_checkpoint("qwen3-vl"))
     result = ask(good, QUESTION, "--jsonl", "--k", "2", "--gamma", "3", model=qwen3)
     assert result.exit_code == 0, result.output
     (std,) = records_of(result.stdout)
@@ -479,6 +478,19 @@ def test_qwen3_families_answer_with_std_by_default(family, tiny_checkpoint, good
     assert std["visual_tokens"] == 4 * temporal and std["prompt_tokens"] > std["visual_tokens"] + 3 * temporal
     (default,) = records_of(ask(good, QUESTION, "--jsonl", model=qwen3).stdout)
     assert default["mode"] == "std" and default["answer"] == std["answer"]
+
+
+def test_qwen35_hybrid_answers_by_path(tiny_checkpoint, good):
+    """A Qwen3.5 (hybrid) checkpoint loaded by path answers with StD, its prompt Qwen3-VL's plus the empty thought,
+    and the answer is whole on stderr's terminal: no note from transformers about its PyTorch kernels in between."""
+    from stdcli.cli import KERNEL_FALLBACK
+
+    result = ask(good, QUESTION, "--jsonl", "--k", "2", "--gamma", "3", model=str(tiny_checkpoint("qwen3.5")))
+    assert result.exit_code == 0, result.output
+    (record,) = records_of(result.stdout)
+    check_record(record, good, mode="std")
+    assert record["visual_tokens"] == 4 * (record["frames"] // 2) and record["gammas"].get("3", 0) > 0
+    assert KERNEL_FALLBACK not in result.stderr
 
 
 def test_no_speedup_is_shown_where_no_draft_ran(model, good):

@@ -193,7 +193,7 @@ def test_qwen35_template_thinks_unless_asked_for_the_answer(loaded):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_generate_answers_a_video_question(family, loaded, make_video):
+def test_generate_answers_a_video_question(family, loaded, make_video, one_thread):
     lm = loaded(family)
     assert (lm.family, lm.device, lm.dtype, lm.model.training) == (family, torch.device("cpu"), torch.float32, False)
     inputs = build_inputs(lm, make_video(), "What happens in the video?")
@@ -206,7 +206,7 @@ def test_generate_answers_a_video_question(family, loaded, make_video):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_text_only_prompt_works(family, loaded):
+def test_text_only_prompt_works(family, loaded, one_thread):
     lm = loaded(family)
     inputs = build_inputs(lm, None, "¿Qué pasa? 🎥", system="Answer briefly.")
     assert not any(key.startswith("pixel_values") for key in inputs)

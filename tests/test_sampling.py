@@ -347,7 +347,7 @@ def test_std_samples_the_dense_distribution_on_a_hybrid(tiny_qwen35, one_thread)
     tokens (250 slots per decoder, each accepting its own number of drafts)."""
     model, inputs = tiny_qwen35
     options, _ = SETTINGS["t1"]
-    count = 1000
+    count = 800
     assert Engine.of(model).adapter.cache.linear is not None
     exact = dense_distribution(model, inputs, options.temperature, options.top_p)
     answers, stats = std_answers(model, inputs, options, count)
