@@ -22,6 +22,7 @@ import torch
 from .compare import compare_with_dense
 from .engine import device as devices
 from .engine.decoder import SharedPrefix
+from .engine.linear import slot_bytes
 from .engine.session import Generation, Request
 from .engine.stats import DecodeStats, gamma_counts
 from .inputs import AskOptions, FrameOptions, VideoQuestions
@@ -96,6 +97,8 @@ def check_fits(lm: LoadedModel, frames: int, height: int, width: int, text: int,
                             f"{limit:,} tokens: {fewer}")
     dims = lm.engine.adapter.cache
     kv = (prompt + options.decode.max_new_tokens) * dims.kv_bytes_per_token
+    if dims.linear is not None:  # a hybrid's linear-attention states, the same for any length
+        kv += slot_bytes(dims.linear)
     host, device = frames * height * width * 3, visual * BYTES_PER_VISUAL_TOKEN + kv
     if lm.device.type == "cpu":
         host, device = host + device, 0
@@ -252,7 +255,9 @@ def prepare_loaded(lm: LoadedModel, loaded: Loaded | Unreadable, options: AskOpt
     base: dict[str, Any] | None = None  # several questions: the prompt of an empty question, cut at `prefix`
     prefix: SharedPrefix | None = None
     try:
-        if len(item.questions) > 1:
+        # a hybrid's linear layers carry a recurrent state, not a cache of the prefix to copy: each of its
+        # questions is prefilled whole
+        if len(item.questions) > 1 and lm.engine.adapter.cache.linear is None:
             base = build_inputs(lm, loaded.sampled, "", options.system)
             prefix = SharedPrefix(shared_prefix_length(lm, base, "", options.system), uses=len(item.questions))
     except STOP_THE_RUN:

@@ -8,6 +8,8 @@ is a terminal. Exit status: 0 all answered, 1 some videos failed, 2 usage error,
 from __future__ import annotations
 
 import functools
+import importlib.util
+import logging
 import math
 import os
 import sys
@@ -625,15 +627,40 @@ def _writer(output: Path) -> JsonlWriter:
         raise fail(f"cannot write --output {output}: {error.strerror or error}") from None
 
 
+# transformers says, the first time each of a hybrid's linear-attention functions runs, that it falls back to its
+# PyTorch version (flash-linear-attention, causal-conv1d not installed): in the middle of an answer on a terminal.
+# The command line says it once, before answering, where it matters: on a CUDA GPU (their kernels run nowhere else).
+KERNEL_FALLBACK = "is falling back to its reference PyTorch implementation"
+LINEAR_KERNEL_PACKAGES = (("flash-linear-attention", "fla"), ("causal-conv1d", "causal_conv1d"))
+
+
+def _not_a_kernel_fallback(record: logging.LogRecord) -> bool:
+    return KERNEL_FALLBACK not in record.getMessage()
+
+
 def _quiet_loading_bars(quiet: bool) -> None:
     """No "Loading weights" bar from transformers, ever (on a terminal a transient status says what loads, and
-    leaves nothing behind); the hub's download bars only where there is no live display."""
+    leaves nothing behind), nor its kernel fallback notes (see KERNEL_FALLBACK); the hub's download bars only where
+    there is no live display."""
     from huggingface_hub.utils import disable_progress_bars
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()
+    kernels = transformers_logging.get_logger("transformers.integrations.hub_kernels")
+    if _not_a_kernel_fallback not in kernels.filters:
+        kernels.addFilter(_not_a_kernel_fallback)
     if not Display.live_possible(quiet):
         disable_progress_bars()
+
+
+def _note_linear_kernels(lm: LoadedModel) -> None:
+    """One line where a hybrid's linear-attention layers will run transformers' slow PyTorch versions on a GPU."""
+    if lm.device.type != "cuda" or lm.engine.adapter.cache.linear is None:
+        return
+    missing = [name for name, module in LINEAR_KERNEL_PACKAGES if importlib.util.find_spec(module) is None]
+    if missing:
+        say(f"warning: {' and '.join(missing)} not installed: the linear-attention layers of {lm.name} run "
+            "transformers' PyTorch versions (correct, much slower)")
 
 
 def _cost_memory() -> CostMemory:
@@ -657,10 +684,12 @@ def _load(model: str, device: str, dtype: str, quiet: bool, trust_remote_code: b
     try:
         with status:
             memory = _cost_memory() if parallel is None or parallel.leader else CostMemory()
-            return load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
-                              cost_memory=memory, tensor_parallel=parallel)
+            lm = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
+                            cost_memory=memory, tensor_parallel=parallel)
     except ModelLoadError as error:
         raise _fail_once(str(error)) from None
+    _note_linear_kernels(lm)
+    return lm
 
 
 def _load_for_bench(model: str, device: str, dtype: str, quiet: bool, inflate: str | None) -> LoadedModel:
@@ -896,8 +925,8 @@ def bench(
     scale: Annotated[
         str | None,
         typer.Option(
-            help="--random-init: the --model alias's size (7b; 2b for qwen2-vl-2b, qwen3-vl-2b; 8b for qwen3-vl), "
-            "or tiny; 72b for qwen2-vl (over several GPUs: --tp).",
+            help="--random-init: the --model alias's size (7b; 2b for qwen2-vl-2b, qwen3-vl-2b; 8b for qwen3-vl; 9b "
+            "for qwen3.5), or tiny; 72b for qwen2-vl (over several GPUs: --tp).",
             show_default=False,
         ),
     ] = None,

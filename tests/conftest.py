@@ -19,7 +19,8 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,6 +67,25 @@ def own_cost_memory(tmp_path_factory, monkeypatch) -> Path:
     folder = tmp_path_factory.mktemp("step-costs")
     monkeypatch.setenv("STDCLI_CACHE_DIR", str(folder))
     return folder
+
+
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """PyTorch on one CPU thread: a tiny model's ops are so small that splitting them costs more than they do,
+    several times more on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def one_thread():
+    """The test runs on one CPU thread (single_thread)."""
+    with single_thread():
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -36,8 +36,9 @@ STEP_KEYS = {"s", "floor_s", "bytes", "over_floor"}
 POINT_KEYS = {"context", "batch", "skipped", "memory_needed_bytes", "memory_free_bytes", "dense_step", "draft_steps",
               "verify_steps"}
 PROFILE_MODEL_KEYS = {"alias", "family", "scale", "dtype", "device", "parameters", "weight_bytes",
-                      "weight_bytes_read_per_step", "kv_bytes_per_token", "layers", "kv_heads", "q_heads", "head_dim",
-                      "vocab_size", "tensor_parallel", "weight_bytes_per_rank"}
+                      "weight_bytes_read_per_step", "kv_bytes_per_token", "layers", "linear_layers",
+                      "linear_state_bytes", "kv_heads", "q_heads", "head_dim", "vocab_size", "tensor_parallel",
+                      "weight_bytes_per_rank"}
 BANDWIDTH_KEYS = {"copy_bytes_per_s", "reduction_bytes_per_s", "bytes_per_s", "used", "buffer_bytes", "method"}
 
 
@@ -154,6 +155,19 @@ def test_random_init_profile_cli(tmp_path, monkeypatch):
 KINDS = {"qwen2-vl": ["sparse", "int4"], "qwen3-vl": ["sparse"]}  # quantized drafts need our fused forward
 
 
+def test_random_init_hybrid_profiles_and_decodes_like_dense(one_thread):
+    """The tiny Qwen3.5 through the profile and its measured decoding (prefilled once, each run seeded from it):
+    every gamma gives the dense tokens, so each run started from the prompt's linear-attention state."""
+    report = profile.profile_random_init(
+        "qwen3.5", scale="tiny", device="cpu", contexts=[96], batches=[2], ks=[8], gammas=[2], iters=1, warmup=0,
+        decode_tokens=8, decode_rounds=1, bandwidth_bytes=1 << 20,
+    )
+    assert (report["model"]["layers"], report["model"]["linear_layers"]) == (2, 2)
+    (point,) = report["points"]
+    assert point["dense_step"]["bytes"] > point["draft_steps"][0]["bytes"] > 0
+    assert all(c["identical_to_dense"] == c["total"] == 2 for c in point["decode"]["configs"])
+
+
 @pytest.mark.parametrize("family", ["qwen2-vl", "qwen3-vl"])  # our fused forward, transformers' forward
 def test_random_init_decoding_compares_auto_with_fixed_gammas_and_dense(family):
     report = profile.profile_random_init(
@@ -195,6 +209,47 @@ def test_random_init_scale_follows_the_alias():
     assert profile.resolve_family("qwen3-vl", "tiny") == ("qwen3-vl", "tiny")
     with pytest.raises(settings.BenchError, match="no '32b' scale for qwen3-vl; available: tiny, 2b, 8b"):
         profile.resolve_family("qwen3-vl-32b", None)
+    assert profile.resolve_family("qwen3.5", None) == ("qwen3.5", "9b")
+    assert profile.resolve_family("qwen3.5-27b", None) == ("qwen3.5", "27b")
+    with pytest.raises(settings.BenchError, match="no '2b' scale for qwen3.5; available: tiny, 9b, 27b"):
+        profile.resolve_family("qwen3.5-2b", None)
+
+
+def test_hybrid_real_shape_counts_kv_only_where_there_is_attention():
+    """`bench --random-init --model qwen3.5` builds Qwen3.5-9B's shape (here on the meta device: no memory). The
+    step floors count KV in the 8 full-attention layers only, and the recurrent state of the 24 linear ones, which
+    every step reads and writes whatever it attends to: a sparse draft saves only on the KV. So at batch 1 and 16K
+    tokens a draft step reads 97% of a dense step's bytes, at batch 8 and 64K half (Qwen3-VL-8B's: 87% and 17%)."""
+    import torch
+
+    from stdcli.engine.session import Engine
+    from stdcli.model import build
+
+    family, scale = profile.resolve_family("qwen3.5", None)
+    config = build.make_config(family, scale)
+    with torch.device("meta"):
+        model = build.MODEL_CLASSES[family]._from_config(config, dtype=torch.bfloat16)
+    _, _, weights = profile._weight_bytes(model)
+    shape = profile.shape_of(Engine.of(model), config.get_text_config(), torch.bfloat16)
+    assert (shape.layers, shape.linear_layers) == (8, 24) and shape.kv_bytes_per_token == 8 * 2 * 4 * 256 * 2
+    assert shape.linear_state_bytes == 24 * (8192 * 4 * 2 + 32 * 128 * 128 * 4)
+    kept = 512 + 64 + 1  # K + text + the new token
+
+    def draft_share(batch: int, context: int) -> float:
+        return shape.step_bytes(weights, batch, kept) / shape.step_bytes(weights, batch, context + 1)
+
+    assert draft_share(1, 16384) == pytest.approx(0.969, abs=0.001)
+    assert draft_share(8, 65536) == pytest.approx(0.497, abs=0.001)
+    # the projection takes whatever the steps cost: at those shares drafting pays only with a large batch x context
+    def point(batch: int, context: int) -> dict:  # dense steps and verifies of one unit, drafts of their share
+        share = {"s": draft_share(batch, context), "floor_s": draft_share(batch, context)}
+        return {"skipped": None, "context": context, "batch": batch, "dense_step": {"s": 1.0, "floor_s": 1.0},
+                "draft_steps": [{"k": 512, "draft": "sparse", **share}],
+                "verify_steps": [{"gamma": g, "s": 1.0, "floor_s": 1.0} for g in (1, 2, 4)]}
+
+    rows = profile.projection([point(8, 65536), point(1, 16384)], acceptance=[0.8])["rows"]
+    speedups = {(r["batch"], r["basis"]): r["speedup"] for r in rows}
+    assert speedups[8, "measured"] > 1.1 and speedups[1, "measured"] < 1.0
 
 
 def test_points_that_do_not_fit_are_skipped_with_a_note(monkeypatch):

@@ -480,6 +480,19 @@ def test_qwen3_vl_answers_with_std_by_default(tiny_checkpoint, good):
     assert default["mode"] == "std" and default["answer"] == std["answer"]
 
 
+def test_qwen35_hybrid_answers_by_path(tiny_checkpoint, good):
+    """A Qwen3.5 (hybrid) checkpoint loaded by path answers with StD, its prompt Qwen3-VL's plus the empty thought,
+    and the answer is whole on stderr's terminal: no note from transformers about its PyTorch kernels in between."""
+    from stdcli.cli import KERNEL_FALLBACK
+
+    result = ask(good, QUESTION, "--jsonl", "--k", "2", "--gamma", "3", model=str(tiny_checkpoint("qwen3.5")))
+    assert result.exit_code == 0, result.output
+    (record,) = records_of(result.stdout)
+    check_record(record, good, mode="std")
+    assert record["visual_tokens"] == 4 * (record["frames"] // 2) and record["gammas"].get("3", 0) > 0
+    assert KERNEL_FALLBACK not in result.stderr
+
+
 def test_no_speedup_is_shown_where_no_draft_ran(model, good):
     """gamma 4 with an answer shorter than its calibration steps: StD took dense steps only, and says so."""
     result = ask(good, QUESTION, "--jsonl", "--gamma", "4", "--max-new-tokens", "3", "--compare", model=model)

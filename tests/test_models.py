@@ -72,7 +72,8 @@ def test_tokenizer_round_trips_any_utf8(family, tiny_checkpoint):
 
     made = build.make_tokenizer(family)
     reloaded = AutoTokenizer.from_pretrained(tiny_checkpoint(family))
-    assert type(made).__name__ == type(reloaded).__name__ == "Qwen2Tokenizer"
+    assert type(made).__name__ == type(reloaded).__name__ == ("Qwen3_5Tokenizer" if family == "qwen3.5"
+                                                                else "Qwen2Tokenizer")
     for text in UTF8_SAMPLES:
         ids = made(text)["input_ids"]
         assert made.decode(ids) == text
@@ -102,16 +103,42 @@ def test_real_token_ids_are_the_checkpoints():
     assert (qwen3["<tool_response>"], qwen3["<think>"], qwen3["</think>"]) == (151665, 151667, 151668)
     config = build.make_config("qwen3-vl", "8b")
     assert (config.image_token_id, config.video_token_id, config.vision_start_token_id) == (151655, 151656, 151652)
+    # Qwen3.5's larger BPE moves them (Qwen/Qwen3.5-9B's config.json: eos 248044, vision 248053..248057)
+    qwen35 = build.special_token_ids("qwen3.5")
+    assert (qwen35["<|endoftext|>"], qwen35["<|im_end|>"], qwen35["<|vision_end|>"]) == (248044, 248046, 248054)
+    config = build.make_config("qwen3.5", "9b")
+    assert (config.image_token_id, config.video_token_id, config.vision_start_token_id) == (248056, 248057, 248053)
 
 
 @pytest.mark.parametrize(
     ("family", "scale", "billions"),
     [("qwen2-vl", "7b", 8.291), ("qwen2-vl", "2b", 2.209), ("qwen2.5-vl", "7b", 8.292), ("llava-ov", "7b", 8.031),
-     ("qwen3-vl", "8b", 8.767), ("qwen3-vl", "2b", 2.128)],
+     ("qwen3-vl", "8b", 8.767), ("qwen3-vl", "2b", 2.128), ("qwen3.5", "9b", 9.410), ("qwen3.5", "27b", 27.357)],
 )
 def test_real_scale_configs_have_the_real_parameter_counts(family, scale, billions):
     model = build.build_random_model(family, build.make_config(family, scale), device="meta", dtype=torch.bfloat16)
     assert sum(p.numel() for p in model.parameters()) / 1e9 == pytest.approx(billions, abs=0.001)
+
+
+def test_hybrid_configs_have_the_real_layout():
+    """Qwen3.5: full attention in every fourth layer, so a KV cache in a quarter of them (the engine's cache holds
+    those); the tiny checkpoint has both kinds, full attention every second layer."""
+    from stdcli.model.adapter import cache_dims
+
+    for scale, layers in (("9b", 32), ("27b", 64)):
+        text = build.make_config("qwen3.5", scale).get_text_config()
+        assert text.layer_types == ["linear_attention"] * 3 + ["full_attention"] + text.layer_types[4:]
+        assert len(text.layer_types) == layers and text.layer_types.count("full_attention") == layers // 4
+    with torch.device("meta"):
+        model = build.MODEL_CLASSES["qwen3.5"]._from_config(build.make_config("qwen3.5", "9b"), dtype=torch.bfloat16)
+    dims = cache_dims(model)
+    assert dims.attention_layers == tuple(range(3, 32, 4)) and dims.kv_bytes_per_token == 8 * 2 * 4 * 256 * 2
+    assert dims.linear is not None and len(dims.linear.layers) == 24
+    # per sequence: a width-4 convolution over q, k, v (2 x 16 x 128 + 32 x 128 channels) and 32 128x128 states
+    assert dims.linear.state_bytes == 24 * (8192 * 4 * 2 + 32 * 128 * 128 * 4)
+    tiny = build.make_config("qwen3.5").get_text_config()
+    assert tiny.layer_types == ["linear_attention", "full_attention"] * 2
+    assert tiny.linear_num_value_heads > tiny.linear_num_key_heads  # key heads shared by value heads, as in 16 / 32
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -144,15 +171,29 @@ def test_unknown_family_and_scale_are_refused():
 def test_chat_template_renders_the_family_prompt(family, loaded):
     lm = loaded(family)
     messages = prompts.chat_messages(family, "What happens?", None, with_video=True)
-    text = lm.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    arguments = prompts.CHAT_TEMPLATE_ARGUMENTS.get(family, {})
+    text = lm.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **arguments)
     video = "<video>\n" if family == "llava-ov" else "<|vision_start|><|video_pad|><|vision_end|>"
-    # Qwen3-VL's template adds no system prompt of its own, and its reference code passes none
-    system = "" if family == "qwen3-vl" else "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    assert text == f"{system}<|im_start|>user\n{video}What happens?<|im_end|>\n<|im_start|>assistant\n"
+    # Qwen3-VL's and Qwen3.5's templates add no system prompt of their own, and their reference code passes none
+    system = "" if family in build.QWEN3_VISION else "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    # Qwen3.5 is asked for the answer: its template closes an empty thought
+    answer = "<think>\n\n</think>\n\n" if family == "qwen3.5" else ""
+    assert text == f"{system}<|im_start|>user\n{video}What happens?<|im_end|>\n<|im_start|>assistant\n{answer}"
+
+
+def test_qwen35_template_thinks_unless_asked_for_the_answer(loaded):
+    """Qwen3.5's own template opens a thought after the generation prompt; stdcli's prompts pass enable_thinking=False
+    (the model card's non-thinking recipe), so the answer's tokens are the answer."""
+    lm = loaded("qwen3.5")
+    messages = prompts.chat_messages("qwen3.5", "What happens?", None, with_video=False)
+    assert lm.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False).endswith(
+        "<|im_start|>assistant\n<think>\n")
+    prompt = lm.tokenizer.decode(build_inputs(lm, None, "What happens?")["input_ids"][0])
+    assert prompt == "<|im_start|>user\nWhat happens?<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_generate_answers_a_video_question(family, loaded, make_video):
+def test_generate_answers_a_video_question(family, loaded, make_video, one_thread):
     lm = loaded(family)
     assert (lm.family, lm.device, lm.dtype, lm.model.training) == (family, torch.device("cpu"), torch.float32, False)
     inputs = build_inputs(lm, make_video(), "What happens in the video?")
@@ -165,7 +206,7 @@ def test_generate_answers_a_video_question(family, loaded, make_video):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_text_only_prompt_works(family, loaded):
+def test_text_only_prompt_works(family, loaded, one_thread):
     lm = loaded(family)
     inputs = build_inputs(lm, None, "¿Qué pasa? 🎥", system="Answer briefly.")
     assert not any(key.startswith("pixel_values") for key in inputs)
@@ -187,7 +228,7 @@ def test_processor_keeps_the_given_frames(family, num_frames, loaded, make_video
     else:
         temporal = -(-num_frames // 2)  # two frames per temporal patch, an odd count padded with its last frame
         grid_t, grid_h, grid_w = inputs["video_grid_thw"][0].tolist()
-        patch, budget = (16, 64 * 64) if family == "qwen3-vl" else (14, 56 * 56)
+        patch, budget = (16, 64 * 64) if family in build.QWEN3_VISION else (14, 56 * 56)
         assert grid_t == temporal and grid_h * grid_w * patch * patch <= int(budget * 1.05)  # the tiny per-frame budget
         assert visual == temporal * grid_h * grid_w // 4  # 2x2 patches merge into one token
         assert int(inputs["mm_token_type_ids"].sum()) == 2 * visual  # video tokens are type 2
@@ -363,6 +404,7 @@ def test_frame_defaults():
     qwen3 = prompts.frame_defaults("qwen3-vl")
     assert (qwen3.fps, qwen3.num_frames, qwen3.min_frames, qwen3.max_frames) == (2.0, None, 4, 768)
     assert qwen3.multiple_of == 2 and qwen3.max_pixels == 768 * 32 * 32
+    assert prompts.frame_defaults("qwen3.5") == qwen3  # Qwen3-VL's processors and sampling recipe
     with pytest.raises(ValueError):
         prompts.frame_defaults("nope")
 
@@ -387,6 +429,11 @@ def test_aliases_resolve_to_their_repositories(empty_hf_cache):
         "qwen3-vl-2b": "Qwen/Qwen3-VL-2B-Instruct",
         "qwen3-vl-4b": "Qwen/Qwen3-VL-4B-Instruct",
         "qwen3-vl-32b": "Qwen/Qwen3-VL-32B-Instruct",
+        "qwen3.5": "Qwen/Qwen3.5-9B",
+        "qwen3.5-0.8b": "Qwen/Qwen3.5-0.8B",
+        "qwen3.5-2b": "Qwen/Qwen3.5-2B",
+        "qwen3.5-4b": "Qwen/Qwen3.5-4B",
+        "qwen3.5-27b": "Qwen/Qwen3.5-27B",
     }
     assert {alias: spec.repo_id for alias, spec in registry.REGISTRY.items() if spec.repo_id} == expected
     rows = {row.name: row for row in registry.list_models()}

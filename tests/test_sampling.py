@@ -211,10 +211,32 @@ def tiny_qwen3():
     return model, inputs
 
 
+@pytest.fixture(scope="module")
+def tiny_qwen35():
+    """(model, inputs): a Qwen3.5 (hybrid: linear-attention and full-attention layers) with the same 12-token
+    vocabulary, and a prompt around 8 video placeholders without pixels (embedded as tokens: the vision tower is not
+    what this test is about), which the sparse view ranks and keeps K of like any video's."""
+    tokenizer = build.make_tokenizer("qwen3.5")
+    config = build.make_config(
+        "qwen3.5",
+        tokenizer=tokenizer,
+        vocab_size=VOCAB,
+        image_token_id=VOCAB - 2,
+        video_token_id=VOCAB - 1,
+        vision_start_token_id=3,
+        vision_end_token_id=4,
+        text_config={"eos_token_id": EOS, "bos_token_id": 1, "hidden_size": 32, "intermediate_size": 64},
+    )
+    model = build.build_random_model("qwen3.5", config, seed=4)
+    ids = torch.tensor([[2, 6, 7, 3] + [VOCAB - 1] * 8 + [4, 8, 9, 2, 5]])
+    return model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
 def dense_distribution(model, inputs: dict, temperature: float, top_p: float) -> dict[tuple[int, ...], float]:
     """Exact probability of every answer of up to ANSWER_TOKENS tokens (stopping at EOS), from transformers' forward.
 
-    Answers of each length are scored in one batched forward over the cached prompt (repeated once per answer).
+    Answers of each length are scored in one batched forward over the cached prompt (repeated once per answer), or,
+    for a prompt without pixels, over the prompt and answer.
     """
     with torch.no_grad():
         prompt = model(**inputs, use_cache=True)
@@ -230,9 +252,13 @@ def dense_distribution(model, inputs: dict, temperature: float, top_p: float) ->
             if not grown:
                 break
             prefixes = list(grown)
-            cache = copy.deepcopy(prompt.past_key_values)
-            cache.batch_repeat_interleave(len(prefixes))
-            logits = model(input_ids=torch.tensor(prefixes), past_key_values=cache, use_cache=True).logits[:, -1]
+            if "pixel_values_videos" in inputs:
+                cache = copy.deepcopy(prompt.past_key_values)
+                cache.batch_repeat_interleave(len(prefixes))
+                logits = model(input_ids=torch.tensor(prefixes), past_key_values=cache, use_cache=True).logits[:, -1]
+            else:  # no vision tower to run again: the whole prompt once per answer (a hybrid's cache cannot repeat)
+                ids = torch.cat([inputs["input_ids"].expand(len(prefixes), -1), torch.tensor(prefixes)], 1)
+                logits = model(input_ids=ids).logits[:, -1]
             probs = token_probs(logits, temperature, top_p).double()
             answers, next_probs = grown, dict(zip(prefixes, probs, strict=True))
     assert sum(final.values()) == pytest.approx(1.0)
@@ -311,6 +337,22 @@ def test_std_samples_the_dense_distribution_through_transformers_forward(tiny_qw
     answers, stats = std_answers(model, inputs, options, count)
     statistic, df, p_value = chi_square(answers, exact, count)
     print(f"qwen3-vl t1: chi2 {statistic:.1f}, df {df}, p {p_value:.3g}; {stats.accepted} of {stats.drafted} accepted")
+    assert p_value > ALPHA, f"StD answers do not follow the dense distribution: chi2 {statistic:.1f}, df {df}"
+    assert stats.accepted > count / 10 and stats.drafted - stats.accepted > count / 10
+    assert df >= 20
+
+
+def test_std_samples_the_dense_distribution_on_a_hybrid(tiny_qwen35, one_thread):
+    """The same test on Qwen3.5: the linear-attention layers' state of every slot rolls back to its own accepted
+    tokens (250 slots per decoder, each accepting its own number of drafts)."""
+    model, inputs = tiny_qwen35
+    options, _ = SETTINGS["t1"]
+    count = 800
+    assert Engine.of(model).adapter.cache.linear is not None
+    exact = dense_distribution(model, inputs, options.temperature, options.top_p)
+    answers, stats = std_answers(model, inputs, options, count)
+    statistic, df, p_value = chi_square(answers, exact, count)
+    print(f"qwen3.5 t1: chi2 {statistic:.1f}, df {df}, p {p_value:.3g}; {stats.accepted} of {stats.drafted} accepted")
     assert p_value > ALPHA, f"StD answers do not follow the dense distribution: chi2 {statistic:.1f}, df {df}"
     assert stats.accepted > count / 10 and stats.drafted - stats.accepted > count / 10
     assert df >= 20

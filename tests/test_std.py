@@ -7,26 +7,35 @@ Most cases decode through our fused forward (fused.py), a tenth through transfor
 does not reproduce, decodes every case through transformers' forward. Each family runs its cases in one test that
 lists every failing case with its parameters, then checks from the aggregate statistics that drafts were both
 accepted and rejected: with only one of the two, agreement would prove nothing about verification.
+
+Qwen3.5, a hybrid whose linear-attention layers carry a recurrent state that rejected drafts must not move, has
+tests of its own below (many short cases against references computed once per prompt), with a negative control: a
+rollback that keeps the verify's state is caught.
 """
 
 from __future__ import annotations
 
 import random
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 import torch
 
-from stdcli.engine import DecodeOptions, DecodeStats, Engine, EngineConfig, cache_capacity
+from stdcli.engine import DecodeOptions, DecodeStats, Engine, EngineConfig, Request, cache_capacity
 from stdcli.engine.options import DRAFT_KINDS, SPARSE_DRAFT
 from stdcli.engine.policy import MAX_AUTO_GAMMA, Cycle, GammaPolicy
-from stdcli.engine.session import Request
 from stdcli.model import build
 from stdcli.model.adapter import eos_token_ids, prompt_positions, visual_token_ids
 from stdcli.model.loading import load_model
 from stdcli.model.prompts import build_inputs
+from tests.conftest import single_thread
 
 CASES_PER_FAMILY = 175
+HYBRID = "qwen3.5"
+ATTENTION_FAMILIES = [family for family in build.FAMILIES if family != HYBRID]  # every layer with a KV cache
+HYBRID_CASES = 120
+HYBRID_LIMIT = 12  # tokens of the hybrid's references: each case's limit and end token cut them
 WORDS = (
     "what happens in the video who moves first how many red circles are there describe the motion of each shape "
     "is the square above triangle when does light turn green why did ball stop near corner answer briefly please "
@@ -112,7 +121,7 @@ def run_case(lm, make_video, seed: int) -> list[tuple[dict, list[int], list[int]
     return runs
 
 
-@pytest.mark.parametrize("family", build.FAMILIES)
+@pytest.mark.parametrize("family", ATTENTION_FAMILIES)
 def test_greedy_std_matches_generate(family, lms, make_video):
     lm = lms(family)
     failures, seen, totals = [], Counter(), Counter()
@@ -180,7 +189,7 @@ def test_reselected_views_stay_lossless(family, lms, make_video, monkeypatch):
 
 @pytest.mark.parametrize("family", build.FAMILIES)
 @pytest.mark.parametrize("gamma", [0, 3])
-def test_video_at_the_end_of_the_prompt(family, gamma, lms, make_video):
+def test_video_at_the_end_of_the_prompt(family, gamma, lms, make_video, one_thread):
     """No text after the video ranks its tokens: the sparse view keeps the first K, and output stays exact."""
     lm = lms(family)
     inputs = build_inputs(lm, make_video(num_frames=4, seed=7), "Describe it.")
@@ -221,17 +230,17 @@ def test_batched_slots_decode_independently(lms, make_video):
         assert outputs[i] == reference(lm.model, inputs, limits[i]), f"prompt {i}"
 
 
-@pytest.mark.parametrize("family", ["qwen2-vl", "qwen2.5-vl", "qwen3-vl"])
+@pytest.mark.parametrize("family", ["qwen2-vl", "qwen2.5-vl", "qwen3-vl", "qwen3.5"])
 @pytest.mark.parametrize("gamma", [0, 3])
-def test_long_video_positions_continue_like_generate(family, gamma, lms, make_video):
+def test_long_video_positions_continue_like_generate(family, gamma, lms, make_video, one_thread):
     """A video longer (in temporal positions) than the text after it: M-RoPE's largest position is then the
     video's, not the last prompt token's, and decoding must continue from the latter, as generate does. (Qwen3-VL
-    gives each temporal patch its own start position, so its video never outgrows the text: 60 timestamped patches
-    then, decoded as exactly.)"""
+    and Qwen3.5 give each temporal patch its own start position, so their video never outgrows the text: 60
+    timestamped patches then, decoded as exactly.)"""
     lm = lms(family)
     inputs = build_inputs(lm, make_video(num_frames=120, height=28, width=28, seed=3), "What happens?")
     positions = prompt_positions(lm.model, inputs)
-    if family == "qwen3-vl":
+    if family in build.QWEN3_VISION:
         assert int(positions.max()) == int(positions[0, 0, -1])
     else:
         assert int(positions.max()) > int(positions[0, 0, -1])  # the case this test is about
@@ -240,7 +249,7 @@ def test_long_video_positions_continue_like_generate(family, gamma, lms, make_vi
 
 
 @pytest.mark.parametrize("family", build.FAMILIES)
-def test_any_gamma_schedule_is_lossless(family, lms, make_video, monkeypatch):
+def test_any_gamma_schedule_is_lossless(family, lms, make_video, monkeypatch, one_thread):
     """gamma auto may switch between dense steps and cycles of any length at any point: whatever the schedule,
     the tokens are generate()'s. The policy is replaced by a random schedule so every switch really happens (on
     these tiny CPU models the real policy mostly, and rightly, picks dense steps)."""
@@ -317,3 +326,132 @@ def test_eos_falls_back_to_the_tokenizer(lms, monkeypatch):
     monkeypatch.setattr(lm.model.generation_config, "eos_token_id", None)
     assert eos_token_ids(lm.model, lm.tokenizer) == (lm.tokenizer.eos_token_id,)
     assert eos_token_ids(lm.model) == ()
+
+
+# --- a hybrid: linear-attention layers whose recurrent state rejected drafts must not move ---------------------------
+
+
+@pytest.fixture(scope="module")
+def hybrid_prompts(lms, make_video):
+    """[(inputs, reference, end token, reference stopping at that token)] for 8 prompts of the tiny Qwen3.5 (none, one
+    or several frames, with and without a system prompt): generate's answers of HYBRID_LIMIT tokens, which the cases'
+    limits cut (greedy decoding's first n tokens are its answer of n tokens)."""
+    lm = lms(HYBRID)
+    rng = random.Random(HYBRID)
+    prompts = []
+    with single_thread():
+        for index, frames in enumerate((0, 1, 4, 8, 12, 16, 20, 24)):
+            video = make_video(frames, rng.randint(28, 100), rng.randint(28, 100), 2.0, index) if frames else None
+            system = " ".join(rng.choices(WORDS, k=4)) if index % 3 == 1 else None
+            inputs = build_inputs(lm, video, " ".join(rng.choices(WORDS, k=rng.randint(1, 10))), system)
+            expected = reference(lm.model, inputs, HYBRID_LIMIT)
+            eos = expected[rng.randrange(2, len(expected) - 2)] if len(expected) > 5 else None
+            ended = reference(lm.model, inputs, HYBRID_LIMIT, eos=eos) if eos is not None else None
+            prompts.append((inputs, expected, eos, ended))
+    return prompts
+
+
+def run_hybrid_cases(lm, prompts, count: int, seed: int = 0) -> tuple[list[str], Counter, Counter]:
+    """`count` random cases over `prompts`: (failures, totals of the stats, what the cases covered)."""
+    failures, totals, seen = [], Counter(), Counter()
+    rng = random.Random(seed)
+    for case in range(count):
+        index = rng.randrange(len(prompts))
+        inputs, expected, eos, with_end = prompts[index]
+        _, visual = lm.engine.adapter.layout(inputs)
+        # mostly small K: the linear layers draft with their whole state, so only a small view makes drafts differ
+        k = max(1, rng.choice([1, 1, 2, 3, rng.randint(1, max(visual, 1)), visual, visual + rng.randint(1, 20)]))
+        gamma = rng.choice([0, "auto", *range(1, 9), *range(1, 9)])
+        calibration = rng.choice([0, 0, 0, 1, 2])
+        limit = rng.randint(1, HYBRID_LIMIT)
+        ends = eos is not None and rng.random() < 0.4
+        want = (with_end if ends else expected)[:limit]
+        result = std(lm, inputs, DecodeOptions(limit, k, gamma, calibration_steps=calibration),
+                     eos=[eos] if ends else None)
+        params = {"case": case, "prompt": index, "k": k, "gamma": gamma, "limit": limit, "eos": eos if ends else None}
+        if result.tokens != want:
+            failures.append(f"{params}\n    generate: {want}\n    std:      {result.tokens}")
+        stats = result.stats
+        totals.update(drafted=stats.drafted, accepted=stats.accepted, cycles=stats.cycles)
+        seen.update(dense=gamma == 0, auto=gamma == "auto", text_only="pixel_values_videos" not in inputs,
+                    k_is_1=k == 1 and visual > 1, k_above_visual=k > visual > 0,
+                    eos_inside_draft=ends and result.tokens[-1:] == [eos] and draft_was_cut(stats),
+                    limit_inside_draft=len(result.tokens) == limit and draft_was_cut(stats))
+    return failures, totals, seen
+
+
+def test_hybrid_greedy_std_matches_generate(lms, hybrid_prompts, one_thread):
+    """Qwen3.5's tiny checkpoint (linear and full attention), float32: StD's greedy tokens are generate()'s over
+    K from 1 to beyond the visual tokens, gamma 0 to 8 and auto, end tokens and token limits inside a draft."""
+    lm = lms(HYBRID)
+    assert lm.engine.fused() is None and lm.engine.adapter.cache.linear is not None
+    failures, totals, seen = run_hybrid_cases(lm, hybrid_prompts, HYBRID_CASES)
+    assert not failures, f"{len(failures)} {HYBRID} cases differ from generate():\n" + "\n".join(failures)
+    rejected = totals["drafted"] - totals["accepted"]
+    print(f"{HYBRID}: {dict(totals)}, rejected {rejected}; cases covering {dict(seen)}")
+    assert totals["accepted"] >= 100 and rejected >= 100, dict(totals)  # both kinds of rollback were taken
+    for what in ("dense", "auto", "text_only", "k_is_1", "k_above_visual", "eos_inside_draft", "limit_inside_draft"):
+        assert seen[what] >= 2, f"too few {HYBRID} cases with {what}: {dict(seen)}"
+
+
+def test_hybrid_cases_catch_a_state_that_is_not_rolled_back(lms, hybrid_prompts, monkeypatch, one_thread):
+    """Negative control: with the verify's final state kept as if every draft had been accepted (no rollback of the
+    delta-rule state), the same cases do differ from generate()."""
+    from stdcli.engine.linear import LinearStates
+
+    commit = LinearStates.commit
+    monkeypatch.setattr(LinearStates, "commit", lambda self, kept, width, every: commit(self, kept, width, True))
+    failures, totals, _ = run_hybrid_cases(lms(HYBRID), hybrid_prompts, 12, seed=1)
+    assert totals["drafted"] > totals["accepted"] and len(failures) >= 2
+
+
+def test_hybrid_rollback_leaves_the_dense_state(lms, hybrid_prompts, one_thread):
+    """After StD's cycles (rejections among them), each linear layer's committed state is the one dense decoding
+    reaches after the same tokens: the convolution's inputs and the delta rule's matrix."""
+    lm = lms(HYBRID)
+    inputs = hybrid_prompts[4][0]
+    states = {}
+    for gamma in (4, 0):
+        options = DecodeOptions(40, k=2, gamma=gamma, calibration_steps=0)
+        max_len, sparse_cap = cache_capacity(*lm.engine.adapter.layout(inputs), options)
+        with lm.engine.new_decoder(options, 1, max_len, sparse_cap, eos=[]) as decoder:
+            decoder.prefill(0, inputs)
+            state = decoder.slots[0]
+            target = states["std"][0] if gamma == 0 else 30
+            linear = decoder.storage.linear
+            while state.dense_len - inputs["input_ids"].shape[1] < target:
+                before = linear.recurrent.clone()
+                decoder.step()
+            states["std" if gamma else "dense"] = (state.dense_len - inputs["input_ids"].shape[1], state.tokens,
+                                                   linear.conv.clone(), linear.recurrent.clone(), state.stats, before)
+    (_, std_tokens, std_conv, std_state, stats, _), (_, dense_tokens, dense_conv, dense_state, _, one_short) = (
+        states["std"], states["dense"])
+    assert stats.drafted > stats.accepted > 0  # drafts were rejected: rollbacks happened
+    assert std_tokens == dense_tokens[: len(std_tokens)]
+    # equal up to float32 rounding (a verify computes its tokens' projections together); a state one token off
+    # differs by far more
+    torch.testing.assert_close(std_conv, dense_conv, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(std_state, dense_state, rtol=1e-4, atol=1e-4)
+    assert (one_short - dense_state).abs().max() > 1e-2
+
+
+def test_hybrid_slots_keep_their_own_state(lms, hybrid_prompts, one_thread):
+    """Six answers through three slots refilled as answers end (each slot accepting its own number of drafts per
+    cycle), and a prefilled slot put back twice (seed): every answer is generate()'s."""
+    lm = lms(HYBRID)
+    requests = [Request(i, inputs, max_new_tokens=6 + i) for i, (inputs, *_) in enumerate(hybrid_prompts[:6])]
+    answers = {}
+    lm.engine.run(requests, DecodeOptions(HYBRID_LIMIT, k=3, gamma=3, calibration_steps=0), batch_size=3,
+                  on_done=lambda request, generation: answers.__setitem__(request.key, generation.tokens))
+    assert answers == {i: hybrid_prompts[i][1][: 6 + i] for i in range(6)}
+    inputs, expected = hybrid_prompts[2][:2]
+    options = DecodeOptions(HYBRID_LIMIT, k=3, gamma=2, calibration_steps=0)
+    max_len, sparse_cap = cache_capacity(*lm.engine.adapter.layout(inputs), options)
+    with lm.engine.new_decoder(options, 2, max_len, sparse_cap) as decoder:
+        decoder.prefill(1, inputs)
+        prefilled = decoder.release(1)
+        for _ in range(2):
+            decoder.seed(1, replace(prefilled, tokens=list(prefilled.tokens), stats=DecodeStats()))
+            while not decoder.slots[1].done:
+                decoder.step()
+            assert decoder.release(1).tokens == expected

@@ -62,7 +62,8 @@ JSON (schema "stdcli-bench/1"; keys are stable, a key that does not apply is nul
                     speedup_vs_generate, speedup_vs_dense}],
            skipped[{video, question, error}]
   random-init: model{alias, family, scale, dtype, device, parameters, weight_bytes, weight_bytes_read_per_step,
-                     kv_bytes_per_token, layers, kv_heads, q_heads, head_dim, vocab_size},
+                     kv_bytes_per_token, layers (those with a KV cache), linear_layers, linear_state_bytes (a
+                     hybrid's: per sequence), kv_heads, q_heads, head_dim, vocab_size},
            settings{contexts, batches, k, gamma, text_tokens, iters, warmup_iters, floor, step_timing},
            bandwidth{copy_bytes_per_s, reduction_bytes_per_s, bytes_per_s, used, buffer_bytes, method},
            points[{context, batch, skipped, memory_needed_bytes, memory_free_bytes,

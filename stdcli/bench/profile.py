@@ -15,6 +15,7 @@ import torch
 
 from ..engine.decoder import Decoder, Slot
 from ..engine.device import free_memory_bytes, synchronize
+from ..engine.linear import slot_bytes
 from ..engine.options import AUTO, DEFAULT_K, MAX_AUTO_GAMMA, SPARSE_DRAFT, DecodeOptions
 from ..engine.policy import GammaPolicy, expected_tokens
 from ..engine.quant import weight_bytes
@@ -89,8 +90,8 @@ def measure_bandwidth(device: torch.device, nbytes: int | None = None, iters: in
 
 def resolve_family(alias: str, scale: str | None) -> tuple[str, str]:
     """(family, scale) of a --random-init model: an alias of the registry (qwen2-vl, qwen2-vl-2b, qwen2.5-vl,
-    llava-ov, qwen3-vl, ...) or a family name; scale defaults to the alias's (7b; 2b for qwen2-vl-2b; 8b for
-    qwen3-vl) or the family's default alias's."""
+    llava-ov, qwen3-vl, qwen3.5, ...) or a family name; scale defaults to the alias's (7b; 2b for qwen2-vl-2b; 8b for
+    qwen3-vl; 9b for qwen3.5) or the family's default alias's."""
     from ..model.build import DEFAULT_SCALES, FAMILIES, SHAPES
 
     if alias in REGISTRY and REGISTRY[alias].repo_id is not None:
@@ -110,16 +111,37 @@ def resolve_family(alias: str, scale: str | None) -> tuple[str, str]:
 
 @dataclass
 class _Shape:
-    layers: int
+    layers: int  # with a KV cache: a hybrid's full-attention layers only
     kv_heads: int
     q_heads: int
     head_dim: int
     elem: int
     vocab: int
+    linear_layers: int = 0  # a hybrid's linear-attention layers
+    linear_state_bytes: int = 0  # their recurrent state, per sequence (LinearDims.state_bytes)
+    linear_slot_bytes: int = 0  # what the engine holds for it per slot (linear.slot_bytes)
 
     @property
     def kv_bytes_per_token(self) -> int:
         return self.layers * 2 * self.kv_heads * self.head_dim * self.elem
+
+    def step_bytes(self, weights: int, batch: int, entries: int) -> int:
+        """Bytes a step must read or write: the weights, the KV `entries` each sequence attends to, and a hybrid's
+        recurrent state, read and written again by every step, a draft's as a dense one's."""
+        return weights + batch * (entries * self.kv_bytes_per_token + 2 * self.linear_state_bytes)
+
+
+def shape_of(engine: Engine, text: Any, dtype: torch.dtype, ranks: int = 1) -> _Shape:
+    """The cache shape the step floors count, from the engine's view of the model (one rank's part of it, of
+    `ranks` under tensor parallelism) and its text config."""
+    dims = engine.adapter.cache
+    elem = torch.empty((), dtype=dtype).element_size()
+    shape = _Shape(dims.layers, dims.kv_heads, text.num_attention_heads // ranks, dims.head_dim, elem,
+                   text.vocab_size)
+    if dims.linear is not None:
+        shape.linear_layers, shape.linear_state_bytes = len(dims.linear.layers), dims.linear.state_bytes
+        shape.linear_slot_bytes = slot_bytes(dims.linear)
+    return shape
 
 
 def _weight_bytes(model) -> tuple[int, int, int]:
@@ -139,11 +161,12 @@ def _weight_bytes(model) -> tuple[int, int, int]:
 def _point_memory(shape: _Shape, batch: int, context: int, kept: int, gmax: int) -> int:
     """Bytes one profile point allocates: the engine's dense and sparse caches, plus working memory of the eager
     verify pass, counted as if SDPA fell back to its math kernel (K and V expanded to the query heads, float32
-    scores and probabilities, contiguous copies of the cache view), plus the logits and 512 MiB of margin."""
+    scores and probabilities, contiguous copies of the cache view), a hybrid's linear-attention states, plus the
+    logits and 512 MiB of margin."""
     e, width = shape.elem, gmax + 1
     keys = context + width
     per_entry = 2 * shape.layers * batch * shape.kv_heads * shape.head_dim * e
-    caches = per_entry * (keys + kept + width)
+    caches = per_entry * (keys + kept + width) + batch * shape.linear_slot_bytes
     transient = (
         2 * batch * shape.q_heads * keys * shape.head_dim * e
         + 2 * batch * shape.kv_heads * keys * shape.head_dim * e
@@ -200,7 +223,6 @@ def _profile_point(engine: Engine, shape: _Shape, weights_read: int, bandwidth: 
                    ks: Sequence[int], gammas: Sequence[int], drafts: Sequence[str], text_tokens: int, iters: int,
                    warmup: int, seed: int) -> dict[str, Any]:
     device = engine.device
-    kv = shape.kv_bytes_per_token
     kept = {k: min(k, context - text_tokens) + text_tokens for k in ks}
     gmax = max(gammas)
     point: dict[str, Any] = {"context": context, "batch": batch, "skipped": None}
@@ -222,7 +244,7 @@ def _profile_point(engine: Engine, shape: _Shape, weights_read: int, bandwidth: 
         ((_, dense_s),) = _time_steps(decoder, [(0, 0, SPARSE_DRAFT)], context, tokens, iters, warmup)
     del decoder
     release_memory(device)
-    point["dense_step"] = _step_entry(dense_s, weights_read + batch * (context + 1) * kv, bandwidth)
+    point["dense_step"] = _step_entry(dense_s, shape.step_bytes(weights_read, batch, context + 1), bandwidth)
     # StD: one decoder whose sparse view holds the largest K; smaller K are shorter views of it
     options = DecodeOptions(gamma=gmax, k=max(ks))
     cap = max(kept.values()) + gmax + 1
@@ -237,11 +259,11 @@ def _profile_point(engine: Engine, shape: _Shape, weights_read: int, bandwidth: 
         timed = _time_steps(decoder, [(g, kept[k], kind) for k, g, kind in plan], context, tokens, iters, warmup)
         for (k, g, kind), (draft_s, verify_s) in zip(plan, timed, strict=True):
             if g == gmax:
-                entry = _step_entry(draft_s / g, read[kind] + batch * (kept[k] + 1) * kv, bandwidth)
+                entry = _step_entry(draft_s / g, shape.step_bytes(read[kind], batch, kept[k] + 1), bandwidth)
                 entry["over_dense_step"] = round_or_none(draft_s / g / dense_s)
                 draft_steps.append({"k": k, "draft": kind, "kept_tokens": kept[k], **entry})
             if k == ks[0] and kind == drafts[0]:
-                entry = _step_entry(verify_s, weights_read + batch * (context + g + 1) * kv, bandwidth)
+                entry = _step_entry(verify_s, shape.step_bytes(weights_read, batch, context + g + 1), bandwidth)
                 entry["over_dense_step"] = round_or_none(verify_s / dense_s)
                 verifies.append({"gamma": g, "tokens": g + 1, **entry})
     del decoder
@@ -489,11 +511,7 @@ def profile_random_init(
         raise BenchError(str(error)) from None
     say(progress, "measuring the memory bandwidth")
     bandwidth = measure_bandwidth(torch_device, bandwidth_bytes)
-    dims = engine.adapter.cache
-    layers, kv_heads, head_dim = dims.layers, dims.kv_heads, dims.head_dim
-    text = config.get_text_config()
-    elem = torch.empty((), dtype=torch_dtype).element_size()
-    shape = _Shape(layers, kv_heads, text.num_attention_heads // ranks, head_dim, elem, text.vocab_size)
+    shape = shape_of(engine, config.get_text_config(), torch_dtype, ranks)
     points = []
     for context in contexts:
         for batch in batches:
@@ -522,10 +540,12 @@ def profile_random_init(
             "weight_bytes": weight_bytes,
             "weight_bytes_read_per_step": weights_read,
             "kv_bytes_per_token": shape.kv_bytes_per_token,
-            "layers": layers,
-            "kv_heads": kv_heads,
+            "layers": shape.layers,
+            "linear_layers": shape.linear_layers,
+            "linear_state_bytes": shape.linear_state_bytes,
+            "kv_heads": shape.kv_heads,
             "q_heads": shape.q_heads,
-            "head_dim": head_dim,
+            "head_dim": shape.head_dim,
             "vocab_size": shape.vocab,
             "tensor_parallel": ranks,
             "weight_bytes_per_rank": held,

@@ -44,7 +44,8 @@ STEP_TIMING = (
 FLOOR = (
     "bytes a step must read / bandwidth: weights of the language model a step reads (decoder layers, final norm, "
     "lm_head; not the embedding table, of which it reads B rows, nor the vision tower) + the KV entries it attends "
-    "to: dense B*(N+1), draft B*(K+text+1), verify B*(N+gamma+1) entries x kv_bytes_per_token"
+    "to: dense B*(N+1), draft B*(K+text+1), verify B*(N+gamma+1) entries x kv_bytes_per_token (the attention layers'); "
+    "a hybrid's linear-attention state, read and written by every step: + B*2*linear_state_bytes"
 )
 GIB = 1 << 30
 

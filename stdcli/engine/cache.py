@@ -9,6 +9,9 @@
 Decoding steps always read a whole buffer (lengths are masked per sequence in attention): every step of a kind
 then has the same shapes, which is what lets one CUDA graph replay it.
 
+A hybrid (Qwen3.5) has KV only in its full-attention layers: the buffers hold those, and its linear-attention layers'
+recurrent state lives in `linear` (linear.py).
+
 Where transformers' own forward runs (every prefill; decoding steps of models without our fused forward), it
 gets a view of this storage for that one call, as a transformers `Cache` (the public cache API): `prefill_view`
 writes a prompt into one slot, `step_view` writes a step's entries at given positions and hands attention the
@@ -18,10 +21,13 @@ no mode of its own.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
-from transformers.cache_utils import Cache, CacheLayerMixin
+from transformers.cache_utils import Cache, CacheLayerMixin, LinearAttentionCacheLayerMixin
+
+from .linear import LinearStates
 
 DENSE, SPARSE = "dense", "sparse"
 
@@ -36,8 +42,10 @@ def store_step_entries(keys: torch.Tensor, values: torch.Tensor, key: torch.Tens
 
 
 class EngineCache:
+    """`num_layers`: the model's layers with a KV cache; `linear`: a hybrid's linear-attention states."""
+
     def __init__(self, num_layers: int, batch: int, num_kv_heads: int, head_dim: int, max_len: int, sparse_cap: int,
-                 dtype: torch.dtype, device: torch.device):
+                 dtype: torch.dtype, device: torch.device, linear: LinearStates | None = None):
         shape = (num_layers, batch, num_kv_heads)
         self.dense_k = torch.zeros(*shape, max_len, head_dim, dtype=dtype, device=device)
         self.dense_v = torch.zeros_like(self.dense_k)
@@ -47,13 +55,15 @@ class EngineCache:
         self.num_layers = num_layers
         self.max_len = max_len
         self.sparse_cap = sparse_cap
+        self.linear = linear
 
     @property
     def batch(self) -> int:
         return self.dense_k.shape[1]
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.dense_k, self.dense_v, self.sparse_k, self.sparse_v))
+        kv = sum(t.numel() * t.element_size() for t in (self.dense_k, self.dense_v, self.sparse_k, self.sparse_v))
+        return kv + (self.linear.nbytes() if self.linear is not None else 0)
 
     def buffer_len(self, mode: str) -> int:
         return self.max_len if mode == DENSE else self.sparse_cap
@@ -69,8 +79,10 @@ class EngineCache:
 
     def prefill_view(self, slot: int, start: int = 0) -> Cache:
         """A transformers Cache for one prompt's forward: its keys and values go to `slot` from position `start`
-        (after a shared prefix already copied there, which attention then reads too)."""
-        return _View(self, _PrefillLayer, slot=slot, start=start)
+        (after a shared prefix already copied there, which attention then reads too), and a hybrid's linear layers
+        leave their state in that slot."""
+        return _View(self._model_layers(lambda kv: _PrefillLayer(self, kv, slot, start),
+                                        lambda states, layer: states.prefill_layer(layer, slot)))
 
     def read_prefix(self, slot: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A copy of the dense keys and values [layers, Hkv, length, D] of the first `length` tokens of `slot`."""
@@ -84,8 +96,20 @@ class EngineCache:
 
     def step_view(self, mode: str, write_pos: torch.Tensor) -> Cache:
         """A transformers Cache for one decoding step's forward: new entries go to write_pos [B, L] of the `mode`
-        buffers, and attention gets those whole buffers."""
-        return _View(self, _StepLayer, mode=mode, write_pos=write_pos)
+        buffers, and attention gets those whole buffers (a hybrid's linear layers: LinearStates.step_layer)."""
+        width = write_pos.shape[1]
+        return _View(self._model_layers(lambda kv: _StepLayer(self, kv, mode, write_pos),
+                                        lambda states, layer: states.step_layer(layer, mode == SPARSE, width)))
+
+    def _model_layers(self, attention: Callable[[int], CacheLayerMixin],
+                      linear: Callable[[LinearStates, int], LinearAttentionCacheLayerMixin]) -> list[Any]:
+        """A view's layers in the model's order: attention layers by their index in the KV buffers, a hybrid's linear
+        layers by theirs in the model."""
+        if self.linear is None:
+            return [attention(i) for i in range(self.num_layers)]
+        states, kv = self.linear, iter(range(self.num_layers))
+        return [linear(states, i) if i in states.index else attention(next(kv))
+                for i in range(self.num_layers + len(states.index))]
 
     def build_sparse(self, slot: int, kept_visual: torch.Tensor | None, text_positions: torch.Tensor) -> int:
         """Fill the sparse view of `slot` from its prefilled dense cache; returns its length.
@@ -120,20 +144,20 @@ class EngineCache:
 
 
 class _View(Cache):
-    def __init__(self, storage: EngineCache, layer_class: type[_Layer], **how: Any):
-        super().__init__(layers=[layer_class(storage, i, **how) for i in range(storage.num_layers)])
+    def __init__(self, layers: list[Any]):
+        super().__init__(layers=layers)
 
 
 class _Layer(CacheLayerMixin):
-    """One decoder layer's window onto the engine cache for one forward; all storage lives in `EngineCache`."""
+    """One attention layer's window onto the engine cache for one forward; all storage lives in `EngineCache`."""
 
     is_compileable = True
     view_len = 0  # keys attention reads: 0 tells transformers it is a prefill
 
-    def __init__(self, storage: EngineCache, layer_idx: int):
+    def __init__(self, storage: EngineCache, index: int):
         super().__init__()
         self.storage = storage
-        self.layer_idx = layer_idx
+        self.index = index  # in the KV buffers
         self.is_initialized = True
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -151,14 +175,14 @@ class _Layer(CacheLayerMixin):
 
 
 class _PrefillLayer(_Layer):
-    def __init__(self, storage: EngineCache, layer_idx: int, slot: int, start: int):
-        super().__init__(storage, layer_idx)
+    def __init__(self, storage: EngineCache, index: int, slot: int, start: int):
+        super().__init__(storage, index)
         self.slot, self.start = slot, start
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
                ) -> tuple[torch.Tensor, torch.Tensor]:
         end = self.start + key_states.shape[2]
-        keys, values = self.storage.dense_k[self.layer_idx], self.storage.dense_v[self.layer_idx]
+        keys, values = self.storage.dense_k[self.index], self.storage.dense_v[self.index]
         keys[self.slot, :, self.start : end] = key_states[0]
         values[self.slot, :, self.start : end] = value_states[0]
         if not self.start:
@@ -167,13 +191,13 @@ class _PrefillLayer(_Layer):
 
 
 class _StepLayer(_Layer):
-    def __init__(self, storage: EngineCache, layer_idx: int, mode: str, write_pos: torch.Tensor):
-        super().__init__(storage, layer_idx)
+    def __init__(self, storage: EngineCache, index: int, mode: str, write_pos: torch.Tensor):
+        super().__init__(storage, index)
         self.mode, self.write_pos = mode, write_pos
         self.view_len = storage.buffer_len(mode)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
                ) -> tuple[torch.Tensor, torch.Tensor]:
-        keys, values = self.storage.step_buffers(self.layer_idx, self.mode)
+        keys, values = self.storage.step_buffers(self.index, self.mode)
         store_step_entries(keys, values, key_states, value_states, self.write_pos)
         return keys, values

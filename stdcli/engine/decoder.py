@@ -9,7 +9,8 @@
 - `step(gamma)`: one cycle for every active slot: `_draft` gamma single-token forwards that read only the sparse
   view, `_verify` ONE dense forward over the last committed token plus the drafts, `_accept` the longest agreeing
   prefix (or the sampling rule), `_commit` the accepted tokens plus the dense model's own next one, appending
-  their verified dense KV to the sparse view. Rejected drafts leave nothing behind: lengths do not advance.
+  their verified dense KV to the sparse view. Rejected drafts leave nothing behind: lengths do not advance (and a
+  hybrid's linear-attention layers keep the state of the committed tokens only: linear.py).
 
 With gamma = 0 a cycle is one plain dense decoding step: that is the `--dense` baseline, on the same code path.
 Which gamma each cycle takes, and how slots are refilled, is the session loop's business (session.py).
@@ -24,6 +25,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -36,6 +38,7 @@ from .cache import DENSE, SPARSE, EngineCache
 from .device import synchronize, to_device
 from .fused import FusedTextModel, decode_forward
 from .graphs import StepGraphs
+from .linear import LinearStates, linear_modules, recording_verify_inputs
 from .options import SPARSE_DRAFT, DecodeOptions, EngineConfig
 from .sampling import accept_greedy, accept_sampled, sample, token_probs
 from .stats import DecodeStats
@@ -166,8 +169,11 @@ class Decoder:
         self.fused = fused
         dims = adapter.cache
         cap = sparse_cap if options.drafting else 1
+        linear = None
+        if dims.linear is not None:
+            linear = LinearStates(dims.linear, batch, self.device, linear_modules(self.model, dims.linear))
         self.cache: EngineCache | None = EngineCache(
-            dims.layers, batch, dims.kv_heads, dims.head_dim, max_len, cap, dims.dtype, self.device)
+            dims.layers, batch, dims.kv_heads, dims.head_dim, max_len, cap, dims.dtype, self.device, linear)
         self.mrope = adapter.mrope
         self.generator = torch.Generator(self.device)
         self.slots: list[Slot | None] = []
@@ -223,13 +229,15 @@ class Decoder:
         self.graphs, self.cache, self.slots = None, None, []
 
     def __enter__(self) -> Decoder:
-        self._attention = engine_attention(self.model)
-        self._attention.__enter__()
+        self._hooks = ExitStack()
+        self._hooks.enter_context(engine_attention(self.model))
+        if self.storage.linear is not None:
+            self._hooks.enter_context(recording_verify_inputs(self.storage.linear))
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> None:
-        self._attention.__exit__(kind, error, trace)
+        self._hooks.__exit__(kind, error, trace)
 
     def active(self) -> dict[int, Slot]:
         """The slots still decoding, by index."""
@@ -331,6 +339,8 @@ class Decoder:
                          use_cache=True, logits_to_keep=1, **{STEP_KWARG: ctx})
         if prefix is not None:
             prefix.prefilled(self.storage, slot, input_ids, ctx)
+        if self.storage.linear is not None:
+            self.storage.linear.snapshot(slot)
         if sparse_view:
             synchronize(self.device)  # the view's own time starts when the forward has finished
         view_started = time.perf_counter()
@@ -379,13 +389,16 @@ class Decoder:
         (the prompt entries of the caches are never written by decoding), or made up over random KV when
         profiling step costs. sparse_view=False: the slot takes dense steps only, as if prefilled without one."""
         state.has_view = state.has_view and sparse_view and self.options.drafting
+        if self.storage.linear is not None:
+            self.storage.linear.restore(slot)
         self.slots[slot] = state
 
     def _build_sparse(self, slot: int, ctx: StepContext, text: torch.Tensor) -> tuple[int, torch.Tensor | None]:
         """The slot's sparse view after prefill: its length, and the visual scores that chose it (or None)."""
         cache, kept, scores = self.storage, None, None
         if ctx.visual_scores:
-            scores = torch.stack([ctx.visual_scores[i] for i in range(len(ctx.visual_scores))])  # [layers, Hkv, V]
+            # by layer, in the model's order: the KV buffers' (a hybrid's linear layers score nothing)
+            scores = torch.stack([ctx.visual_scores[i] for i in sorted(ctx.visual_scores)])  # [layers, Hkv, V]
             assert ctx.visual_keys is not None
             kept = self._top_visual(ctx.visual_keys, scores)
         elif ctx.visual_keys is not None:  # visual tokens but no text after them to rank them: keep the first K
@@ -416,6 +429,8 @@ class Decoder:
         [B, g] (and their distributions)."""
         token = on_device.last_token
         drafts, dists = [], []
+        if self.storage.linear is not None:
+            self.storage.linear.begin_draft()
         for j in range(gamma):
             logits = self._forward(SPARSE, token, self._positions(on_device, 1, j), on_device.sparse_len + j, draft)
             choice, probs = self._choose(logits[:, -1])
@@ -503,6 +518,9 @@ class Decoder:
             self.storage.copy_dense_to_sparse(on_device.dense_len, on_device.sparse_len, gamma + 1)
         # the one synchronization of a cycle: what was accepted decides what the host does next
         rows = torch.cat([accepted[:, None], next_token[:, None], drafts], 1).tolist()
+        if gamma and self.storage.linear is not None:
+            every_draft = all(rows[i][0] == gamma for i in active)
+            self.storage.linear.commit(accepted + 1, gamma + 1, every_draft)
         self.last_draft_s, self.last_verify_s = clock.split()
         committed = {i: self._commit(state, gamma, rows[i], draft) for i, state in active.items()}
         if self.visual_mass:

@@ -84,7 +84,10 @@ def unsupported_reason(model: Any) -> str | None:
     config = lm.config
     if getattr(config, "hidden_act", None) != "silu":
         return f"activation {getattr(config, 'hidden_act', None)!r}"
-    if any(kind != "full_attention" for kind in getattr(config, "layer_types", None) or ()):
+    kinds = set(getattr(config, "layer_types", None) or ())
+    if "linear_attention" in kinds:
+        return "linear-attention layers"
+    if kinds - {"full_attention"}:
         return "sliding-window layers"
     head = getattr(model, "lm_head", None)
     if type(head) is not nn.Linear or head.bias is not None:

@@ -29,6 +29,7 @@ from .costs import CostMemory, cost_key, model_label
 from .decoder import Decoder, SharedPrefix, Slot
 from .device import device_label, free_memory_bytes
 from .fused import FusedTextModel, fused_text_model, still_shared, unsupported_reason
+from .linear import slot_bytes
 from .options import AUTO, AUTO_DRAFTS, INT4_DRAFT, INT8_DRAFT, MAX_GAMMA, SPARSE_DRAFT, DecodeOptions, EngineConfig
 from .policy import GammaPolicy
 from .quant import quantized_text_model
@@ -318,9 +319,11 @@ class Engine:
             self._kept = None
 
     def cache_bytes(self, batch: int, max_len: int, sparse_cap: int) -> int:
-        """Bytes of the engine cache: dense and sparse K and V for every layer, slot and KV head."""
+        """Bytes of the engine cache: dense and sparse K and V for every attention layer, slot and KV head, and a
+        hybrid's linear-attention states."""
         dims = self.adapter.cache
-        return 2 * dims.layers * batch * dims.kv_heads * dims.head_dim * (max_len + sparse_cap) * dims.dtype.itemsize
+        kv = 2 * dims.layers * batch * dims.kv_heads * dims.head_dim * (max_len + sparse_cap) * dims.dtype.itemsize
+        return kv + (batch * slot_bytes(dims.linear) if dims.linear is not None else 0)
 
     def fitting_batch(self, wanted: int, max_len: int, sparse_cap: int) -> int:
         """The largest batch up to `wanted` whose caches fit in MEMORY_SHARE of the free device memory (at least

@@ -1,8 +1,9 @@
 """What the engine needs to know about a model family, read off a loaded transformers model once.
 
 `ModelAdapter.of(model)` answers: which token ids are visual placeholders, which end an answer, whether positions
-are Qwen's 3-D M-RoPE (and how a prompt's positions are computed), and the shape of the KV cache. A new family
-that the engine can decode needs its answers here (and, for the fused forward, a layer type in engine/fused.py).
+are Qwen's 3-D M-RoPE (and how a prompt's positions are computed), and the shape of the KV cache (and, for a hybrid
+such as Qwen3.5, of the recurrent state its linear-attention layers carry instead). A new family that the engine
+can decode needs its answers here (and, for the fused forward, a layer type in engine/fused.py).
 """
 
 from __future__ import annotations
@@ -60,12 +61,45 @@ def prompt_positions(model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tenso
     return positions
 
 
+LINEAR_ATTENTION = "linear_attention"  # transformers' layer type of a Gated DeltaNet layer (Qwen3.5)
+
+
+@dataclass(frozen=True)
+class LinearDims:
+    """The recurrent state of a hybrid's linear-attention (Gated DeltaNet) layers, per sequence: a causal
+    convolution's last `conv_kernel` inputs ([conv_dim, conv_kernel], the model's dtype) and the delta rule's state
+    ([value_heads, key_dim, value_dim], float32, as transformers keeps it)."""
+
+    layers: tuple[int, ...]  # the model's indices of its linear-attention layers
+    conv_dim: int  # the convolution's channels: queries, keys and values of every head
+    conv_kernel: int
+    value_heads: int
+    key_dim: int
+    value_dim: int
+    hidden_size: int  # of a layer's input
+    dtype: torch.dtype
+
+    @property
+    def state_bytes(self) -> int:
+        """Bytes of one sequence's state, all linear layers together."""
+        conv = self.conv_dim * self.conv_kernel * self.dtype.itemsize
+        return len(self.layers) * (conv + self.value_heads * self.key_dim * self.value_dim * 4)
+
+
 @dataclass(frozen=True)
 class CacheDims:
-    layers: int
+    """The KV cache: its layers are the model's attention layers (`attention_layers`, the model's indices: every
+    layer, or a hybrid's full-attention ones); `linear`: a hybrid's linear-attention state, None for others."""
+
+    attention_layers: tuple[int, ...]
     kv_heads: int
     head_dim: int
     dtype: torch.dtype
+    linear: LinearDims | None = None
+
+    @property
+    def layers(self) -> int:
+        return len(self.attention_layers)
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -76,7 +110,16 @@ def cache_dims(model: Any) -> CacheDims:
     text = model.config.get_text_config()
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
     dtype = model.get_input_embeddings().weight.dtype
-    return CacheDims(text.num_hidden_layers, text.num_key_value_heads, head_dim, dtype)
+    kinds = getattr(text, "layer_types", None) or ["full_attention"] * text.num_hidden_layers
+    linear_layers = tuple(i for i, kind in enumerate(kinds) if kind == LINEAR_ATTENTION)
+    linear = None
+    if linear_layers:
+        key_dim, value_dim = text.linear_key_head_dim, text.linear_value_head_dim
+        conv_dim = 2 * text.linear_num_key_heads * key_dim + text.linear_num_value_heads * value_dim
+        linear = LinearDims(linear_layers, conv_dim, text.linear_conv_kernel_dim, text.linear_num_value_heads,
+                            key_dim, value_dim, text.hidden_size, dtype)
+    attention = tuple(i for i in range(len(kinds)) if i not in linear_layers)
+    return CacheDims(attention, text.num_key_value_heads, head_dim, dtype, linear)
 
 
 @dataclass(frozen=True)

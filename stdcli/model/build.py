@@ -6,9 +6,9 @@ the real checkpoint uses, so nothing here is a stand-in: only the sizes and the 
 
 The real numbers below come from the checkpoints' config.json / tokenizer_config.json / chat_template.json files
 (Qwen/Qwen2-VL-7B-Instruct, Qwen/Qwen2-VL-2B-Instruct, Qwen/Qwen2.5-VL-7B-Instruct, Qwen/Qwen3-VL-8B-Instruct,
-Qwen/Qwen3-VL-2B-Instruct) and, for LLaVA-OneVision, from transformers' conversion script for
-llava-hf/llava-onevision-qwen2-7b-ov-hf (Qwen2-7B-Instruct text model, SigLIP so400m vision tower with its last layer
-dropped, two added tokens, vocabulary padded to a multiple of 64).
+Qwen/Qwen3-VL-2B-Instruct, Qwen/Qwen3.5-9B, Qwen/Qwen3.5-27B) and, for LLaVA-OneVision, from transformers'
+conversion script for llava-hf/llava-onevision-qwen2-7b-ov-hf (Qwen2-7B-Instruct text model, SigLIP so400m vision
+tower with its last layer dropped, two added tokens, vocabulary padded to a multiple of 64).
 """
 
 from __future__ import annotations
@@ -41,14 +41,20 @@ from transformers import (
     Qwen2VLImageProcessor,
     Qwen2VLProcessor,
     Qwen2VLVideoProcessor,
+    Qwen3_5Config,
+    Qwen3_5ForConditionalGeneration,
+    Qwen3_5Tokenizer,
     Qwen3VLConfig,
     Qwen3VLForConditionalGeneration,
     Qwen3VLProcessor,
     Qwen3VLVideoProcessor,
 )
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+from transformers.models.qwen3_5.tokenization_qwen3_5 import PRETOKENIZE_REGEX as QWEN3_5_PRETOKENIZE_REGEX
 
-FAMILIES = ("qwen2-vl", "qwen2.5-vl", "llava-ov", "qwen3-vl")
+FAMILIES = ("qwen2-vl", "qwen2.5-vl", "llava-ov", "qwen3-vl", "qwen3.5")
+# Families with Qwen3-VL's vision side: its processor (16-pixel patches, a timestamp per temporal patch) and prompts
+QWEN3_VISION = ("qwen3-vl", "qwen3.5")
 
 # --- tokenizer ----------------------------------------------------------------------------------------------------
 
@@ -84,17 +90,24 @@ _QWEN2_5_VL_TOKENS = _QWEN2_VL_TOKENS + tuple(
         "<|file_sep|>",
     )
 )
+# Qwen3's tokenizer (Qwen3-VL, Qwen3.5): Qwen2.5-VL's 22 added tokens, then the tool-response and thinking tags
+_QWEN3_TOKENS = _QWEN2_5_VL_TOKENS + tuple(
+    (token, False) for token in ("<tool_response>", "</tool_response>", "<think>", "</think>")
+)
 ADDED_TOKENS: dict[str, tuple[tuple[str, bool], ...]] = {
     "qwen2-vl": _QWEN2_VL_TOKENS,
     "qwen2.5-vl": _QWEN2_5_VL_TOKENS,
     "llava-ov": _QWEN2_CHAT_TOKENS + (("<image>", True), ("<video>", True)),
-    # Qwen3's tokenizer: Qwen2.5-VL's 22 added tokens, then the tool-response and thinking tags (ids 151665-151668)
-    "qwen3-vl": _QWEN2_5_VL_TOKENS
-    + tuple((token, False) for token in ("<tool_response>", "</tool_response>", "<think>", "</think>")),
+    "qwen3-vl": _QWEN3_TOKENS,
+    "qwen3.5": _QWEN3_TOKENS,
 }
-REAL_BPE_SIZE = 151643  # the Qwen2 byte-level BPE vocabulary: added tokens start here
+# The byte-level BPE vocabulary of the real tokenizer: added tokens start here (Qwen2's 151643; Qwen3.5's larger BPE
+# puts <|endoftext|> at 248044, <|vision_start|> at 248053 and <|video_pad|> at 248057, as its config.json says)
+REAL_BPE_SIZE = {"qwen2-vl": 151643, "qwen2.5-vl": 151643, "llava-ov": 151643, "qwen3-vl": 151643, "qwen3.5": 248044}
+# Qwen3.5's tokenizer class splits words before BPE with a pattern of its own (letters with their combining marks)
+TOKENIZER_CLASSES = {"qwen3.5": (Qwen3_5Tokenizer, QWEN3_5_PRETOKENIZE_REGEX)}
 TOKENIZER_SETTINGS = {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "bos_token": None, "unk_token": None}
-MODEL_MAX_LENGTH = {"qwen2-vl": 32768, "qwen2.5-vl": 131072, "llava-ov": 32768, "qwen3-vl": 262144}
+MODEL_MAX_LENGTH = {"qwen2-vl": 32768, "qwen2.5-vl": 131072, "llava-ov": 32768, "qwen3-vl": 262144, "qwen3.5": 262144}
 
 # Chat templates exactly as shipped: Qwen2-VL and Qwen2.5-VL share chat_template.json; LLaVA-OneVision's is the one
 # transformers' conversion script wrote for llava-hf (images, then videos, then text of each message).
@@ -123,11 +136,15 @@ LLAVA_OV_CHAT_TEMPLATE = (
 # Qwen3-VL's chat_template.json (the Instruct checkpoints share it), kept verbatim in a file of its own: unlike
 # Qwen2-VL's it adds no default system prompt, and it knows tools and tool responses.
 QWEN3_VL_CHAT_TEMPLATE = (Path(__file__).parent / "qwen3_vl_chat_template.jinja").read_text(encoding="utf-8")
+# Qwen3.5's (Qwen/Qwen3.5-27B's; the dense checkpoints share it), verbatim too: a thinking model's template, which opens
+# "<think>\n" after the generation prompt unless enable_thinking=False closes an empty thought (prompts.py passes it).
+QWEN3_5_CHAT_TEMPLATE = (Path(__file__).parent / "qwen3_5_chat_template.jinja").read_text(encoding="utf-8")
 CHAT_TEMPLATES = {
     "qwen2-vl": QWEN2_VL_CHAT_TEMPLATE,
     "qwen2.5-vl": QWEN2_VL_CHAT_TEMPLATE,
     "llava-ov": LLAVA_OV_CHAT_TEMPLATE,
     "qwen3-vl": QWEN3_VL_CHAT_TEMPLATE,
+    "qwen3.5": QWEN3_5_CHAT_TEMPLATE,
 }
 
 # Enough varied English for a few hundred merges; the byte alphabet covers everything else.
@@ -157,13 +174,15 @@ BUILTIN_CORPUS = (
 )
 
 
-def _train_byte_level_bpe(corpus: Iterable[str], vocab_size: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """The vocabulary and merges of a byte-level BPE with Qwen2's pre-tokenizer (so merges look like the real ones)."""
+def _train_byte_level_bpe(corpus: Iterable[str], vocab_size: int, pattern: str
+                          ) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """The vocabulary and merges of a byte-level BPE with the tokenizer class's pre-tokenizer `pattern` (so merges
+    look like the real ones)."""
     tokenizer = Tokenizer(BPE())
     tokenizer.normalizer = normalizers.NFC()
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.Split(Regex(pattern), behavior="isolated", invert=False),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
@@ -177,16 +196,19 @@ def _train_byte_level_bpe(corpus: Iterable[str], vocab_size: int) -> tuple[dict[
     return model["vocab"], merges
 
 
-def make_tokenizer(family: str, corpus: Iterable[str] | None = None, vocab_size: int = 400) -> Qwen2Tokenizer:
-    """A small byte-level BPE in the real tokenizer class (Qwen2Tokenizer for every family) with the family's
-    added tokens right after the BPE ids, in the real order, and its real chat template. Any UTF-8 text round-trips."""
+def make_tokenizer(family: str, corpus: Iterable[str] | None = None, vocab_size: int = 400
+                   ) -> Qwen2Tokenizer | Qwen3_5Tokenizer:
+    """A small byte-level BPE in the real tokenizer class (the one transformers loads the family's checkpoints with:
+    Qwen2Tokenizer, Qwen3.5's own) with the family's added tokens right after the BPE ids, in the real order, and its
+    real chat template. Any UTF-8 text round-trips."""
     _check_family(family)
-    vocab, merges = _train_byte_level_bpe(BUILTIN_CORPUS if corpus is None else corpus, vocab_size)
+    cls, pattern = TOKENIZER_CLASSES.get(family, (Qwen2Tokenizer, PRETOKENIZE_REGEX))
+    vocab, merges = _train_byte_level_bpe(BUILTIN_CORPUS if corpus is None else corpus, vocab_size, pattern)
     base = len(vocab)
     added = ADDED_TOKENS[family]
     # Giving the added tokens their ids in the vocabulary fixes their order; add_tokens then only marks them.
     vocab = {**vocab, **{token: base + i for i, (token, _) in enumerate(added)}}
-    tokenizer = Qwen2Tokenizer(
+    tokenizer = cls(
         vocab=vocab,
         merges=merges,
         model_max_length=MODEL_MAX_LENGTH[family],
@@ -203,7 +225,7 @@ def special_token_ids(family: str, tokenizer=None) -> dict[str, int]:
     _check_family(family)
     tokens = [token for token, _ in ADDED_TOKENS[family]]
     if tokenizer is None:
-        return {token: REAL_BPE_SIZE + i for i, token in enumerate(tokens)}
+        return {token: REAL_BPE_SIZE[family] + i for i, token in enumerate(tokens)}
     return {token: tokenizer.convert_tokens_to_ids(token) for token in tokens}
 
 
@@ -224,7 +246,7 @@ LLAVA_OV_PROCESSOR = {"size": 384, "patch_size": 14}
 # Qwen3-VL (preprocessor_config.json, video_preprocessor_config.json): 16-pixel patches, images 65536..16777216
 # pixels; the video processor's size is 4096..25165824 pixels (Qwen3VLVideoProcessor reads it as the bounds of a
 # whole clip; prompts.py takes the per-frame bounds of qwen-vl-utils instead, which lie within it). Both normalise
-# with mean = std = 0.5.
+# with mean = std = 0.5. Qwen3.5 ships the same processors.
 QWEN3_VL_PROCESSOR = {
     "patch_size": 16,
     "temporal_patch_size": 2,
@@ -240,6 +262,7 @@ PROCESSOR_DEFAULTS = {
     "qwen2.5-vl": QWEN_PROCESSOR,
     "llava-ov": LLAVA_OV_PROCESSOR,
     "qwen3-vl": QWEN3_VL_PROCESSOR,
+    "qwen3.5": QWEN3_VL_PROCESSOR,
 }
 # Tiny checkpoints: every video frame becomes 56x56 pixels = 2x2 merged Qwen tokens / 2x2 pooled LLaVA tokens
 # (Qwen3-VL: 64x64 pixels, its 32-pixel merged patches).
@@ -250,12 +273,14 @@ TINY_PROCESSOR = {
     "qwen2.5-vl": _TINY_QWEN_PROCESSOR,
     "llava-ov": {"size": 56},
     "qwen3-vl": _TINY_QWEN3_PROCESSOR,
+    "qwen3.5": _TINY_QWEN3_PROCESSOR,
 }
 PROCESSOR_CLASSES = {
     "qwen2-vl": Qwen2VLProcessor,
     "qwen2.5-vl": Qwen2_5_VLProcessor,
     "llava-ov": LlavaOnevisionProcessor,
     "qwen3-vl": Qwen3VLProcessor,
+    "qwen3.5": Qwen3VLProcessor,
 }
 
 
@@ -265,7 +290,7 @@ def _qwen_processor(family: str, tokenizer, options: Mapping[str, int]):
     # default `size`, changing every processor built afterwards in the process.
     image_size = {"shortest_edge": options["image_min_pixels"], "longest_edge": options["image_max_pixels"]}
     video_size = {"shortest_edge": options["min_pixels"], "longest_edge": options["max_pixels"]}
-    if family == "qwen3-vl":
+    if family in QWEN3_VISION:
         normalize = {"image_mean": QWEN3_VL_IMAGE_MEAN, "image_std": QWEN3_VL_IMAGE_STD}
         image = Qwen2VLImageProcessor(size=image_size, **structure, **normalize)
         video: Any = Qwen3VLVideoProcessor(size=video_size, **structure, **normalize)
@@ -495,6 +520,70 @@ QWEN3_VL_2B = {
     "tie_word_embeddings": True,
 }
 
+# Qwen3.5, from Qwen/Qwen3.5-9B's and Qwen/Qwen3.5-27B's config.json: 3 Gated DeltaNet layers for each full-attention
+# one (full attention at layers 3, 7, ...: a quarter of the layers hold a KV cache), the linear layers with 16 key
+# heads and 32 (9B) or 48 (27B) value heads of 128 dimensions and a causal convolution of width 4; the full-attention
+# layers with gated output, q/k RMSNorm, 256-dimensional heads of which a quarter rotates (interleaved M-RoPE over
+# sections 11/11/10 of the 32 frequencies); Qwen3-VL's vision tower without DeepStack. The multi-token-prediction
+# head the checkpoints also hold (`mtp.*`) is not part of transformers' model, so not of ours. Parameter counts of
+# the model built here: checked in tests/test_models.py.
+QWEN3_5_9B = {
+    "text_config": {
+        "vocab_size": 248320,
+        "hidden_size": 4096,
+        "intermediate_size": 12288,
+        "num_hidden_layers": 32,
+        "full_attention_interval": 4,  # Qwen3_5TextConfig lays out layer_types from it
+        "num_attention_heads": 16,
+        "num_key_value_heads": 4,
+        "head_dim": 256,
+        "linear_num_key_heads": 16,
+        "linear_num_value_heads": 32,
+        "linear_key_head_dim": 128,
+        "linear_value_head_dim": 128,
+        "linear_conv_kernel_dim": 4,
+        "hidden_act": "silu",
+        "max_position_embeddings": 262144,
+        "rms_norm_eps": 1e-6,
+        "attention_bias": False,
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 10000000.0,
+            "mrope_section": [11, 11, 10],
+            "mrope_interleaved": True,
+            "partial_rotary_factor": 0.25,
+        },
+        "tie_word_embeddings": False,
+    },
+    "vision_config": {
+        "depth": 27,
+        "hidden_size": 1152,
+        "intermediate_size": 4304,
+        "num_heads": 16,
+        "in_channels": 3,
+        "patch_size": 16,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "out_hidden_size": 4096,
+        "num_position_embeddings": 2304,
+        "hidden_act": "gelu_pytorch_tanh",
+        "initializer_range": 0.02,
+    },
+    "tie_word_embeddings": False,
+}
+QWEN3_5_27B = {
+    "text_config": {
+        **QWEN3_5_9B["text_config"],
+        "hidden_size": 5120,
+        "intermediate_size": 17408,
+        "num_hidden_layers": 64,
+        "num_attention_heads": 24,
+        "linear_num_value_heads": 48,
+    },
+    "vision_config": {**QWEN3_5_9B["vision_config"], "out_hidden_size": 5120},
+    "tie_word_embeddings": False,
+}
+
 # Tiny: 2 layers, 4 query heads sharing 2 KV heads (GQA), a 2-block vision tower with the real patch/merge sizes.
 _TINY_TEXT = {
     "hidden_size": 64,
@@ -570,6 +659,33 @@ TINY_QWEN3_VL = {
     },
     "tie_word_embeddings": False,
 }
+# Both layer kinds, small: 4 layers, full attention every second one; one linear key head shared by two value heads
+# (the real 16 / 32 grouping), the real convolution width; a quarter of the 32-dimensional heads rotates, as in the
+# real 256-dimensional ones (4 frequencies: temporal 2, height 1, width 1, interleaved).
+TINY_QWEN3_5 = {
+    "text_config": {
+        **_TINY_TEXT,
+        "num_hidden_layers": 4,
+        "full_attention_interval": 2,
+        "head_dim": 32,
+        "linear_num_key_heads": 1,
+        "linear_num_value_heads": 2,
+        "linear_key_head_dim": 16,
+        "linear_value_head_dim": 16,
+        "linear_conv_kernel_dim": 4,
+        "attention_bias": False,
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 10000000.0,
+            "mrope_section": [2, 1, 1],
+            "mrope_interleaved": True,
+            "partial_rotary_factor": 0.25,
+        },
+    },
+    "vision_config": {key: value for key, value in TINY_QWEN3_VL["vision_config"].items()
+                      if key != "deepstack_visual_indexes"},
+    "tie_word_embeddings": False,
+}
 TINY_LLAVA_OV = {
     "text_config": {
         **_TINY_TEXT,
@@ -599,7 +715,7 @@ TINY_LLAVA_OV = {
 # with 0.02). Chosen so the logits are far from flat (std ~1.6-2.4 over the vocabulary) and greedy decoding does not
 # lock onto one token: at 0.02 a random 2B/7B model repeats one token after a few steps (checked on an H100, video
 # prompts of ~1200-3200 tokens); at 0.04 48 greedy tokens were all distinct. Tiny models (width 64) need 0.2.
-RANDOM_INIT_STD = {"tiny": 0.2, "2b": 0.04, "7b": 0.04, "8b": 0.04, "72b": 0.04}
+RANDOM_INIT_STD = {"tiny": 0.2, "2b": 0.04, "7b": 0.04, "8b": 0.04, "9b": 0.04, "27b": 0.04, "72b": 0.04}
 
 SHAPES: dict[tuple[str, str], dict[str, Any]] = {
     ("qwen2-vl", "tiny"): TINY_QWEN2_VL,
@@ -613,20 +729,25 @@ SHAPES: dict[tuple[str, str], dict[str, Any]] = {
     ("qwen3-vl", "tiny"): TINY_QWEN3_VL,
     ("qwen3-vl", "2b"): QWEN3_VL_2B,
     ("qwen3-vl", "8b"): QWEN3_VL_8B,
+    ("qwen3.5", "tiny"): TINY_QWEN3_5,
+    ("qwen3.5", "9b"): QWEN3_5_9B,
+    ("qwen3.5", "27b"): QWEN3_5_27B,
 }
 # The scale `--random-init` builds for a family named without one: the size of its default alias.
-DEFAULT_SCALES = {"qwen2-vl": "7b", "qwen2.5-vl": "7b", "llava-ov": "7b", "qwen3-vl": "8b"}
+DEFAULT_SCALES = {"qwen2-vl": "7b", "qwen2.5-vl": "7b", "llava-ov": "7b", "qwen3-vl": "8b", "qwen3.5": "9b"}
 CONFIG_CLASSES = {
     "qwen2-vl": Qwen2VLConfig,
     "qwen2.5-vl": Qwen2_5_VLConfig,
     "llava-ov": LlavaOnevisionConfig,
     "qwen3-vl": Qwen3VLConfig,
+    "qwen3.5": Qwen3_5Config,
 }
 MODEL_CLASSES: dict[str, type[PreTrainedModel]] = {
     "qwen2-vl": Qwen2VLForConditionalGeneration,
     "qwen2.5-vl": Qwen2_5_VLForConditionalGeneration,
     "llava-ov": LlavaOnevisionForConditionalGeneration,
     "qwen3-vl": Qwen3VLForConditionalGeneration,
+    "qwen3.5": Qwen3_5ForConditionalGeneration,
 }
 
 
@@ -663,7 +784,8 @@ def padded_vocab_size(tokenizer, multiple: int = 64) -> int:
 def make_config(
     family: str, scale: str = "tiny", vocab_size: int | None = None, tokenizer=None, **overrides: Any
 ) -> PretrainedConfig:
-    """The family's real config class at `scale` ("tiny", "7b"; "2b" for qwen2-vl; qwen3-vl: "tiny", "2b", "8b").
+    """The family's real config class at `scale` ("tiny", "7b"; "2b" for qwen2-vl; qwen3-vl: "tiny", "2b", "8b";
+    qwen3.5: "tiny", "9b", "27b").
 
     Token ids come from `tokenizer`; without one, a tiny config uses make_tokenizer(family)'s and a real-scale config
     the real checkpoint's. `vocab_size` defaults to the padded tokenizer length (tiny) or the real size. `overrides`

@@ -44,9 +44,17 @@ FRAME_DEFAULTS = {
     # qwen-vl-utils for Qwen3-VL (and Qwen3VLVideoProcessor's defaults): 2 fps, 4 to 768 frames, an even count
     "qwen3-vl": FrameDefaults(2.0, None, 4, 768, 2, QWEN_VIDEO_MAX_TOKENS * QWEN3_VL_FACTOR**2),
 }
+# Qwen3.5 ships Qwen3-VL's processors, and its model card samples videos with the same qwen-vl-utils recipe
+FRAME_DEFAULTS["qwen3.5"] = FRAME_DEFAULTS["qwen3-vl"]
+# Families whose prompts are Qwen3-VL's: frames resized by qwen-vl-utils, a timestamp before each temporal patch
+QWEN3_VIDEO_FAMILIES = ("qwen3-vl", "qwen3.5")
 # LLaVA-OneVision's own conversation template (qwen_1_5) always opens with this system prompt; the hf chat template
 # adds none, Qwen's adds it itself.
 DEFAULT_SYSTEM = {"llava-ov": "You are a helpful assistant."}
+# Arguments of the chat template. Qwen3.5 thinks by default (its template opens "<think>" after the generation
+# prompt): stdcli asks for the answer, as the model card's non-thinking recipe does, so the template closes an empty
+# thought and the tokens go to the answer instead of a reasoning trace that the token limit would cut.
+CHAT_TEMPLATE_ARGUMENTS: dict[str, dict[str, Any]] = {"qwen3.5": {"enable_thinking": False}}
 
 
 def frame_defaults(family: str) -> FrameDefaults:
@@ -177,7 +185,7 @@ def qwen3_unwrapped_video(processor, text: str) -> str:
 
 
 def _video_call_arguments(lm: LoadedModel, video) -> dict[str, Any]:
-    if lm.family == "qwen3-vl":
+    if lm.family in QWEN3_VIDEO_FAMILIES:
         # frames resized already (qwen3_resized_frames), as the model card's qwen-vl-utils recipe does;
         # cap_pixels_per_frame only silences the warning about a cap that would apply to the processor's own resize
         return {"do_sample_frames": False, "video_metadata": [qwen3_video_metadata(video)], "do_resize": False,
@@ -217,8 +225,9 @@ def processor_device(lm: LoadedModel) -> torch.device | None:
 def chat_text(lm: LoadedModel, question: str, system: str | None, with_video: bool) -> str:
     """The chat prompt as text, a video (if any) as the one placeholder token the processor expands."""
     text: str = lm.processor.apply_chat_template(chat_messages(lm.family, question, system, with_video),
-                                                 add_generation_prompt=True, tokenize=False)
-    if with_video and lm.family == "qwen3-vl":
+                                                 add_generation_prompt=True, tokenize=False,
+                                                 **CHAT_TEMPLATE_ARGUMENTS.get(lm.family, {}))
+    if with_video and lm.family in QWEN3_VIDEO_FAMILIES:
         text = qwen3_unwrapped_video(lm.processor, text)
     return text
 
@@ -272,8 +281,9 @@ def build_inputs(lm: LoadedModel, video, question: str, system: str | None = Non
 
     Keys: input_ids, attention_mask and, with a video, pixel_values_videos plus the family's own (Qwen:
     video_grid_thw and mm_token_type_ids, Qwen2.5-VL: second_per_grid_ts from video.sample_fps; LLaVA-OV: none).
-    Qwen3-VL's prompt also holds the time of each temporal patch, as text before its frame's vision tokens.
-    On a GPU the frames are resized and normalized there (processor_device); on the CPU as the processor does.
+    Qwen3-VL's (and Qwen3.5's) prompt also holds the time of each temporal patch, as text before its frame's vision
+    tokens. On a GPU the frames are resized and normalized there (processor_device); on the CPU as the processor
+    does.
     """
     text = chat_text(lm, question, system, video is not None)
     if video is None:
@@ -285,7 +295,7 @@ def build_inputs(lm: LoadedModel, video, question: str, system: str | None = Non
         if device is not None:
             arguments["device"] = device
         frames = video.frames
-        if lm.family == "qwen3-vl":
+        if lm.family in QWEN3_VIDEO_FAMILIES:
             frames = qwen3_resized_frames(lm, frames, device)
         batch = lm.processor(text=[text], videos=[frames], return_tensors="pt", **arguments)
     return _to_model(batch, lm.device, lm.dtype)

@@ -23,14 +23,18 @@ FAMILY_OF_MODEL_TYPE = {
     "qwen2_5_vl": "qwen2.5-vl",
     "llava_onevision": "llava-ov",
     "qwen3_vl": "qwen3-vl",
+    "qwen3_5": "qwen3.5",
 }
 MODEL_CLASS_NAMES = {
     "qwen2-vl": "Qwen2VLForConditionalGeneration",
     "qwen2.5-vl": "Qwen2_5_VLForConditionalGeneration",
     "llava-ov": "LlavaOnevisionForConditionalGeneration",
     "qwen3-vl": "Qwen3VLForConditionalGeneration",
+    "qwen3.5": "Qwen3_5ForConditionalGeneration",
 }
-SUPPORTED = "Qwen2-VL, Qwen2.5-VL, LLaVA-OneVision and Qwen3-VL (" + ", ".join(MODEL_CLASS_NAMES.values()) + ")"
+SUPPORTED = (
+    "Qwen2-VL, Qwen2.5-VL, LLaVA-OneVision, Qwen3-VL and Qwen3.5 (" + ", ".join(MODEL_CLASS_NAMES.values()) + ")"
+)
 WEIGHT_FILES = (
     "model.safetensors",
     "model.safetensors.index.json",
@@ -62,6 +66,13 @@ REGISTRY: dict[str, ModelSpec] = {
         ModelSpec("qwen3-vl-2b", "Qwen/Qwen3-VL-2B-Instruct", "qwen3-vl", "Qwen3-VL 2B Instruct", "2b"),
         ModelSpec("qwen3-vl-4b", "Qwen/Qwen3-VL-4B-Instruct", "qwen3-vl", "Qwen3-VL 4B Instruct", "4b"),
         ModelSpec("qwen3-vl-32b", "Qwen/Qwen3-VL-32B-Instruct", "qwen3-vl", "Qwen3-VL 32B Instruct", "32b"),
+        # Qwen3.5's dense checkpoints are natively multimodal (no -VL line) and post-trained under the bare name; the
+        # alias is the 9B, the largest that fits a 24 GB GPU in bfloat16 (its KV cache is a quarter of a dense model's)
+        ModelSpec("qwen3.5", "Qwen/Qwen3.5-9B", "qwen3.5", "Qwen3.5 9B (hybrid: linear + full attention)", "9b"),
+        ModelSpec("qwen3.5-0.8b", "Qwen/Qwen3.5-0.8B", "qwen3.5", "Qwen3.5 0.8B", "0.8b"),
+        ModelSpec("qwen3.5-2b", "Qwen/Qwen3.5-2B", "qwen3.5", "Qwen3.5 2B", "2b"),
+        ModelSpec("qwen3.5-4b", "Qwen/Qwen3.5-4B", "qwen3.5", "Qwen3.5 4B", "4b"),
+        ModelSpec("qwen3.5-27b", "Qwen/Qwen3.5-27B", "qwen3.5", "Qwen3.5 27B", "27b"),
     )
 }
 
