@@ -180,25 +180,32 @@ def tiny():
     return model, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values_videos": pixels}
 
 
-@pytest.fixture(scope="module")
-def tiny_qwen3():
-    """(model, inputs): a Qwen3-VL with the same 12-token vocabulary, decoded through transformers' forward (fused.py
-    does not reproduce its layers), and 3 random frames as Qwen3-VL lays them out: each temporal patch of 2x2 video
-    tokens between vision start (3) and end (4) tokens, after a timestamp (token 5)."""
-    tokenizer = build.make_tokenizer("qwen3-vl")  # only for the processor
-    processor = build.make_processor("qwen3-vl", tokenizer, min_pixels=64 * 64, max_pixels=64 * 64)
+def vocabulary_config(family: str, text: dict, **extra):
+    """(tokenizer, config) of a tiny `family` model over the test's 12-token vocabulary: video tokens at the top,
+    vision start 3 and end 4; `text` adds to its text config."""
+    tokenizer = build.make_tokenizer(family)  # only for the processor
     config = build.make_config(
-        "qwen3-vl",
+        family,
         tokenizer=tokenizer,
         vocab_size=VOCAB,
         image_token_id=VOCAB - 2,
         video_token_id=VOCAB - 1,
         vision_start_token_id=3,
         vision_end_token_id=4,
-        text_config={"eos_token_id": EOS, "bos_token_id": 1, "hidden_size": 32, "intermediate_size": 64,
-                     "head_dim": 8, "rope_parameters": {"mrope_section": [2, 1, 1]}},
-        vision_config={"out_hidden_size": 32},
+        text_config={"eos_token_id": EOS, "bos_token_id": 1, "hidden_size": 32, "intermediate_size": 64, **text},
+        **extra,
     )
+    return tokenizer, config
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen3():
+    """(model, inputs): a Qwen3-VL with the same 12-token vocabulary, decoded through transformers' forward (fused.py
+    does not reproduce its layers), and 3 random frames as Qwen3-VL lays them out: each temporal patch of 2x2 video
+    tokens between vision start (3) and end (4) tokens, after a timestamp (token 5)."""
+    tokenizer, config = vocabulary_config("qwen3-vl", {"head_dim": 8, "rope_parameters": {"mrope_section": [2, 1, 1]}},
+                                          vision_config={"out_hidden_size": 32})
+    processor = build.make_processor("qwen3-vl", tokenizer, min_pixels=64 * 64, max_pixels=64 * 64)
     model = build.build_random_model("qwen3-vl", config, seed=4)
     frames = np.random.default_rng(4).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
     video = processor.video_processor(videos=[frames], do_sample_frames=False, do_resize=False,
@@ -216,17 +223,7 @@ def tiny_qwen35():
     """(model, inputs): a Qwen3.5 (hybrid: linear-attention and full-attention layers) with the same 12-token
     vocabulary, and a prompt around 8 video placeholders without pixels (embedded as tokens: the vision tower is not
     what this test is about), which the sparse view ranks and keeps K of like any video's."""
-    tokenizer = build.make_tokenizer("qwen3.5")
-    config = build.make_config(
-        "qwen3.5",
-        tokenizer=tokenizer,
-        vocab_size=VOCAB,
-        image_token_id=VOCAB - 2,
-        video_token_id=VOCAB - 1,
-        vision_start_token_id=3,
-        vision_end_token_id=4,
-        text_config={"eos_token_id": EOS, "bos_token_id": 1, "hidden_size": 32, "intermediate_size": 64},
-    )
+    _, config = vocabulary_config("qwen3.5", {})
     model = build.build_random_model("qwen3.5", config, seed=4)
     ids = torch.tensor([[2, 6, 7, 3] + [VOCAB - 1] * 8 + [4, 8, 9, 2, 5]])
     return model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
@@ -314,18 +311,23 @@ SETTINGS = {  # name: (options, answers drawn)
 }
 
 
+def assert_samples_follow_dense(model, inputs: dict, options: DecodeOptions, count: int, name: str) -> None:
+    """`count` StD answers of `inputs` follow the dense model's own distribution (a chi-square test), with drafts
+    both accepted and rejected often enough to have exercised the rule both ways."""
+    exact = dense_distribution(model, inputs, options.temperature, options.top_p)
+    answers, stats = std_answers(model, inputs, options, count)
+    statistic, df, p_value = chi_square(answers, exact, count)
+    print(f"{name}: chi2 {statistic:.1f}, df {df}, p {p_value:.3g}; {stats.accepted} of {stats.drafted} accepted")
+    assert p_value > ALPHA, f"StD answers do not follow the dense distribution: chi2 {statistic:.1f}, df {df}"
+    assert stats.accepted > count / 10 and stats.drafted - stats.accepted > count / 10
+    assert df >= 20  # enough outcomes compared to mean something
+
+
 @pytest.mark.parametrize("setting", SETTINGS)
 def test_std_samples_the_dense_distribution(setting, tiny):
     model, inputs = tiny
     options, count = SETTINGS[setting]
-    exact = dense_distribution(model, inputs, options.temperature, options.top_p)
-    answers, stats = std_answers(model, inputs, options, count)
-    statistic, df, p_value = chi_square(answers, exact, count)
-    print(f"{setting}: chi2 {statistic:.1f}, df {df}, p {p_value:.3g}; {stats.accepted} of {stats.drafted} accepted")
-    assert p_value > ALPHA, f"StD answers do not follow the dense distribution: chi2 {statistic:.1f}, df {df}"
-    # the rule was exercised both ways, and the test compared enough outcomes to mean something
-    assert stats.accepted > count / 10 and stats.drafted - stats.accepted > count / 10
-    assert df >= 20
+    assert_samples_follow_dense(model, inputs, options, count, setting)
 
 
 def test_std_samples_the_dense_distribution_through_transformers_forward(tiny_qwen3):
@@ -333,13 +335,7 @@ def test_std_samples_the_dense_distribution_through_transformers_forward(tiny_qw
     model, inputs = tiny_qwen3
     options, count = SETTINGS["t1"]
     assert Engine.of(model).fused() is None
-    exact = dense_distribution(model, inputs, options.temperature, options.top_p)
-    answers, stats = std_answers(model, inputs, options, count)
-    statistic, df, p_value = chi_square(answers, exact, count)
-    print(f"qwen3-vl t1: chi2 {statistic:.1f}, df {df}, p {p_value:.3g}; {stats.accepted} of {stats.drafted} accepted")
-    assert p_value > ALPHA, f"StD answers do not follow the dense distribution: chi2 {statistic:.1f}, df {df}"
-    assert stats.accepted > count / 10 and stats.drafted - stats.accepted > count / 10
-    assert df >= 20
+    assert_samples_follow_dense(model, inputs, options, count, "qwen3-vl t1")
 
 
 def test_std_samples_the_dense_distribution_on_a_hybrid(tiny_qwen35, one_thread):
@@ -349,13 +345,7 @@ def test_std_samples_the_dense_distribution_on_a_hybrid(tiny_qwen35, one_thread)
     options, _ = SETTINGS["t1"]
     count = 800
     assert Engine.of(model).adapter.cache.linear is not None
-    exact = dense_distribution(model, inputs, options.temperature, options.top_p)
-    answers, stats = std_answers(model, inputs, options, count)
-    statistic, df, p_value = chi_square(answers, exact, count)
-    print(f"qwen3.5 t1: chi2 {statistic:.1f}, df {df}, p {p_value:.3g}; {stats.accepted} of {stats.drafted} accepted")
-    assert p_value > ALPHA, f"StD answers do not follow the dense distribution: chi2 {statistic:.1f}, df {df}"
-    assert stats.accepted > count / 10 and stats.drafted - stats.accepted > count / 10
-    assert df >= 20
+    assert_samples_follow_dense(model, inputs, options, count, "qwen3.5 t1")
 
 
 @pytest.mark.parametrize("broken", [accept_every_draft, resample_from_target], ids=lambda f: f.__name__)

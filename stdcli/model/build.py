@@ -555,20 +555,9 @@ QWEN3_5_9B = {
         },
         "tie_word_embeddings": False,
     },
-    "vision_config": {
-        "depth": 27,
-        "hidden_size": 1152,
-        "intermediate_size": 4304,
-        "num_heads": 16,
-        "in_channels": 3,
-        "patch_size": 16,
-        "spatial_merge_size": 2,
-        "temporal_patch_size": 2,
-        "out_hidden_size": 4096,
-        "num_position_embeddings": 2304,
-        "hidden_act": "gelu_pytorch_tanh",
-        "initializer_range": 0.02,
-    },
+    # Qwen3-VL-8B's vision tower without DeepStack
+    "vision_config": {key: value for key, value in QWEN3_VL_8B["vision_config"].items()
+                      if key != "deepstack_visual_indexes"},
     "tie_word_embeddings": False,
 }
 QWEN3_5_27B = {
