@@ -511,7 +511,7 @@ def md_model_section(dirs: dict[str, list[dict]], cpu: bool) -> str | None:
 
 CPU_PENDING = (
     "No CPU run is committed yet: the CPU figures are produced by `stdcli bench --device cpu --frames 64,256 "
-    "--gamma auto,4 --json docs/bench/cpu/builtin_cpu.json` and are added with the closing note of issue 5."
+    "--gamma auto,4 --json docs/bench/cpu/builtin_cpu.json`."
 )
 
 

@@ -80,7 +80,7 @@ def records_of(stdout: str) -> list[dict]:
 
 
 def check_record(record: dict, video: str, mode: str = "std") -> None:
-    """The record contract of issue #2 (plus the documented extra keys): exact keys and types."""
+    """The record contract (README, "Records"; plus the documented extra keys): exact keys and types."""
     assert list(record) == [*RECORD_KEYS, *EXTRA_KEYS]
     assert set(record["timings"]) == set(TIMING_KEYS)
     assert (record["video"], record["question"], record["mode"]) == (video, QUESTION, mode)
