@@ -19,7 +19,8 @@ def fresh_lm(tiny_checkpoint, test_device):
 
 
 # Families whose language model decode_forward reproduces (Qwen3-VL's decodes through transformers' forward).
-FUSED_FAMILIES = [family for family in build.FAMILIES if family != "qwen3-vl"]
+# Qwen3-VL and Qwen3.5 decode through transformers' forward
+FUSED_FAMILIES = [family for family in build.FAMILIES if family not in ("qwen3-vl", "qwen3.5")]
 
 
 @pytest.mark.parametrize("family", FUSED_FAMILIES)

@@ -107,7 +107,8 @@ def test_each_prompt_is_what_the_processor_makes_of_its_question(family, lms, cl
 # --- the engine ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("family", build.FAMILIES)
+# a hybrid (Qwen3.5) has no prefix cache to continue from: each of its questions is prefilled whole
+@pytest.mark.parametrize("family", [family for family in build.FAMILIES if family != "qwen3.5"])
 def test_a_question_continued_from_the_prefix_has_the_sparse_view_of_asking_it_alone(family, lms, clips):
     """StD ranks the visual tokens for each question from the cached keys with that question's queries (and, where
     the prefix holds text after the video, as Qwen3-VL's frame times, with that text's queries kept from the first
@@ -144,7 +145,9 @@ def test_questions_asked_together_answer_as_asked_alone(family, gamma, lms, clip
     lm = lms(family)
     with vision_calls(lm) as calls:
         records = answer_questions(lm, clips[0], QUESTIONS, options_for(gamma))
-    assert len(calls) == 1  # one video, encoded once
+    # one video, encoded once; a hybrid prefills (and so encodes) each question whole: its recurrent state is not a
+    # prefix cache to copy
+    assert len(calls) == (len(QUESTIONS) if family == "qwen3.5" else 1)
     assert [r.question for r in records] == list(QUESTIONS)
     for record in records:
         expected = alone(lm, clips[0], record.question)

@@ -134,7 +134,8 @@ def visual_attention(
     """
     num_kv = key.shape[0]
     group = rows.shape[0] // num_kv
-    keys = key[:, : int(positions.max()) + 1].float()
+    # keys past the last row and the last visual key are never read (a step's buffer is longer than its sequence)
+    keys = key[:, : max(int(positions.max()), int(visual_keys.max())) + 1].float()
     scores = torch.zeros(num_kv, visual_keys.numel(), device=rows.device)
     for first in range(0, positions.numel(), QUERY_CHUNK):
         at = positions[first : first + QUERY_CHUNK]

@@ -329,6 +329,8 @@ class Decoder:
         if self.mrope:
             extra["position_ids"] = self.adapter.positions(inputs)
             rope_delta = tuple(int(p) + 1 - input_ids.shape[1] for p in extra["position_ids"][:, 0, -1])
+        if self.storage.linear is not None:
+            prefix = None  # a hybrid's linear layers keep a recurrent state, no prefix cache to copy: prefilled whole
         start = 0 if prefix is None else self._enter_prefix(slot, prefix, input_ids, is_visual, text, ctx)
         model_inputs: dict[str, torch.Tensor] = inputs
         if start:  # no pixels: every visual token is in the cached prefix
