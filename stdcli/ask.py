@@ -255,9 +255,7 @@ def prepare_loaded(lm: LoadedModel, loaded: Loaded | Unreadable, options: AskOpt
     base: dict[str, Any] | None = None  # several questions: the prompt of an empty question, cut at `prefix`
     prefix: SharedPrefix | None = None
     try:
-        # a hybrid's linear layers carry a recurrent state, not a cache of the prefix to copy: each of its
-        # questions is prefilled whole
-        if len(item.questions) > 1 and lm.engine.adapter.cache.linear is None:
+        if len(item.questions) > 1:
             base = build_inputs(lm, loaded.sampled, "", options.system)
             prefix = SharedPrefix(shared_prefix_length(lm, base, "", options.system), uses=len(item.questions))
     except STOP_THE_RUN:
