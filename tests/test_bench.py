@@ -322,6 +322,15 @@ def test_usage_errors_exit_2(videos):
         assert len(result.stderr.strip().splitlines()) == 1 and "error" in result.stderr
 
 
+def test_random_init_refuses_every_draft_kind_the_model_cannot_run(videos):
+    """A quantized kind after one the model can run: Qwen3-VL decodes through transformers' forward, so it drafts
+    sparse only; refused once the model is built, with one error line after the progress."""
+    result = invoke(["bench", "--random-init", "--model", "qwen3-vl", "--scale", "tiny", "--context", "128",
+                     "--draft", "sparse,int8"])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("stdcli: error: int8 drafts need the fused decoding")
+
+
 BATCH_CONFIG_KEYS = {"method", "gamma", "batch_size", "runs", "answers", "failed", "seconds", "answers_per_min",
                      "decoded_tokens", "decoded_tokens_per_s", "drafted", "accepted", "acceptance_rate", "gammas",
                      "identical_to_generate", "total", "mismatches", "speedup_vs_generate", "speedup_vs_dense",

@@ -506,7 +506,8 @@ def profile_random_init(
     engine = Engine.of(model, parallel=tensor_parallel)
     try:
         kinds = list(dict.fromkeys([*kinds, *(engine.draft_kinds(DecodeOptions()) if AUTO in drafts else [])]))
-        engine.draft_kinds(DecodeOptions(draft=kinds[0]))  # a quantized kind the model cannot run is refused here
+        for kind in kinds:  # a quantized kind the model cannot run is refused here
+            engine.draft_kinds(DecodeOptions(draft=kind))
     except ValueError as error:
         raise BenchError(str(error)) from None
     say(progress, "measuring the memory bandwidth")
