@@ -38,11 +38,12 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def torchrun(*args: str) -> subprocess.CompletedProcess:
-    """`args` run by 2 processes of torchrun, importing this checkout's stdcli."""
+def torchrun(*args: str, processes: int = 2) -> subprocess.CompletedProcess:
+    """`args` run by `processes` processes of torchrun, importing this checkout's stdcli."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes),
+               "--master-addr", "127.0.0.1",
                "--master-port", str(free_port()), *args]
     return subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
 
@@ -55,7 +56,7 @@ def one_rank(tp: int) -> TensorParallel:
 def test_split_model_decodes_what_one_rank_decodes_and_profiles(tiny_checkpoint, tmp_path):
     folders = [str(tiny_checkpoint(family)) for family in FAMILIES]
     out = tmp_path / "tp.json"
-    run = torchrun("tests/tp_worker.py", str(out), *folders)
+    run = torchrun("tests/tp_worker.py", "cpu", str(out), *folders)
     assert run.returncode == 0, run.stderr[-3000:]
     ranks = [json.loads(Path(f"{out}.{rank}").read_text()) for rank in (0, 1)]
     drafted = accepted = 0
@@ -82,6 +83,24 @@ def test_split_model_decodes_what_one_rank_decodes_and_profiles(tiny_checkpoint,
     (point,) = ranks[0]["profile"]["points"]
     assert point["skipped"] is None and point["dense_step"]["s"] > 0
     assert [v["gamma"] for v in point["verify_steps"]] == [1, 2]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="NCCL and CUDA graphs need a CUDA GPU")
+def test_split_decoding_steps_are_captured_in_cuda_graphs_with_nccl(tiny_checkpoint, tmp_path):
+    """On GPUs the split model's collectives are NCCL's, inside the captured decoding steps: no step falls back to
+    plain launches, and the tokens are still one rank's. One GPU gives one rank (its collectives run all the
+    same); two or more give two."""
+    ranks = min(2, torch.cuda.device_count())
+    folders = [str(tiny_checkpoint(family)) for family in ("qwen2-vl", "qwen3-vl")]
+    out = tmp_path / "tp.json"
+    run = torchrun("tests/tp_worker.py", "cuda", str(out), *folders, processes=ranks)
+    assert run.returncode == 0, run.stderr[-3000:]
+    for rank in range(ranks):
+        results = json.loads(Path(f"{out}.{rank}").read_text())
+        assert results["graph_warnings"] == []
+        for folder in folders:
+            for case, (whole, split) in results[folder]["cases"].items():
+                assert [s["tokens"] for s in split] == [w["tokens"] for w in whole], (folder, case, rank)
 
 
 def test_ask_under_torchrun_answers_once_as_one_rank_does(tiny_checkpoint, tmp_path):

@@ -1,16 +1,19 @@
 """One rank of the tensor-parallel tests (tests/test_tensor_parallel.py), started by torchrun:
 
-    python -m torch.distributed.run --nproc-per-node 2 tests/tp_worker.py OUT.json FOLDER...
+    python -m torch.distributed.run --nproc-per-node N tests/tp_worker.py DEVICE OUT.json FOLDER...
 
 Every rank loads each tiny checkpoint whole (the one-rank reference) and split over the ranks, decodes the same
-prompts with both, profiles a split random model as `stdcli bench --random-init --tp 2` does, and writes what it
-found to OUT.json.RANK.
+prompts with both, profiles a split random model as `stdcli bench --random-init --tp N` does, and writes what it
+found to OUT.json.RANK. On DEVICE cuda (NCCL, one GPU per rank) it also records every warning that a decoding step
+could not be captured in a CUDA graph.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+import warnings
 
 import torch
 
@@ -52,12 +55,13 @@ def sparse_view(engine: Engine, inputs: dict, options: DecodeOptions) -> torch.T
         return decoder.storage.sparse_k[:, 0, :, :length].clone()
 
 
-def main(out: str, folders: list[str]) -> None:
-    parallel = start(2, "cpu")
-    results: dict = {"rank": parallel.rank}
+def main(device: str, out: str, folders: list[str]) -> None:
+    parallel = start(int(os.environ["WORLD_SIZE"]), device)
+    results: dict = {"rank": parallel.rank, "graph_warnings": []}
+    warnings.simplefilter("always")
     for folder in folders:
-        whole = load_model(folder, device="cpu", dtype="float32")
-        split = load_model(folder, device="cpu", dtype="float32", tensor_parallel=parallel)
+        whole = load_model(folder, device=str(parallel.device), dtype="float32")
+        split = load_model(folder, device=str(parallel.device), dtype="float32", tensor_parallel=parallel)
         prompts = [build_inputs(whole, small_video(num_frames=n, seed=seed), question)
                    for n, question, seed in PROMPTS]
         cases: dict = {}
@@ -67,10 +71,13 @@ def main(out: str, folders: list[str]) -> None:
                 continue  # Qwen3-VL: transformers' forward decodes, sparse drafts only
             engines = [Engine(lm.engine.adapter, EngineConfig(fused=fused), parallel=lm.engine.parallel)
                        for lm in (whole, split)]
-            cases[name] = [decode(engine, prompts, options, 1) for engine in engines]
+            with warnings.catch_warnings(record=True) as caught:
+                cases[name] = [decode(engine, prompts, options, 1) for engine in engines]
+            results["graph_warnings"] += [str(w.message) for w in caught if "CUDA graphs" in str(w.message)]
         cases["batch"] = [decode(lm.engine, prompts, CASES[1][1], 2) for lm in (whole, split)]
         # this rank's KV head of the sparse view: the one-rank view's, the same entries kept
-        mine = slice(parallel.rank, parallel.rank + 1)
+        share = split.engine.adapter.cache.kv_heads
+        mine = slice(parallel.rank * share, (parallel.rank + 1) * share)
         whole_view, split_view = (sparse_view(lm.engine, prompts[0], CASES[1][1]) for lm in (whole, split))
         results[folder]["view_difference"] = float((whole_view[:, mine] - split_view).abs().max())
     results["profile"] = profile_random_init("qwen2-vl", scale="tiny", contexts=[128], batches=[1], ks=[8],
@@ -81,4 +88,4 @@ def main(out: str, folders: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2:])
+    main(sys.argv[1], sys.argv[2], sys.argv[3:])
