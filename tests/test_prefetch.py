@@ -10,6 +10,7 @@ import time
 import pytest
 from typer.testing import CliRunner
 
+import stdcli.ask
 from stdcli.ask import answer_videos
 from stdcli.cli import app
 from stdcli.engine import DecodeOptions
@@ -154,7 +155,15 @@ def test_ctrl_c_from_the_consumer_keeps_finished_records_and_leaves_no_worker(lm
     assert no_prefetch_thread_left()
 
 
-def test_cli_prefetch_options(tiny_checkpoint, tmp_path):
+def test_cli_prefetch_options(tiny_checkpoint, tmp_path, monkeypatch):
+    budgets: list[int] = []  # of every prefetch started
+
+    class Counted(Prefetch):
+        def __init__(self, items, load, budget):
+            budgets.append(budget)
+            super().__init__(items, load, budget)
+
+    monkeypatch.setattr(stdcli.ask, "Prefetch", Counted)
     model = str(tiny_checkpoint("qwen2-vl"))
     for i, frames in enumerate((6, 12, 4)):
         write_video(tmp_path / f"v{i}.mp4", frames=frames, rate=4)
@@ -163,6 +172,10 @@ def test_cli_prefetch_options(tiny_checkpoint, tmp_path):
     answers = [[(r["video"], r["answer"]) for r in map(json.loads, run(*extra).stdout.splitlines())]
                for extra in (["--no-prefetch"], ["--prefetch-memory", "1"])]
     assert answers[0] == answers[1] and len(answers[0]) == 3
+    assert budgets == [1]
+    # on the CPU the model's threads take every core: no loading ahead unless asked for
+    assert run().exit_code == 0 and budgets == [1]
+    assert run("--prefetch").exit_code == 0 and len(budgets) == 2
     for bad, message in ((["--prefetch-memory", "lots"], "--prefetch-memory: 'lots' is not a size"),
                          (["--prefetch-memory", "0"], "less than one byte"),
                          (["--prefetch-memory", "1G", "--no-prefetch"], "are exclusive")):
