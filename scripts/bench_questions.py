@@ -6,9 +6,11 @@ costs after the first, once the video has been read, encoded and prefilled.
 Asked alone, every question pays for reading the video, the processor, the vision encoder and the prefill of its
 whole prompt. Asked together, the first one does; each later one copies the cached prefix (the system prompt and
 the video) and prefills only its own tokens. Both ways decode with the options `stdcli ask` has by default, and the
-answers are checked to be identical. Prints, best of --rounds: the seconds of each question asked alone, the
-seconds questions 2-5 take together after the first, and the ratio "questions 2-5 together / question 1 alone",
-in wall-clock time and in this process's CPU time (steadier where other work shares the cores).
+answers are checked to be identical. With --batch-size B the questions asked together are decoded B at a time (as
+`stdcli ask --batch-size B` does). Prints, best of --rounds: the seconds of each question asked alone, what
+questions 2-5 add when asked together (all five together, less question 1 alone), and the ratio "questions 2-5
+together / question 1 alone", in wall-clock time and in this process's CPU time (steadier where other work shares
+the cores).
 """
 
 from __future__ import annotations
@@ -38,18 +40,14 @@ def since(start: tuple[float, float]) -> tuple[float, float]:
     return now[0] - start[0], now[1] - start[1]
 
 
-def together(lm, video: str, questions: list[str], options: AskOptions) -> tuple[tuple[float, float], list[Record]]:
-    """(wall-clock, CPU) seconds from the end of the first answer to the end of the last, asked together, and the
-    records."""
-    ends: list[tuple[float, float]] = []
+def together(lm, video: str, questions: list[str], options: AskOptions,
+             batch_size: int) -> tuple[tuple[float, float], list[Record]]:
+    """(wall-clock, CPU) seconds of the questions asked together, and their records in the questions' order."""
     records: list[Record] = []
-
-    def record(r: Record) -> None:
-        ends.append(clocks())
-        records.append(r)
-
-    answer_videos(lm, [VideoQuestions(video, tuple(questions))], options, 1, record)
-    return (ends[-1][0] - ends[0][0], ends[-1][1] - ends[0][1]), records
+    started = clocks()
+    answer_videos(lm, [VideoQuestions(video, tuple(questions))], options, batch_size, records.append)
+    seconds = since(started)
+    return seconds, sorted(records, key=lambda r: questions.index(r.question))
 
 
 def main() -> None:
@@ -60,6 +58,7 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=5)
     parser.add_argument("--minutes", type=float, default=2.0, help="length of the generated clip (8 fps)")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=1, help="questions decoded at a time, asked together")
     parser.add_argument("--clip", type=Path, help="where the generated clip is kept: written if missing, else reused")
     args = parser.parse_args()
 
@@ -84,7 +83,7 @@ def main() -> None:
                 started = clocks()
                 single.append(answer_video(lm, video, AskOptions(question, frames=options.frames)))
                 alone[i].append(since(started))
-            seconds, records = together(lm, video, questions, options)
+            seconds, records = together(lm, video, questions, options, args.batch_size)
             later.append(seconds)
             assert all(r.ok for r in single + records), [r.error for r in single + records if not r.ok]
             assert [r.answer for r in records] == [r.answer for r in single], "answers differ"
@@ -92,7 +91,8 @@ def main() -> None:
                 first_tokens[i].append(r.timings["first_token_s"])
         n = len(questions)
         print(f"{args.model} on {lm.device}, {args.frames} frames, {records[0].prompt_tokens} prompt tokens "
-              f"({records[0].visual_tokens} visual), {n} questions, best of {args.rounds} rounds (wall-clock, CPU)")
+              f"({records[0].visual_tokens} visual), {n} questions, batch size {args.batch_size} together, best of "
+              f"{args.rounds} rounds (wall-clock, CPU)")
         for i, question in enumerate(questions):
             wall, cpu = (min(t[c] for t in alone[i]) for c in (0, 1))
             print(f"  question {i + 1} alone: {wall:.3f} s, {cpu:.3f} s CPU  {records[i].new_tokens} tokens  "
@@ -102,7 +102,7 @@ def main() -> None:
         for c, clock in enumerate(("wall-clock", "CPU")):
             first = min(t[c] for t in alone[0])
             rest_alone = sum(min(t[c] for t in times) for times in alone[1:])
-            rest = min(t[c] for t in later)
+            rest = min(t[c] for t in later) - first
             print(f"questions 2-{n} together / question 1 alone ({clock}): {rest / first:.2f}  "
                   f"({rest:.3f} s / {first:.3f} s; asked alone, questions 2-{n} take {rest_alone / first:.2f})")
 
