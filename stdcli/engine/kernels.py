@@ -219,50 +219,43 @@ if triton is not None:
 
 
     @triton.jit
-    def _quant_linear_kernel(X, Q, S, BIAS, OUT, rows, width, groups, groups_per_split, stride_x, stride_q, stride_s,
-                             stride_out, stride_split, BITS: tl.constexpr, HAS_BIAS: tl.constexpr,
-                             PARTIAL: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr,
-                             BLOCK_N: tl.constexpr):
-        # One group of GROUP input columns per iteration: its integer levels go to the activations' dtype as they
-        # are (exact), one dot, and the group's scales multiply the [rows, BLOCK_N] product, not every weight:
-        # dequantizing each weight (the ALU work per byte) is what bounded a draft step, not its bytes. int4 levels
-        # are stored offset by 8 (quant.py): the dots take the unsigned nibbles, and 8 x the group's sum of x is
-        # taken back off the product. Program (_, _, s) reduces groups [s * groups_per_split, ...): split-K gives a
-        # skinny matmul enough programs to keep the memory busy; the splits' partial sums are added after.
+    def _quant_linear_kernel(X, Q, S, BIAS, OUT, rows, width, depth, stride_x, stride_q, stride_s, stride_out,
+                             BITS: tl.constexpr, HAS_BIAS: tl.constexpr, GROUP: tl.constexpr,
+                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        # Dequantize a [BLOCK_N, BLOCK_K] tile of the weight in registers (levels times their group's scale, rounded
+        # to the activations' dtype as `dequantize` does), then one dot: wide K steps keep enough bytes in flight
+        # per program, which a step of one group at a time did not.
         row_ids = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         row_valid, col_valid = row_ids < rows, cols < width
-        first = tl.program_id(2) * groups_per_split
-        last = tl.minimum(first + groups_per_split, groups)
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        for g in range(first, last):
-            scales = tl.load(S + cols * stride_s + g, mask=col_valid, other=0.0)
+        for k0 in range(0, depth, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            k_valid = ks < depth
+            x = tl.load(X + row_ids[:, None] * stride_x + ks[None, :], mask=row_valid[:, None] & k_valid[None, :],
+                        other=0.0)
             if BITS == 8:
-                ks = g * GROUP + tl.arange(0, GROUP)
-                x = tl.load(X + row_ids[:, None] * stride_x + ks[None, :], mask=row_valid[:, None], other=0.0)
-                levels = tl.load(Q + cols[:, None] * stride_q + ks[None, :], mask=col_valid[:, None], other=0)
-                product = tl.dot(x, tl.trans(levels.to(x.dtype)))
+                levels = tl.load(Q + cols[:, None] * stride_q + ks[None, :],
+                                 mask=col_valid[:, None] & k_valid[None, :], other=0)
             else:  # two columns per byte: the even one in the low nibble
-                half = tl.arange(0, GROUP // 2)
-                even = g * GROUP + 2 * half
-                x_even = tl.load(X + row_ids[:, None] * stride_x + even[None, :], mask=row_valid[:, None], other=0.0)
-                x_odd = tl.load(X + row_ids[:, None] * stride_x + even[None, :] + 1, mask=row_valid[:, None],
-                                other=0.0)
-                packed = tl.load(Q + cols[:, None] * stride_q + g * (GROUP // 2) + half[None, :],
-                                 mask=col_valid[:, None], other=0)
-                product = tl.dot(x_even, tl.trans((packed & 0xF).to(x_even.dtype)))
-                product = tl.dot(x_odd, tl.trans((packed >> 4).to(x_odd.dtype)), product)
-                offset = tl.sum(x_even.to(tl.float32), 1) + tl.sum(x_odd.to(tl.float32), 1)
-                product -= 8.0 * offset[:, None]
-            acc += product * scales[None, :]
-        mask = row_valid[:, None] & col_valid[None, :]
-        if PARTIAL:  # float32 partial sums [split, rows, width]
-            tl.store(OUT + tl.program_id(2) * stride_split + row_ids[:, None] * stride_out + cols[None, :], acc,
-                     mask=mask)
-        else:
-            if HAS_BIAS:
-                acc += tl.load(BIAS + cols, mask=col_valid, other=0.0).to(tl.float32)[None, :]
-            tl.store(OUT + row_ids[:, None] * stride_out + cols[None, :], acc.to(OUT.dtype.element_ty), mask=mask)
+                pairs = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+                packed = tl.load(Q + cols[:, None] * stride_q + pairs[None, :],
+                                 mask=col_valid[:, None] & (pairs[None, :] < depth // 2), other=0)
+                low = (packed & 0xF).to(tl.int8)
+                high = (packed >> 4).to(tl.int8)
+                levels = tl.interleave(tl.where(low > 7, low - 16, low), tl.where(high > 7, high - 16, high))
+            # one scale per group of the tile, broadcast over its GROUP columns (not gathered per weight: that
+            # would load four bytes of scale per byte of weight)
+            groups = k0 // GROUP + tl.arange(0, BLOCK_K // GROUP)
+            scales = tl.load(S + cols[:, None] * stride_s + groups[None, :],
+                             mask=col_valid[:, None] & (groups[None, :] < depth // GROUP), other=0.0)
+            levels = tl.reshape(levels.to(tl.float32), (BLOCK_N, BLOCK_K // GROUP, GROUP))
+            w = tl.reshape(levels * scales[:, :, None], (BLOCK_N, BLOCK_K)).to(x.dtype)
+            acc = tl.dot(x, tl.trans(w), acc)
+        if HAS_BIAS:
+            acc += tl.load(BIAS + cols, mask=col_valid, other=0.0).to(tl.float32)[None, :]
+        tl.store(OUT + row_ids[:, None] * stride_out + cols[None, :], acc.to(OUT.dtype.element_ty),
+                 mask=row_valid[:, None] & col_valid[None, :])
 
 
 # Batch invariance of the projections: one row's product must not depend on how many rows are computed with it.
@@ -304,11 +297,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 
 # The quantized matmul serves drafts only, which need not be batch-invariant (the dense verify decides every
-# token): its configuration (block of N, splits of K, warps, pipeline stages) is the fastest of QUANT_CANDIDATES,
+# token): its configuration (block of N, block of K, warps, pipeline stages) is the fastest of QUANT_CANDIDATES,
 # timed on the GPU the first time each weight shape and row count is seen (the first step of a shape runs for
 # real before any CUDA graph captures it), so that it suits whatever GPU it runs on.
-QUANT_CANDIDATES = ((32, 1, 4, 4), (64, 1, 4, 4), (128, 1, 4, 3), (64, 2, 4, 4), (32, 4, 4, 4), (64, 4, 4, 4),
-                    (128, 4, 8, 3), (64, 8, 4, 3))
+QUANT_CANDIDATES = ((32, 256, 4, 4), (16, 512, 4, 3), (64, 256, 4, 3), (32, 512, 8, 3), (64, 512, 8, 3))
 _quant_configs: dict[tuple, tuple[int, int, int, int] | None] = {}
 
 
@@ -316,22 +308,13 @@ def _launch_quant_linear(x: torch.Tensor, weight: QuantizedWeight, bias: torch.T
                          config: tuple[int, int, int, int]) -> None:
     rows, depth = x.shape
     width = weight.shape[0]
-    block_n, splits, warps, stages = config
-    groups = weight.scales.shape[1]
-    per_split = triton.cdiv(groups, splits)
-    splits = triton.cdiv(groups, per_split)  # none left empty
-    target = out if splits == 1 else torch.empty(splits, rows, width, device=x.device, dtype=torch.float32)
-    _quant_linear_kernel[(triton.cdiv(rows, LINEAR_ROWS), triton.cdiv(width, block_n), splits)](
-        x, weight.packed, weight.scales, x if bias is None else bias, target, rows, width, groups, per_split,
-        x.stride(0), weight.packed.stride(0), weight.scales.stride(0), width, rows * width, BITS=weight.bits,
-        HAS_BIAS=bias is not None, PARTIAL=splits > 1, GROUP=depth // groups, BLOCK_M=LINEAR_ROWS, BLOCK_N=block_n,
-        num_warps=warps, num_stages=stages,
+    block_n, block_k, warps, stages = config
+    _quant_linear_kernel[(triton.cdiv(rows, LINEAR_ROWS), triton.cdiv(width, block_n))](
+        x, weight.packed, weight.scales, x if bias is None else bias, out, rows, width, depth, x.stride(0),
+        weight.packed.stride(0), weight.scales.stride(0), out.stride(0), BITS=weight.bits,
+        HAS_BIAS=bias is not None, GROUP=depth // weight.scales.shape[1], BLOCK_M=LINEAR_ROWS, BLOCK_N=block_n,
+        BLOCK_K=block_k, num_warps=warps, num_stages=stages,
     )
-    if splits > 1:
-        total = target.sum(0)
-        if bias is not None:
-            total += bias.float()
-        out.copy_(total)
 
 
 def _fastest_quant_config(x: torch.Tensor, weight: QuantizedWeight, bias: torch.Tensor | None,
@@ -364,7 +347,7 @@ def _fastest_quant_config(x: torch.Tensor, weight: QuantizedWeight, bias: torch.
 def quant_linear(x: torch.Tensor, weight: QuantizedWeight, bias: torch.Tensor | None = None,
                  config: tuple[int, int, int, int] | None = None) -> torch.Tensor:
     """x [M, K] @ dequantize(weight).T (+ bias) for an int8 or int4 weight (quant.py), dequantized on the fly: the
-    weight is read in its quantized bytes only. config: (block of N, splits of K, warps, pipeline stages); by
+    weight is read in its quantized bytes only. config: (block of N, block of K, warps, pipeline stages); by
     default the fastest measured here (QUANT_CANDIDATES). Where no candidate runs, the weight is dequantized
     first (correct, and slower than a dense step: gamma auto then drafts with another kind)."""
     out = torch.empty(x.shape[0], weight.shape[0], device=x.device, dtype=x.dtype)

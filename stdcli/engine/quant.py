@@ -8,8 +8,7 @@ distribution (the draft's probabilities are those of the quantized model, which 
 
 Format: for each output row, groups of GROUP consecutive input columns share one scale (symmetric, no zero
 point): q = round(w / scale) in [-2^(bits-1) + 1, 2^(bits-1) - 1], scale = max|w| / (2^(bits-1) - 1) over the
-group. int8 keeps one byte per weight; int4 packs two per byte, the even column in the low nibble, each stored as
-q + 8 (0 to 15: the GPU kernel turns nibbles into numbers without a sign to extend). Scales are
+group. int8 keeps one byte per weight; int4 packs two per byte, the even column in the low nibble. Scales are
 float32, one per GROUP weights (1/64 of the bf16 bytes at GROUP 128): an int8 copy adds 52% of the projections'
 bf16 bytes to memory, an int4 copy 27%. The embedding table stays as it is (a step reads B of its rows) and so do
 the norms.
@@ -61,7 +60,7 @@ def quantize(weight: torch.Tensor, bits: int, group: int = GROUP) -> QuantizedWe
     levels = torch.where(scales[..., None] > 0, grouped / scales.clamp(min=1e-30)[..., None], 0.0)
     q = levels.round().clamp_(-top, top).to(torch.int8).view(rows, columns)
     if bits == 4:
-        nibbles = (q + 8).to(torch.uint8)
+        nibbles = (q & 0xF).to(torch.uint8)  # two's complement in 4 bits
         q = nibbles[:, 0::2] | (nibbles[:, 1::2] << 4)
     return QuantizedWeight(bits, q.contiguous(), scales.contiguous(), (rows, columns), weight.dtype)
 
@@ -72,7 +71,8 @@ def unpack(weight: QuantizedWeight) -> torch.Tensor:
         return weight.packed
     low = (weight.packed & 0xF).to(torch.int8)
     high = (weight.packed >> 4).to(torch.int8)
-    return torch.stack([low, high], -1).view(weight.shape) - 8
+    levels = torch.stack([low, high], -1).view(weight.shape)
+    return torch.where(levels > 7, levels - 16, levels)
 
 
 def dequantize(weight: QuantizedWeight) -> torch.Tensor:
