@@ -101,7 +101,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as costs:
         def command(mode: str, videos: Path) -> tuple[list[str], dict[str, str]]:
             code, flags = modes[mode]  # step costs of the bench's own, shared by every mode
-            env = {**os.environ, "PYTHONPATH": str(code), "STDCLI_CACHE_DIR": costs}
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(code), os.environ.get("PYTHONPATH", "")]),
+                   "STDCLI_CACHE_DIR": costs}
             return [sys.executable, "-m", "stdcli", "ask", str(videos), *options, *flags], env
 
         for mode in modes:
