@@ -96,7 +96,10 @@ def is_sparse_profile(report: dict) -> bool:
 
 
 def draft_kind_reports(reports: list[dict]) -> list[dict]:
-    return [r for r in reports if r["kind"] == "random-init" and len(r["settings"].get("draft", [])) > 1]
+    """Profiles of several draft kinds, but the ones of a kernel variant that was measured and not kept
+    (named *_split_k)."""
+    return [r for r in reports if r["kind"] == "random-init" and len(r["settings"].get("draft", [])) > 1
+            and not r["_path"].stem.endswith("_split_k")]
 
 
 def live(points: dict) -> dict:
