@@ -111,20 +111,15 @@ def main() -> None:
     if args.drafts:
         compare_drafts(lm, args)
         return
-    jobs = held_out_clips(args)
     correct: dict[tuple[str, str], list[bool]] = defaultdict(list)
     answers = []
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(args.workers) as pool:
-        paths = pool.map(write_clip, [(seed, kind, f"{tmp}/{kind}-{seed}.mp4") for seed, kind in jobs])
-        for (seed, kind), path in zip(jobs, paths, strict=True):
-            clip = generate_clip(seed, kind)
-            qas = questions_for(clip, random.Random(seed))
-            for qa, said in zip(qas, answer(path, qas), strict=True):
-                ok = is_correct(qa, said, clip)
-                correct[(kind, qa.qtype)].append(ok)
-                answers.append({"seed": seed, "kind": kind, "qtype": qa.qtype, "question": qa.question,
-                                "truth": qa.answer, "answer": said, "correct": ok})
+    for seed, kind, clip, path, qas in held_out_questions(args):
+        for qa, said in zip(qas, answer(path, qas), strict=True):
+            ok = is_correct(qa, said, clip)
+            correct[(kind, qa.qtype)].append(ok)
+            answers.append({"seed": seed, "kind": kind, "qtype": qa.qtype, "question": qa.question,
+                            "truth": qa.answer, "answer": said, "correct": ok})
     table = {f"{kind}/{qtype}": {"n": len(v), "accuracy": round(sum(v) / len(v), 4)}
              for (kind, qtype), v in sorted(correct.items())}
     short_answers = [ok for (kind, qtype), v in correct.items() if kind == "short" and qtype != "describe" for ok in v]
@@ -152,41 +147,47 @@ def held_out_clips(args) -> list[tuple[int, str]]:
     return jobs + [(EVAL_SEED_BASE + 500_000 + i, "long") for i in range(args.start_long, args.start_long + args.long)]
 
 
+def held_out_questions(args):
+    """(seed, kind, clip, path, questions) of each held-out clip, its video written by the worker processes (ahead
+    of the one answered) into a folder that lasts until the last is answered."""
+    jobs = held_out_clips(args)
+    with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(args.workers) as pool:
+        paths = pool.map(write_clip, [(seed, kind, f"{tmp}/{kind}-{seed}.mp4") for seed, kind in jobs])
+        for (seed, kind), path in zip(jobs, paths, strict=True):
+            clip = generate_clip(seed, kind)
+            yield seed, kind, clip, path, questions_for(clip, random.Random(seed))
+
+
 def compare_drafts(lm, args) -> None:
     """--drafts (module docstring)."""
     from stdcli.bench.profile import decode_prompts
     from stdcli.engine.options import DRAFT_KINDS
 
-    jobs = held_out_clips(args)
     totals: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))  # method -> counts
     by_type: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))  # (method, qtype) ->
     correct: dict[str, list[bool]] = defaultdict(list)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(args.workers) as pool:
-        paths = pool.map(write_clip, [(seed, kind, f"{tmp}/{kind}-{seed}.mp4") for seed, kind in jobs])
-        for (seed, kind), path in zip(jobs, paths, strict=True):
-            clip = generate_clip(seed, kind)
-            qas = questions_for(clip, random.Random(seed))
-            video = sample_video(lm, path, FrameOptions())
-            prompts = [build_inputs(lm, video, qa.question) for qa in qas]
-            point = decode_prompts(lm.engine, prompts, k=DEFAULT_K, gammas=[args.gamma], drafts=DRAFT_KINDS,
-                                   new_tokens=96, rounds=1, warmup=False)
-            for config in point["configs"]:
-                method = "dense" if config["gamma"] == 0 else f"{config['gamma']}/{config['draft']}"
-                for qa, sequence in zip(qas, config["sequences"], strict=True):
-                    qtype = f"{kind}/{qa.qtype}"
-                    for counts in (totals[method], by_type[method, qtype]):
-                        counts["answers"] += 1
-                        counts["identical"] += sequence["identical"]
-                        counts["drafted"] += sequence["drafted"]
-                        counts["accepted"] += sequence["accepted"]
-                    if config["gamma"] == 0:
-                        said = decode_answer(lm.tokenizer, sequence["tokens"])
-                        correct[qtype].append(is_correct(qa, said, clip))
-            report = drafts_report(lm, args, totals, by_type, correct, time.perf_counter() - started)
-            if args.json:  # after every clip: a run cut short keeps what it measured
-                args.json.parent.mkdir(parents=True, exist_ok=True)
-                args.json.write_text(json.dumps(report, indent=1))
+    for _, kind, clip, path, qas in held_out_questions(args):
+        video = sample_video(lm, path, FrameOptions())
+        prompts = [build_inputs(lm, video, qa.question) for qa in qas]
+        point = decode_prompts(lm.engine, prompts, k=DEFAULT_K, gammas=[args.gamma], drafts=DRAFT_KINDS,
+                               new_tokens=96, rounds=1, warmup=False)
+        for config in point["configs"]:
+            method = "dense" if config["gamma"] == 0 else f"{config['gamma']}/{config['draft']}"
+            for qa, sequence in zip(qas, config["sequences"], strict=True):
+                qtype = f"{kind}/{qa.qtype}"
+                for counts in (totals[method], by_type[method, qtype]):
+                    counts["answers"] += 1
+                    counts["identical"] += sequence["identical"]
+                    counts["drafted"] += sequence["drafted"]
+                    counts["accepted"] += sequence["accepted"]
+                if config["gamma"] == 0:
+                    said = decode_answer(lm.tokenizer, sequence["tokens"])
+                    correct[qtype].append(is_correct(qa, said, clip))
+        report = drafts_report(lm, args, totals, by_type, correct, time.perf_counter() - started)
+        if args.json:  # after every clip: a run cut short keeps what it measured
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report, indent=1))
     for method, c in report["methods"].items():
         print(f"{method:12s} identical {c['identical']}/{c['answers']}  acceptance {c['acceptance']}")
     for name, c in report["per_type"].items():
