@@ -25,6 +25,7 @@ from .engine.decoder import SharedPrefix
 from .engine.linear import slot_bytes
 from .engine.session import Generation, Request
 from .engine.stats import DecodeStats, gamma_counts
+from .errors import STOPS
 from .inputs import AskOptions, FrameOptions, VideoQuestions
 from .model.loading import LoadedModel
 from .model.prompts import (
@@ -231,6 +232,7 @@ def load(lm: LoadedModel, item: VideoQuestions, options: AskOptions, texts: Sequ
     except STOP_THE_RUN:
         raise
     except Exception as error:  # one broken video must not stop a folder run: it is reported in its records
+        STOPS.raise_if_stopped(error)
         return Unreadable(item, error)
     if reserve is not None and sampled.frames.nbytes > reserved:
         # the header's size was not the frames' (a stream that states none, or whose first frame differs): the
@@ -261,6 +263,7 @@ def prepare_loaded(lm: LoadedModel, loaded: Loaded | Unreadable, options: AskOpt
     except STOP_THE_RUN:
         raise
     except Exception as error:  # one broken video must not stop a folder run: it is reported in its records
+        STOPS.raise_if_stopped(error)
         for question in item.questions:
             yield Record.failed(item.video, question, lm.name, options.mode, error)
         return
@@ -279,6 +282,7 @@ def prepare_loaded(lm: LoadedModel, loaded: Loaded | Unreadable, options: AskOpt
         except STOP_THE_RUN:
             raise
         except Exception as error:  # a question that cannot be asked of this video: the others go on
+            STOPS.raise_if_stopped(error)
             if prefix is not None:
                 prefix.drop()
             yield Record.failed(item.video, question, lm.name, options.mode, error)
@@ -478,6 +482,7 @@ def _answer_and_compare(lm: LoadedModel, item: Prepared | Record, options: AskOp
     except STOP_THE_RUN:
         raise
     except Exception as error:  # one broken video must not stop a folder run: it is reported in its record
+        STOPS.raise_if_stopped(error)
         return Record.failed(item.video, item.question, lm.name, options.mode, error)
     return record
 

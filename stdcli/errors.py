@@ -27,6 +27,13 @@ class StopSignals:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
+    def raise_if_stopped(self, error: Exception) -> None:
+        """The stop itself, if there was one, in place of `error`: a Ctrl-C that went through a library's import
+        can leave a module half made, whose next use fails (numpy: "module 'numpy' has no attribute ...") in what
+        would otherwise be reported as one broken video."""
+        if self.first is not None:
+            raise self.first from error
+
     def _raise(self, signum: int, frame: object) -> None:
         stop = Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
         self.first = self.first or stop

@@ -14,6 +14,7 @@ import stdcli.ask
 from stdcli.ask import answer_videos
 from stdcli.cli import app
 from stdcli.engine import DecodeOptions
+from stdcli.errors import STOPS
 from stdcli.inputs import AskOptions, InputError, parse_size
 from stdcli.model.loading import load_model
 from stdcli.prefetch import Prefetch, default_budget
@@ -125,6 +126,18 @@ def test_a_broken_video_among_good_ones_is_one_failed_record_in_its_place(lm, vi
     assert [r.video for r in records] == order
     assert [r.error["type"] if r.error else None for r in records] == [None, "VideoError", None, "VideoError", None]
     assert no_prefetch_thread_left()
+
+
+@pytest.mark.parametrize("prefetch", [None, frame_bytes(10)])
+def test_an_error_after_a_stop_is_the_stop(lm, videos, tmp_path, monkeypatch, prefetch):
+    """A Ctrl-C that went through a library's import can leave a module half made, whose next use fails while a
+    video loads: after a stop, that error ends the run as the stop does, not as one broken video."""
+    monkeypatch.setattr(STOPS, "first", KeyboardInterrupt())
+    records = []
+    with pytest.raises(KeyboardInterrupt):
+        answer_videos(lm, [videos[0], write_text(tmp_path / "broken.mp4")], OPTIONS, 1, records.append,
+                      prefetch=prefetch)
+    assert [r.video for r in records] == [videos[0]] and no_prefetch_thread_left()
 
 
 @pytest.mark.parametrize("batch", [1, 3])
