@@ -323,9 +323,9 @@ def test_usage_errors_exit_2(videos):
 
 
 def test_random_init_refuses_every_draft_kind_the_model_cannot_run(videos):
-    """A quantized kind after one the model can run: Qwen3-VL decodes through transformers' forward, so it drafts
+    """A quantized kind after one the model can run: Qwen3.5 decodes through transformers' forward, so it drafts
     sparse only; refused once the model is built, with one error line after the progress."""
-    result = invoke(["bench", "--random-init", "--model", "qwen3-vl", "--scale", "tiny", "--context", "128",
+    result = invoke(["bench", "--random-init", "--model", "qwen3.5", "--scale", "tiny", "--context", "128",
                      "--draft", "sparse,int8"])
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines()[-1].startswith("stdcli: error: int8 drafts need the fused decoding")

@@ -20,7 +20,7 @@ def fresh_lm(tiny_checkpoint, test_device):
 
 # Families whose language model decode_forward reproduces (Qwen3-VL's decodes through transformers' forward).
 # Qwen3-VL and Qwen3.5 decode through transformers' forward
-FUSED_FAMILIES = [family for family in build.FAMILIES if family not in ("qwen3-vl", "qwen3.5")]
+FUSED_FAMILIES = [family for family in build.FAMILIES if family != "qwen3.5"]
 
 
 @pytest.mark.parametrize("family", FUSED_FAMILIES)
@@ -36,7 +36,11 @@ def test_fusing_keeps_the_weights_and_shares_their_memory(family, fresh_lm):
     attn = fused.language_model(lm.model).layers[0].self_attn
     layer = text.layers[0]
     assert attn.k_proj.weight.data_ptr() == layer.qkv_weight[attn.q_proj.weight.shape[0]:].data_ptr()
-    assert attn.v_proj.bias.data_ptr() == layer.qkv_bias[-attn.v_proj.bias.shape[0]:].data_ptr()
+    if attn.v_proj.bias is None:  # Qwen3-VL: no q/k/v bias, an RMSNorm per query and key head instead
+        assert layer.qkv_bias is None and layer.q_norm is attn.q_norm.weight and layer.k_norm is attn.k_norm.weight
+    else:
+        assert attn.v_proj.bias.data_ptr() == layer.qkv_bias[-attn.v_proj.bias.shape[0]:].data_ptr()
+        assert layer.q_norm is None and layer.k_norm is None
 
 
 def test_a_moved_model_is_fused_again(fresh_lm):
@@ -57,11 +61,11 @@ def test_unsupported_architectures_are_named(fresh_lm):
     assert lm.engine.new_decoder(DecodeOptions(), 1, 8, 8).fused is None  # transformers' forward then
 
 
-def test_qwen3_vl_decodes_through_transformers_forward(fresh_lm):
-    """Qwen3-VL's decoder layer (q/k RMSNorm, interleaved M-RoPE) is not one decode_forward reproduces: the engine
-    says so and uses transformers' forward, its weights untouched."""
-    lm = fresh_lm("qwen3-vl")
-    assert fused.unsupported_reason(lm.model) == "layer Qwen3VLTextDecoderLayer"
+def test_a_hybrid_decodes_through_transformers_forward(fresh_lm):
+    """Qwen3.5's linear-attention layers are not ones decode_forward reproduces: the engine says so and uses
+    transformers' forward."""
+    lm = fresh_lm("qwen3.5")
+    assert fused.unsupported_reason(lm.model) == "linear-attention layers"
     assert lm.engine.fused() is None and lm.engine.new_decoder(DecodeOptions(), 1, 8, 8).fused is None
 
 

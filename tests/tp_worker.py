@@ -68,7 +68,7 @@ def main(device: str, out: str, folders: list[str]) -> None:
         results[folder] = {"kv_heads": [lm.engine.adapter.cache.kv_heads for lm in (whole, split)], "cases": cases}
         for name, options, fused in CASES:
             if options.draft == INT8_DRAFT and whole.engine.fused() is None:
-                continue  # Qwen3-VL: transformers' forward decodes, sparse drafts only
+                continue  # a model without the fused forward drafts sparse only
             engines = [Engine(lm.engine.adapter, EngineConfig(fused=fused), parallel=lm.engine.parallel)
                        for lm in (whole, split)]
             with warnings.catch_warnings(record=True) as caught:

@@ -1,4 +1,5 @@
-"""Our own decoding forward for the Qwen2-family language models (Qwen2-VL, Qwen2.5-VL, LLaVA-OneVision's Qwen2).
+"""Our own decoding forward for the Qwen2-family language models (Qwen2-VL, Qwen2.5-VL, LLaVA-OneVision's Qwen2)
+and Qwen3-VL's text model.
 
 A decoding step of transformers' forward is ~47 kernels per layer (a 7B step: 1,326), most of them tiny element-wise
 ones; the step then takes twice what reading the weights needs. Here a step is a plain function over the model's own
@@ -6,6 +7,9 @@ weights (gpt-fast style), per layer:
 
     add + RMSNorm -> one QKV matmul -> RoPE and cache write -> attention -> o_proj
     add + RMSNorm -> one gate/up matmul -> SiLU * up -> down_proj
+
+Qwen3-VL adds an RMSNorm per query and key head before RoPE (its interleaved M-RoPE is the model's own rotary
+module's cos/sin, as for the others), and has no q/k/v bias.
 
 On a CUDA GPU the element-wise parts are Triton kernels (kernels.py), and in 16-bit the projections too: a
 batch-invariant matmul, so that a verify pass computes every token's row bit for bit as a dense step would (and
@@ -36,7 +40,8 @@ from .cache import store_step_entries
 from .quant import QuantizedWeight, linear_reference
 
 # Decoder layers whose forward is exactly the one written out in `decode_forward`.
-SUPPORTED_LAYERS = ("Qwen2DecoderLayer", "Qwen2VLDecoderLayer", "Qwen2_5_VLDecoderLayer")
+SUPPORTED_LAYERS = ("Qwen2DecoderLayer", "Qwen2VLDecoderLayer", "Qwen2_5_VLDecoderLayer",
+                    "Qwen3VLTextDecoderLayer")
 
 
 Weight = torch.Tensor | QuantizedWeight  # a projection's weight: the model's own, or a draft's quantized copy
@@ -51,6 +56,8 @@ class FusedLayer:
     o_weight: Weight
     gate_up_weight: Weight  # [2 * intermediate, hidden]
     down_weight: Weight
+    q_norm: torch.Tensor | None = None  # [D]: Qwen3-VL's RMSNorm of each query head, before RoPE
+    k_norm: torch.Tensor | None = None  # and of each key head
 
 
 @dataclass
@@ -106,6 +113,8 @@ def unsupported_reason(model: Any) -> str | None:
             return "q/k/v projections with and without bias"
         if any(m.bias is not None for m in (attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj)):
             return "biased o/gate/up/down projections"
+        if len({hasattr(attn, "q_norm"), hasattr(attn, "k_norm")}) != 1:
+            return "a norm of the query heads or of the key heads alone"
     return None
 
 
@@ -143,6 +152,8 @@ def fused_text_model(model: Any, reduce: Callable[[torch.Tensor], torch.Tensor] 
             input_norm=layer.input_layernorm.weight, post_attention_norm=layer.post_attention_layernorm.weight,
             qkv_weight=qkv_weight, qkv_bias=qkv_bias, o_weight=attn.o_proj.weight,
             gate_up_weight=gate_up_weight, down_weight=mlp.down_proj.weight,
+            q_norm=attn.q_norm.weight if hasattr(attn, "q_norm") else None,
+            k_norm=attn.k_norm.weight if hasattr(attn, "k_norm") else None,
         ))
     config = lm.config
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
@@ -186,6 +197,16 @@ def rope_to_cache(
     return query
 
 
+def norm_qk_heads(qkv: torch.Tensor, q_norm: torch.Tensor, k_norm: torch.Tensor, q_heads: int, kv_heads: int,
+                  eps: float) -> torch.Tensor:
+    """qkv [M, (Hq + 2 Hkv) * D] with each query head RMS-normed by q_norm and each key head by k_norm (Qwen3-VL),
+    the values as they are. Row by row in PyTorch on every device."""
+    heads = qkv.view(qkv.shape[0], q_heads + 2 * kv_heads, -1)
+    query, key, value = heads.split((q_heads, kv_heads, kv_heads), dim=1)
+    normed = (add_rms_norm(query.contiguous(), None, q_norm, eps), add_rms_norm(key.contiguous(), None, k_norm, eps))
+    return torch.cat([*normed, value], dim=1).view_as(qkv)
+
+
 def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     gate, up = gate_up.chunk(2, dim=-1)
     return F.silu(gate) * up
@@ -214,6 +235,8 @@ def decode_forward(
     for layer, (keys, values) in zip(fused.layers, buffers, strict=True):
         x = norm_fn(hidden, delta, layer.input_norm, fused.eps)
         qkv = project(x, layer.qkv_weight, layer.qkv_bias)
+        if layer.q_norm is not None and layer.k_norm is not None:
+            qkv = norm_qk_heads(qkv, layer.q_norm, layer.k_norm, fused.q_heads, fused.kv_heads, fused.eps)
         query = rope_fn(qkv, cos, sin, keys, values, write_pos, fused.q_heads, fused.kv_heads)
         collect_visual_attention(query, keys, ctx, fused.scaling)
         attended = step_attention(query, keys, values, ctx, fused.scaling)  # [B, L, Hq, D]

@@ -79,5 +79,6 @@ class EngineConfig:
     # forward it halved the kernels of a step but compiled the cache writes to whole-buffer copies, 2x slower
     # (docs/benchmarks.md); not measured with the fused forward, which already has few kernels
     compile: bool = False
-    # Qwen2-family language models: decoding steps run our fused forward (fused.py); False: transformers' forward
+    # Qwen2-family language models and Qwen3-VL: decoding steps run our fused forward (fused.py); False: transformers'
+    # forward
     fused: bool = True
