@@ -366,7 +366,7 @@ def ask(
         raise typer.Exit(_ask_as_rank(world, videos, asked, entries, flagged, options, output, resume, model, device,
                                       dtype, quiet, trust_remote_code, batch_size))
     todo, ledger, several = _todo(videos, asked, entries, flagged, output, resume, model, quiet)
-    left = sum(len(item.questions) for item in todo)
+    left = _answers(todo)
     if not todo:
         raise typer.Exit(0)  # nothing left: not even the model is loaded
     parallel = _tensor_parallel(tp, device)
@@ -376,7 +376,7 @@ def ask(
     writer = _open_output(output)  # before the model: a bad path should not cost a model load
     try:
         lm = _load(model, device, dtype, quiet, trust_remote_code, parallel)
-        _check_request(lm, options, sorted({q for item in todo for q in item.questions}))
+        _check_request(lm, options, todo)
     except typer.Exit:
         if writer:
             writer.close()
@@ -422,10 +422,10 @@ def _todo(videos: list[str], asked: list[str], entries: list[tuple[str | None, s
         raise fail(f"{error} (with -q or --questions, every argument is a video)" if missing else str(error)) from None
     if not items:
         raise fail("no videos given (files, folders, or '-' to read paths from stdin)")
-    several = len({q.strip() for item in items for q in item.questions}) > 1
+    several = _asks_several(items)
     ledger = Ledger(output, model, warn=lambda message: say(f"warning: {message}")) if resume and output else None
     todo = ledger.todo(items) if ledger else items
-    total, left = (sum(len(item.questions) for item in group) for group in (items, todo))
+    total, left = _answers(items), _answers(todo)
     if left < total and not quiet:
         say(f"resuming: {total - left} of {total} {'questions' if several else 'videos'} already answered in "
             f"{output}")
@@ -463,24 +463,24 @@ def _ask_as_rank(world: World, videos: list[str], asked: list[str], entries: lis
     if plan.code is not None:
         return plan.code
     mine = plan.shares[world.rank]
-    total = sum(len(item.questions) for share in plan.shares for item in share)
-    several = len({q.strip() for share in plan.shares for item in share for q in item.questions}) > 1
+    every = [item for share in plan.shares for item in share]
+    total, several = _answers(every), _asks_several(every)
     if not total:
         return 0  # --resume found every video answered: no rank loads the model, none waits for another
     if not quiet:
         unit = "answers" if several else "videos"
-        say(f"{world.size} ranks share {total} {unit} (rank 0: {sum(len(item.questions) for item in mine)}); each "
+        say(f"{world.size} ranks share {total} {unit} (rank 0: {_answers(mine)}); each "
             f"record goes to {output} as it ends")
     failures = records = 0
     if mine:
         writer = _writer(output)
         try:
             lm = _load(model, device, dtype, quiet or world.rank > 0, trust_remote_code)
-            _check_request(lm, options, sorted({q for item in mine for q in item.questions}))
+            _check_request(lm, options, mine)
         except typer.Exit:
             writer.close()
             raise
-        failures, records = _run(lm, mine, sum(len(item.questions) for item in mine), options, False, False, writer,
+        failures, records = _run(lm, mine, _answers(mine), options, False, False, writer,
                                  quiet or world.rank > 0, batch_size, several, print_answers=False)
     finished = finish.cross(records, failures)
     if finished is None:
@@ -522,12 +522,9 @@ def _fail_once(message: str) -> typer.Exit:
 def _follow(lm: LoadedModel, items: list[VideoQuestions], options: AskOptions, batch_size: int) -> None:
     """A rank other than the leader under --tp: the leader's decoding step for step, nothing said or written (the
     leader reports, errors included)."""
-    from .ask import TooLargeError, answer_videos, check_request
+    from .ask import answer_videos
 
-    try:
-        check_request(lm, options, sorted({q for item in items for q in item.questions}))
-    except TooLargeError:
-        raise typer.Exit(EXIT_USAGE) from None
+    _check_request(lm, options, items, said=False)
     answer_videos(lm, items, options, batch_size)
 
 
@@ -741,15 +738,26 @@ def _bench_as_rank(world: World, items: list[BenchItem], model: str, device: str
         raise BenchError(str(error)) from None
 
 
-def _check_request(lm: LoadedModel, options: AskOptions, questions: list[str]) -> None:
+def _check_request(lm: LoadedModel, options: AskOptions, items: list[VideoQuestions], said: bool = True) -> None:
     """A request no video can fit (a question over the context, --frames beyond it) is a usage error, found before
-    any video is read."""
+    any video is read. said=False: the exit status alone (a rank whose leader says it)."""
     from .ask import TooLargeError, check_request
 
     try:
-        check_request(lm, options, questions)
+        check_request(lm, options, sorted({q for item in items for q in item.questions}))
     except TooLargeError as error:
-        raise fail(str(error)) from None
+        raise (fail(str(error)) if said else typer.Exit(EXIT_USAGE)) from None
+
+
+def _answers(items: list[VideoQuestions]) -> int:
+    """The answers the items ask for: one per question of each video."""
+    return sum(len(item.questions) for item in items)
+
+
+def _asks_several(items: list[VideoQuestions]) -> bool:
+    """Whether more than one question is asked: each answer is then labelled with its question, and counted as an
+    answer (with one question, as a video)."""
+    return len({q.strip() for item in items for q in item.questions}) > 1
 
 
 def _prefetch_budget(asked: int | None) -> int:
