@@ -58,10 +58,6 @@ class StepContext:
     start: int = 0
     row_positions: torch.Tensor | None = None
     query_rows: dict[int, torch.Tensor] = field(default_factory=dict)
-    # dense steps that re-select the sparse view (DecodeOptions.reselect): each slot's visual key positions (None:
-    # nothing to collect), and per layer, per slot, the attention its new rows pay them (collect_visual_attention)
-    slot_visual: list[torch.Tensor | None] | None = None
-    visual_mass: list[list[torch.Tensor | None]] = field(default_factory=list)
 
 
 def _clock(tensor: torch.Tensor) -> float:
@@ -134,7 +130,7 @@ def visual_attention(
     """
     num_kv = key.shape[0]
     group = rows.shape[0] // num_kv
-    # keys past the last row and the last visual key are never read (a step's buffer is longer than its sequence)
+    # keys past the last row are masked for every row: not read
     keys = key[:, : max(int(positions.max()), int(visual_keys.max())) + 1].float()
     scores = torch.zeros(num_kv, visual_keys.numel(), device=rows.device)
     for first in range(0, positions.numel(), QUERY_CHUNK):
@@ -152,19 +148,6 @@ def visual_attention(
             probs = torch.exp(logits - lse[..., None])  # [Hq, T, C]
             scores[:, start : start + chunk] += probs.sum(1).view(num_kv, group, -1).sum(1)
     return scores / positions.numel()
-
-
-def collect_visual_attention(query: torch.Tensor, key: torch.Tensor, ctx: StepContext, scaling: float) -> None:
-    """For a dense step that re-selects the view: visual_attention of each slot's new rows (query [B, Hq, L, D])
-    over its visual keys in key [B, Hkv, N, D], appended to ctx.visual_mass as one layer's entry."""
-    if ctx.slot_visual is None:
-        return
-    assert ctx.base_len is not None
-    offsets = torch.arange(query.shape[2], device=query.device)
-    ctx.visual_mass.append([
-        None if visual is None else visual_attention(query[b], ctx.base_len[b] + offsets, key[b], visual, scaling)
-        for b, visual in enumerate(ctx.slot_visual)
-    ])
 
 
 def _causal_logits(
@@ -202,7 +185,6 @@ def engine_attention_forward(module: Any, query: torch.Tensor, key: torch.Tensor
                                                          cached_rows=ctx.query_rows.get(layer))
             ctx.scoring_s += _clock(query) - started
         return out.transpose(1, 2), None
-    collect_visual_attention(query, key, ctx, scaling)
     return step_attention(query, key, value, ctx, scaling), None
 
 

@@ -43,10 +43,6 @@ from .options import SPARSE_DRAFT, DecodeOptions, EngineConfig
 from .sampling import accept_greedy, accept_sampled, sample, token_probs
 from .stats import DecodeStats
 
-# The weight of the newest verify's attention in a slot's visual scores when its view is re-selected: the question's
-# ranking fades as the answer goes on, over a few cycles.
-RESELECT_WEIGHT = 0.5
-
 
 @dataclass
 class Slot:
@@ -63,11 +59,6 @@ class Slot:
     unsynced: int = 0  # committed by dense steps, their KV not yet copied to the sparse view (done before a draft)
     has_view: bool = True  # False: prefilled without a sparse view, dense steps only
     stats: DecodeStats = field(default_factory=DecodeStats)
-    # what re-selecting the view needs (DecodeOptions.reselect): positions of the prompt's visual and other
-    # tokens, and the visual tokens' running scores [layers, Hkv, V]
-    visual_keys: torch.Tensor | None = None
-    text_keys: torch.Tensor | None = None
-    visual_scores: torch.Tensor | None = None
 
 
 class SharedPrefix:
@@ -181,9 +172,6 @@ class Decoder:
         self.restart(options, eos, drafts)
         self.last_draft_s = self.last_verify_s = 0.0
         self.last_captured = False  # whether the last step captured a graph (its time is not a step's cost)
-        # a verify that re-selects the views collects the attention its rows pay the visual keys, per layer
-        self.collecting = False
-        self.visual_mass: list[list[torch.Tensor | None]] = []
         self.graphs: StepGraphs | None = None
         self._step_fn: Callable[..., torch.Tensor] = self._model_step
         if self.config.cuda_graphs and self.device.type == "cuda":
@@ -251,10 +239,6 @@ class Decoder:
         cache, length = self.storage, tokens.shape[1]
         write_pos = base_len[:, None] + torch.arange(length, device=self.device)
         ctx = step_context(mode, base_len, length, cache.buffer_len(mode), cache.dense_k.shape[-1])
-        if mode == DENSE and self.collecting:
-            ctx.slot_visual = [s.visual_keys if s is not None and s.visual_scores is not None and not s.done else None
-                               for s in self.slots]
-            self.visual_mass = ctx.visual_mass
         if self.fused is not None:
             weights = self.drafts.get(draft, self.fused) if mode == SPARSE else self.fused
             return decode_forward(weights, tokens, positions, cache.layer_buffers(mode), write_pos, ctx)
@@ -267,7 +251,7 @@ class Decoder:
                  draft: str = SPARSE_DRAFT) -> torch.Tensor:
         if mode == DENSE:
             draft = ""  # a dense step or verify reads the model's own weights, whatever drafted
-        if self.graphs is None or (mode == DENSE and self.collecting):  # collecting runs on the host
+        if self.graphs is None:
             return self._model_step(mode, draft, tokens, positions, base_len)
 
         def step(*x: torch.Tensor) -> torch.Tensor:
@@ -346,7 +330,7 @@ class Decoder:
         if sparse_view:
             synchronize(self.device)  # the view's own time starts when the forward has finished
         view_started = time.perf_counter()
-        sparse_len, scores = self._build_sparse(slot, ctx, text) if sparse_view else (0, None)
+        sparse_len = self._build_sparse(slot, ctx, text) if sparse_view else 0
         first, _ = self._choose(out.logits[:, -1])
         synchronize(self.device)
         state = Slot(
@@ -357,8 +341,6 @@ class Decoder:
             max_new_tokens=self.options.max_new_tokens if max_new_tokens is None else max_new_tokens,
             has_view=sparse_view,
         )
-        if self.options.reselect and scores is not None:
-            state.visual_keys, state.text_keys, state.visual_scores = visual, text.to(self.device), scores
         state.stats.prompt_tokens, state.stats.visual_tokens = input_ids.shape[1], visual.numel()
         state.stats.kept_tokens = sparse_len
         state.stats.view_s = ctx.scoring_s + (time.perf_counter() - view_started if sparse_view else 0.0)
@@ -395,35 +377,19 @@ class Decoder:
             self.storage.linear.restore(slot)
         self.slots[slot] = state
 
-    def _build_sparse(self, slot: int, ctx: StepContext, text: torch.Tensor) -> tuple[int, torch.Tensor | None]:
-        """The slot's sparse view after prefill: its length, and the visual scores that chose it (or None)."""
-        cache, kept, scores = self.storage, None, None
+    def _build_sparse(self, slot: int, ctx: StepContext, text: torch.Tensor) -> int:
+        """The slot's sparse view after prefill; its length."""
+        cache, kept = self.storage, None
         if ctx.visual_scores:
             # by layer, in the model's order: the KV buffers' (a hybrid's linear layers score nothing)
             scores = torch.stack([ctx.visual_scores[i] for i in sorted(ctx.visual_scores)])  # [layers, Hkv, V]
+            top = scores.topk(min(self.options.k, scores.shape[-1]), dim=-1).indices.sort(dim=-1).values
             assert ctx.visual_keys is not None
-            kept = self._top_visual(ctx.visual_keys, scores)
+            kept = ctx.visual_keys[top]
         elif ctx.visual_keys is not None:  # visual tokens but no text after them to rank them: keep the first K
             layers, _, kv_heads = cache.sparse_k.shape[:3]
             kept = ctx.visual_keys[: self.options.k].expand(layers, kv_heads, -1)
-        return cache.build_sparse(slot, kept, text.to(self.device)), scores
-
-    def _top_visual(self, visual_keys: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        """Positions of the K best-scored visual keys per layer and KV head, in order: [layers, Hkv, K]."""
-        top = scores.topk(min(self.options.k, scores.shape[-1]), dim=-1).indices.sort(dim=-1).values
-        return visual_keys[top]
-
-    def _reselect(self, slot: int, state: Slot, mass: list[torch.Tensor | None]) -> None:
-        """Rebuild a slot's sparse view from its visual scores mixed with the attention the last dense forward's rows
-        paid (mass: per layer [Hkv, V]): the best K visual entries, the prompt's other tokens, every committed
-        token. The view only steers drafts: what is committed is the dense forward's, whatever it holds."""
-        assert state.visual_scores is not None and state.visual_keys is not None and state.text_keys is not None
-        recent = torch.stack([m for m in mass if m is not None])
-        state.visual_scores = (1 - RESELECT_WEIGHT) * state.visual_scores + RESELECT_WEIGHT * recent
-        generated = torch.arange(state.stats.prompt_tokens, state.dense_len, device=self.device)
-        state.sparse_len = self.storage.build_sparse(slot, self._top_visual(state.visual_keys, state.visual_scores),
-                                                     torch.cat([state.text_keys, generated]))
-        state.unsynced = 0
+        return cache.build_sparse(slot, kept, text.to(self.device))
 
     # ---- a cycle -----------------------------------------------------------------------------------
     def _draft(self, on_device: SlotTensors, gamma: int, draft: str) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -512,9 +478,7 @@ class Decoder:
         else:
             drafts = torch.empty(self.storage.batch, 0, dtype=torch.long, device=self.device)
         clock.mark_drafted()
-        self.collecting = bool(gamma) and self.options.reselect
         logits = self._verify(on_device, drafts)
-        self.collecting = False
         accepted, next_token = self._accept(drafts, draft_probs, logits)
         if gamma:
             self.storage.copy_dense_to_sparse(on_device.dense_len, on_device.sparse_len, gamma + 1)
@@ -524,13 +488,7 @@ class Decoder:
             every_draft = all(rows[i][0] == gamma for i in active)
             self.storage.linear.commit(accepted + 1, gamma + 1, every_draft)
         self.last_draft_s, self.last_verify_s = clock.split()
-        committed = {i: self._commit(state, gamma, rows[i], draft) for i, state in active.items()}
-        if self.visual_mass:
-            for i, state in active.items():
-                if state.visual_scores is not None and not state.done:
-                    self._reselect(i, state, [layer[i] for layer in self.visual_mass])
-            self.visual_mass = []
-        return committed
+        return {i: self._commit(state, gamma, rows[i], draft) for i, state in active.items()}
 
     def _commit(self, state: Slot, gamma: int, row: list[int], draft: str) -> list[int]:
         """One slot's outcome of a cycle, row = [accepted, the dense model's next token, drafts...]: keep the

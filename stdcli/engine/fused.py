@@ -35,7 +35,7 @@ from torch import nn
 from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
 from . import kernels
-from .attention import StepContext, collect_visual_attention, step_attention
+from .attention import StepContext, step_attention
 from .cache import store_step_entries
 from .quant import QuantizedWeight, linear_reference
 
@@ -238,7 +238,6 @@ def decode_forward(
         if layer.q_norm is not None and layer.k_norm is not None:
             qkv = norm_qk_heads(qkv, layer.q_norm, layer.k_norm, fused.q_heads, fused.kv_heads, fused.eps)
         query = rope_fn(qkv, cos, sin, keys, values, write_pos, fused.q_heads, fused.kv_heads)
-        collect_visual_attention(query, keys, ctx, fused.scaling)
         attended = step_attention(query, keys, values, ctx, fused.scaling)  # [B, L, Hq, D]
         delta = project(attended.reshape(batch * length, -1), layer.o_weight)
         if fused.reduce is not None:

@@ -43,9 +43,6 @@ class DecodeOptions:
     # StD sequences start with this many plain dense steps: their measured cost is the baseline of `speedup_est`.
     calibration_steps: int = 2
     draft: str = AUTO  # a kind of DRAFT_KINDS, or "auto": chosen every cycle, as gamma auto chooses gamma
-    # re-select the sparse view's visual entries after every verify, from the attention its new tokens pay them
-    # (mixed with what ranked them before); off: ranked once, by the question, after prefill
-    reselect: bool = False
 
     def __post_init__(self) -> None:
         check_gamma(self.gamma)
