@@ -195,7 +195,9 @@ def test_attention_rows_do_not_depend_on_the_rows_beside_them(group):
 
 
 @triton_missing
-@pytest.mark.parametrize("batch,q_heads,kv_heads,length,keys", [(3, 4, 2, 5, 300), (2, 4, 1, 1, 33)])
+# query rows per KV head (group times length): 10 and 4 (part of a tile), 63 (one tile of 64), 128 (two tiles)
+@pytest.mark.parametrize("batch,q_heads,kv_heads,length,keys", [(3, 4, 2, 5, 300), (2, 4, 1, 1, 33),
+                                                                (2, 14, 2, 9, 200), (1, 8, 1, 16, 100)])
 def test_decode_attention_kernel(batch, q_heads, kv_heads, length, keys):
     torch.manual_seed(0)
     query = torch.randn(batch, q_heads, length, 32, device=DEVICE)

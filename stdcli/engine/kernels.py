@@ -263,11 +263,16 @@ if triton is not None:
 # would not compute what gamma + 1 dense steps compute; this kernel fixes everything that shapes a row's reduction
 # (tiles of LINEAR_ROWS rows, the block sizes, the order of the reduction over K) for a given weight, whatever
 # the number of rows. Its configuration depends on the weight's shape alone (linear_config).
-LINEAR_ROWS = 16
-# (block of N, block of K, warps, pipeline stages) by weight shape (N, K), measured at the 7B shape
-# (scripts/tune_kernels.py); other shapes take DEFAULT_LINEAR_CONFIG.
+# Tiles of 64 rows: on Hopper a tile that tall runs on the asynchronous warpgroup MMA, so a verify of up to 64 rows
+# (gamma + 1 tokens times the batch) costs about what one row does; tiles of 16 rows, on the synchronous MMA,
+# cost one more weight-sized pass per 16 rows (measured at the 7B shape: a verify of 40 rows at batch 8 took 1.7
+# dense steps with them). One row alone costs within a few percent of what it did in a 16-row tile.
+LINEAR_ROWS = 64
+# (block of N, block of K, warps, pipeline stages) by weight shape (N, K), for shapes measured apart; the others
+# take linear_config's, measured at the 7B shape (scripts/tune_tiles.py): wide outputs (q/k/v, gate/up, the LM
+# head) run best in blocks of 64 columns, the narrow ones (o, down) in blocks of 32, which make more programs.
 LINEAR_CONFIGS: dict[tuple[int, int], tuple[int, int, int, int]] = {}
-DEFAULT_LINEAR_CONFIG = (32, 256, 4, 4)
+WIDE_LINEAR_CONFIG, NARROW_LINEAR_CONFIG = (64, 256, 4, 3), (32, 256, 4, 4)
 
 
 def use_linear_kernel(x: torch.Tensor) -> bool:
@@ -277,7 +282,7 @@ def use_linear_kernel(x: torch.Tensor) -> bool:
 
 
 def linear_config(width: int, depth: int) -> tuple[int, int, int, int]:
-    return LINEAR_CONFIGS.get((width, depth), DEFAULT_LINEAR_CONFIG)
+    return LINEAR_CONFIGS.get((width, depth), WIDE_LINEAR_CONFIG if width >= 4096 else NARROW_LINEAR_CONFIG)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -297,9 +302,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 
 # The quantized matmul serves drafts only, which need not be batch-invariant (the dense verify decides every
-# token): its configuration (block of N, block of K, warps, pipeline stages) is the fastest of QUANT_CANDIDATES,
-# timed on the GPU the first time each weight shape and row count is seen (the first step of a shape runs for
-# real before any CUDA graph captures it), so that it suits whatever GPU it runs on.
+# token) and have one row per batch slot: tiles of QUANT_ROWS rows. Its configuration (block of N, block of K,
+# warps, pipeline stages) is the fastest of QUANT_CANDIDATES, timed on the GPU the first time each weight shape
+# and row count is seen (the first step of a shape runs for real before any CUDA graph captures it), so that it
+# suits whatever GPU it runs on.
+QUANT_ROWS = 16
 QUANT_CANDIDATES = ((32, 256, 4, 4), (16, 512, 4, 3), (64, 256, 4, 3), (32, 512, 8, 3), (64, 512, 8, 3))
 _quant_configs: dict[tuple, tuple[int, int, int, int] | None] = {}
 
@@ -309,10 +316,10 @@ def _launch_quant_linear(x: torch.Tensor, weight: QuantizedWeight, bias: torch.T
     rows, depth = x.shape
     width = weight.shape[0]
     block_n, block_k, warps, stages = config
-    _quant_linear_kernel[(triton.cdiv(rows, LINEAR_ROWS), triton.cdiv(width, block_n))](
+    _quant_linear_kernel[(triton.cdiv(rows, QUANT_ROWS), triton.cdiv(width, block_n))](
         x, weight.packed, weight.scales, x if bias is None else bias, out, rows, width, depth, x.stride(0),
         weight.packed.stride(0), weight.scales.stride(0), out.stride(0), BITS=weight.bits,
-        HAS_BIAS=bias is not None, GROUP=depth // weight.scales.shape[1], BLOCK_M=LINEAR_ROWS, BLOCK_N=block_n,
+        HAS_BIAS=bias is not None, GROUP=depth // weight.scales.shape[1], BLOCK_M=QUANT_ROWS, BLOCK_N=block_n,
         BLOCK_K=block_k, num_warps=warps, num_stages=stages,
     )
 
@@ -321,7 +328,7 @@ def _fastest_quant_config(x: torch.Tensor, weight: QuantizedWeight, bias: torch.
                           out: torch.Tensor) -> tuple[int, int, int, int] | None:
     """The quickest of QUANT_CANDIDATES for this call's shapes, remembered; the first candidate where nothing can
     be timed (Triton's interpreter, or inside a CUDA graph capture); None if none runs on this GPU."""
-    key = (weight.bits, *weight.shape, triton.cdiv(x.shape[0], LINEAR_ROWS), bias is not None, x.dtype)
+    key = (weight.bits, *weight.shape, triton.cdiv(x.shape[0], QUANT_ROWS), bias is not None, x.dtype)
     if key in _quant_configs:
         return _quant_configs[key]
     if x.device.type != "cuda" or torch.cuda.is_current_stream_capturing():
@@ -399,7 +406,12 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
 # + 1 dense steps would. Everything that shapes a row's reduction is fixed: rows go in tiles of ATTENTION_ROWS,
 # keys in blocks of ATTENTION_KEYS, and the keys are split at multiples of keys_per_split(), which depends on the
 # buffer's length alone (dense steps and verifies read the same buffer).
-ATTENTION_ROWS, ATTENTION_KEYS = 16, 64
+# Tiles of 64 rows hold a whole verify (a 7B model's 7 query heads per KV head times up to 9 tokens) and run on
+# Hopper's warpgroup MMA: a verify of 5 tokens at batch 8 and 64K context costs 1.07 of a dense step's attention
+# (tiles of 16 rows: 1.7), and a dense step's about what it did (scripts/tune_tiles.py). Three pipeline stages
+# keep the dense step's loads in flight.
+ATTENTION_ROWS, ATTENTION_KEYS = 64, 64
+ATTENTION_WARPS, ATTENTION_STAGES = 4, 3
 TARGET_SPLITS = 64  # a 16K buffer in 64 splits of 256 keys: 256 programs at batch 1 for a 7B model's 4 KV heads
 
 
@@ -440,7 +452,7 @@ def decode_attention(
         GROUP=group, LEN=length, HEAD_DIM=head_dim, ROW_TILES=row_tiles, BLOCK_M=ATTENTION_ROWS,
         BLOCK_N=ATTENTION_KEYS,
         PRECISION="ieee" if query.dtype == torch.float32 else "tf32",  # float32 stays exact; tf32 is unused for 16-bit
-        num_warps=4, num_stages=2,
+        num_warps=ATTENTION_WARPS, num_stages=ATTENTION_STAGES,
     )
     out = torch.empty(batch, length, q_heads, head_dim, device=query.device, dtype=query.dtype)
     _merge_kernel[(rows, batch, kv_heads)](
