@@ -44,6 +44,10 @@ from av.video.reformatter import VideoReformatter
 
 from .inputs import VIDEO_EXTENSIONS
 
+# PyAV before 19 decodes container metadata strictly, so a tag in another encoding than UTF-8 would stop the open;
+# 19 dropped the argument and decodes every tag losslessly (UTF-8 with surrogateescape) by itself.
+_OPEN_OPTIONS = {"metadata_errors": "replace"} if int(av.__version__.split(".")[0]) < 19 else {}
+
 __all__ = [
     "VIDEO_EXTENSIONS", "SampledVideo", "StatedSize", "VideoError", "choose_frame_count", "probe", "sample_frames",
     "stated_size",
@@ -172,7 +176,7 @@ def _open(path: str) -> av.container.InputContainer:
     if info.st_size == 0:
         raise VideoError(f"{path}: empty file (0 bytes)")
     try:
-        return av.open(path, metadata_errors="replace")
+        return av.open(path, **_OPEN_OPTIONS)
     except av.error.InvalidDataError as error:
         raise VideoError(f"{path}: not a media file FFmpeg can read, or a damaged one ({_reason(error)})") from error
     except av.error.EOFError as error:
