@@ -8,7 +8,10 @@
 --drafts: instead of scoring transformers' answers, decode every question with our dense path and with StD (gamma
 --gamma, each draft kind, and auto), the questions of a clip as one batch (stdcli.bench.profile.decode_prompts),
 and report how many answers equal the dense ones, token for token, and each draft kind's acceptance per question
-type; the dense answers are scored as above.
+type; the dense answers are scored as above. --generate adds transformers `generate` (greedy, each question alone,
+batch 1) and counts how many of our dense answers equal its answers token for token (up to the end token).
+--merge adds up the --drafts reports of runs over disjoint clips (e.g. four processes sharing one GPU, each with
+its --start / --start-long) into one, written to --json.
 
 Each held-out clip (seeds from 10,000,000 up: never seen in training) is written as an 8 fps 224x224 H.264 file,
 then read back by `sample_video` with the model family's default sampling, prompted with `build_inputs`, and
@@ -92,7 +95,16 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--drafts", action="store_true", help="compare StD's draft kinds with our dense path")
     parser.add_argument("--gamma", type=int, default=4, help="--drafts: the fixed gamma of every draft kind")
+    parser.add_argument("--generate", action="store_true",
+                        help="--drafts: also compare our dense answers with transformers generate's, each alone")
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="REPORT", help="add up these --drafts reports")
     args = parser.parse_args()
+    if args.merge:
+        report = merge_reports([json.loads(path.read_text()) for path in args.merge])
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=1))
+        print_drafts_report(report)
+        return
     lm = load_model(args.model, device=args.device, dtype=args.dtype)
     pad_id = lm.tokenizer.convert_tokens_to_ids("<|endoftext|>")
 
@@ -167,14 +179,14 @@ def compare_drafts(lm, args) -> None:
     by_type: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))  # (method, qtype) ->
     correct: dict[str, list[bool]] = defaultdict(list)
     started = time.perf_counter()
-    for _, kind, clip, path, qas in held_out_questions(args):
+    for clips, (_, kind, clip, path, qas) in enumerate(held_out_questions(args), 1):
         video = sample_video(lm, path, FrameOptions())
         prompts = [build_inputs(lm, video, qa.question) for qa in qas]
         point = decode_prompts(lm.engine, prompts, k=DEFAULT_K, gammas=[args.gamma], drafts=DRAFT_KINDS,
                                new_tokens=96, rounds=1, warmup=False)
         for config in point["configs"]:
             method = "dense" if config["gamma"] == 0 else f"{config['gamma']}/{config['draft']}"
-            for qa, sequence in zip(qas, config["sequences"], strict=True):
+            for qa, prompt, sequence in zip(qas, prompts, config["sequences"], strict=True):
                 qtype = f"{kind}/{qa.qtype}"
                 for counts in (totals[method], by_type[method, qtype]):
                     counts["answers"] += 1
@@ -183,16 +195,67 @@ def compare_drafts(lm, args) -> None:
                     counts["accepted"] += sequence["accepted"]
                 if config["gamma"] == 0:
                     said = decode_answer(lm.tokenizer, sequence["tokens"])
+                    if args.generate:
+                        same = until_end(lm, sequence["tokens"]) == until_end(lm, generate_alone(lm, prompt))
+                        for counts in (totals["generate"], by_type["generate", qtype]):
+                            counts["answers"] += 1
+                            counts["identical"] += same
                     correct[qtype].append(is_correct(qa, said, clip))
         report = drafts_report(lm, args, totals, by_type, correct, time.perf_counter() - started)
+        report["clips"] = clips
         if args.json:  # after every clip: a run cut short keeps what it measured
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(report, indent=1))
+    print_drafts_report(report)
+
+
+def print_drafts_report(report: dict) -> None:
     for method, c in report["methods"].items():
         print(f"{method:12s} identical {c['identical']}/{c['answers']}  acceptance {c['acceptance']}")
     for name, c in report["per_type"].items():
-        print(f"  {name:34s} n={c['answers']:4d} acceptance {c['acceptance']}")
-    print(json.dumps({"dense_accuracy": report["dense_accuracy"], "seconds": report["seconds"]}))
+        print(f"  {name:34s} n={c['answers']:4d} identical {c['identical']:4d} acceptance {c['acceptance']}")
+    print(json.dumps({"questions": report["questions"], "clips": report["clips"],
+                      "dense_accuracy": report["dense_accuracy"], "seconds": report["seconds"]}))
+
+
+def generate_alone(lm, prompt: dict) -> list[int]:
+    """transformers' greedy answer to one prompt, batch 1, as many new tokens as the drafts comparison decodes."""
+    eos = list(lm.eos_token_ids)
+    with torch.inference_mode():
+        out = lm.model.generate(**prompt, do_sample=False, max_new_tokens=96, eos_token_id=eos, pad_token_id=eos[0])
+    return out[0, prompt["input_ids"].shape[1]:].tolist()
+
+
+def until_end(lm, tokens: list[int]) -> list[int]:
+    """The tokens up to the first end token, left out (one path may stop at it, the other keep it)."""
+    ends = [i for i, t in enumerate(tokens) if t in lm.eos_token_ids]
+    return tokens[: ends[0]] if ends else tokens
+
+
+def merge_reports(reports: list[dict]) -> dict:
+    """One --drafts report of runs over disjoint clips: counts added, rates recomputed."""
+    def added(tables: list[dict]) -> dict:
+        sums: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        for table in tables:
+            for name, counts in table.items():
+                for key, value in counts.items():
+                    if key != "acceptance":
+                        sums[name][key] += value
+        return {name: {**c, "acceptance": round(c["accepted"] / c["drafted"], 4) if c.get("drafted") else None}
+                for name, c in sorted(sums.items())}
+
+    per_type = added([r["per_type"] for r in reports])
+    right = defaultdict(float)
+    for r in reports:
+        for qtype, accuracy in r["dense_accuracy"].items():
+            right[qtype] += accuracy * r["per_type"][f"dense {qtype}"]["answers"]
+    return {
+        **{key: reports[0][key] for key in ("model", "device", "dtype", "gamma")},
+        "questions": sum(r["questions"] for r in reports), "clips": sum(r["clips"] for r in reports),
+        "methods": added([r["methods"] for r in reports]), "per_type": per_type,
+        "dense_accuracy": {q: round(n / per_type[f"dense {q}"]["answers"], 4) for q, n in sorted(right.items())},
+        "seconds": max(r["seconds"] for r in reports),  # the runs were side by side
+    }
 
 
 def drafts_report(lm, args, totals: dict, by_type: dict, correct: dict, seconds: float) -> dict:

@@ -313,11 +313,11 @@ def _timed_decode(decoder: Decoder, prefilled: list[Slot], policy: GammaPolicy, 
 
 
 def _decode_point(engine: Engine, context: int, batch: int, k: int, gammas: Sequence[int], drafts: Sequence[str],
-                  text_tokens: int, new_tokens: int, rounds: int, seed: int) -> dict[str, Any]:
+                  text_tokens: int, new_tokens: int, rounds: int, seed: int, warmup: bool = True) -> dict[str, Any]:
     """decode_prompts on `batch` synthetic prompts of `context` tokens, decoding past any end token."""
     prompts = [synthetic_prompt(engine.model, context, text_tokens, seed + b) for b in range(batch)]
     point = decode_prompts(engine, prompts, k, gammas, drafts, new_tokens, rounds, eos=(),
-                           acceptance_key="random_model_acceptance")
+                           acceptance_key="random_model_acceptance", warmup=warmup)
     return {"context": context, **point}
 
 
