@@ -2,6 +2,7 @@
 costs after the first, once the video has been read, encoded and prefilled.
 
     python scripts/bench_questions.py                 # the built-in model on the CPU, a generated clip, 64 frames
+    python scripts/bench_questions.py --device cuda --frames 1920 --minutes 8 --inflate 7b   # at the 7B shape
 
 Asked alone, every question pays for reading the video, the processor, the vision encoder and the prefill of its
 whole prompt. Asked together, the first one does; each later one copies the cached prefix (the system prompt and
@@ -24,6 +25,8 @@ from pathlib import Path
 from stdcli import AskOptions, VideoQuestions, answer_video, answer_videos, load_model
 from stdcli.engine import DecodeOptions
 from stdcli.inputs import FrameOptions
+from stdcli.model.inflate import inflate_loaded
+from stdcli.model.loading import pick_dtype
 from stdcli.records import Record
 from stdcli.world import generate_clip, questions_for, write_video
 
@@ -60,9 +63,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=1, help="questions decoded at a time, asked together")
     parser.add_argument("--clip", type=Path, help="where the generated clip is kept: written if missing, else reused")
+    parser.add_argument("--inflate", help="embed the model in a larger Qwen2-VL shape computing the same function "
+                        "(7b: the built-in model at a 7B model's step cost; stdcli.model.inflate)")
+    parser.add_argument("--dtype", default="auto")
     args = parser.parse_args()
 
-    lm = load_model(args.model, device=args.device)
+    if args.inflate:
+        small = load_model(args.model, device=args.device, dtype="float32")
+        lm = inflate_loaded(small, args.inflate, pick_dtype(args.dtype, small.device))
+    else:
+        lm = load_model(args.model, device=args.device, dtype=args.dtype)
     clip = generate_clip(CLIP_SEED, "long", duration=args.minutes * 60)
     questions = list(dict.fromkeys(qa.question for qa in questions_for(clip, random.Random(CLIP_SEED))))
     questions = questions[: args.questions]
@@ -90,7 +100,8 @@ def main() -> None:
             for i, r in enumerate(records):
                 first_tokens[i].append(r.timings["first_token_s"])
         n = len(questions)
-        print(f"{args.model} on {lm.device}, {args.frames} frames, {records[0].prompt_tokens} prompt tokens "
+        shape = f" inflated to {args.inflate}" if args.inflate else ""
+        print(f"{args.model}{shape} on {lm.device}, {args.frames} frames, {records[0].prompt_tokens} prompt tokens "
               f"({records[0].visual_tokens} visual), {n} questions, batch size {args.batch_size} together, best of "
               f"{args.rounds} rounds (wall-clock, CPU)")
         for i, question in enumerate(questions):
