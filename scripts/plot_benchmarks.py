@@ -74,10 +74,11 @@ def profiles_7b(reports: list[dict]) -> dict[str, dict]:
     for r in reports:
         if r["kind"] != "random-init" or r["model"].get("scale") != "7b" or not is_sparse_profile(r):
             continue
-        group = out.setdefault(r["_dir"], {"points": {}, "rows": [], "reports": []})
+        group = out.setdefault(r["_dir"], {"points": {}, "rows": [], "reports": [], "files": {}})
         group["reports"].append(r)
         for p in r["points"]:
             group["points"][(p["context"], p["batch"])] = p
+            group["files"][(p["context"], p["batch"])] = r["_path"].name
         group["rows"] += (r.get("projection") or {}).get("rows") or []
     for group in out.values():
         group["points"] = dict(sorted(group["points"].items()))
@@ -87,19 +88,26 @@ def profiles_7b(reports: list[dict]) -> dict[str, dict]:
     return out
 
 
+VARIANTS_NOT_KEPT = ("_split_k", "_multitile16")
+
+
 def is_sparse_profile(report: dict) -> bool:
     """A step-cost profile of the sparse draft alone, measured with nothing else on the device. The draft-kind
     comparisons have their own figure (plot_draft_kinds); the invariance runs shared the GPU with other jobs, so
     only their answers (identical or not) are figures, not their step times."""
     drafts = report["settings"].get("draft", ["sparse"])
-    return drafts == ["sparse"] and not report["_path"].name.startswith("invariance_")
+    return drafts == ["sparse"] and not report["_path"].name.startswith("invariance_") and not variant_not_kept(report)
+
+
+def variant_not_kept(report: dict) -> bool:
+    """A kernel variant that was measured and not kept (its files are named *_split_k, *_multitile16)."""
+    return report["_path"].stem.endswith(VARIANTS_NOT_KEPT)
 
 
 def draft_kind_reports(reports: list[dict]) -> list[dict]:
-    """Profiles of several draft kinds, but the ones of a kernel variant that was measured and not kept
-    (named *_split_k)."""
+    """Profiles of several draft kinds, but the ones of a kernel variant that was measured and not kept."""
     return [r for r in reports if r["kind"] == "random-init" and len(r["settings"].get("draft", [])) > 1
-            and not r["_path"].stem.endswith("_split_k")]
+            and not variant_not_kept(r)]
 
 
 def live(points: dict) -> dict:
@@ -384,7 +392,8 @@ def md_step_costs(groups: dict[str, dict]) -> str:
         ks = group["reports"][0]["settings"]["k"]
         for (context, batch), p in group["points"].items():
             if p.get("skipped") or not p.get("dense_step"):
-                rows.append([context, batch, f"skipped: {p.get('skipped')}", "", "", "", ""])
+                rows.append([context, batch, f"skipped: {p.get('skipped')}", "", "", "", "",
+                             f"`{group['files'][context, batch]}`"])
                 continue
             dense = p["dense_step"]["s"]
             steps = [("dense", p["dense_step"])]
@@ -394,9 +403,9 @@ def md_step_costs(groups: dict[str, dict]) -> str:
                 steps.append((f"verify γ={VERIFY_GAMMA} ({v['tokens']} tokens)", v))
             for label, s in steps:
                 rows.append([f"{context:,}", batch, label, ms(s["s"]), ms(s["floor_s"]), f2(s["s"] / s["floor_s"], "×"),
-                             f2(s["s"] / dense, "×")])
+                             f2(s["s"] / dense, "×"), f"`{group['files'][context, batch]}`"])
         parts.append(heading(name, group["reports"], len(groups) > 1)
-                     + table(["context", "batch", "step", "ms", "floor ms", "× floor", "× dense step"], rows))
+                     + table(["context", "batch", "step", "ms", "floor ms", "× floor", "× dense step", "file"], rows))
     return "\n\n".join(parts)
 
 
@@ -408,9 +417,10 @@ def md_verify(groups: dict[str, dict]) -> str:
         rows = []
         for (context, batch), p in points.items():
             by = {v["gamma"]: v["s"] / p["dense_step"]["s"] for v in p["verify_steps"]}
-            rows.append([f"{context:,}", batch, ms(p["dense_step"]["s"])] + [f2(by.get(g)) for g in gammas])
+            rows.append([f"{context:,}", batch, ms(p["dense_step"]["s"])] + [f2(by.get(g)) for g in gammas]
+                        + [f"`{group['files'][context, batch]}`"])
         parts.append(heading(name, group["reports"], len(groups) > 1)
-                     + table(["context", "batch", "dense step ms"] + [f"γ={g}" for g in gammas], rows))
+                     + table(["context", "batch", "dense step ms"] + [f"γ={g}" for g in gammas] + ["file"], rows))
     return "\n\n".join(parts)
 
 
@@ -495,8 +505,11 @@ def md_time_split(name: str, reports: list[dict], many: bool) -> str:
 
 
 def model_dirs(dirs: dict[str, list[dict]], cpu: bool) -> dict[str, list[dict]]:
-    return {name: [r for r in rs if r["kind"] == "model"] for name, rs in dirs.items()
-            if any(r["kind"] == "model" and (r["environment"].get("device") == "cpu") == cpu for r in rs)}
+    """The built-in model's runs by folder (an inflated model's runs are a 7B-shape measurement, reported apart)."""
+    runs = {name: [r for r in rs if r["kind"] == "model" and "inflated" not in r["model"].get("name", "")]
+            for name, rs in dirs.items()}
+    return {name: rs for name, rs in runs.items()
+            if rs and any((r["environment"].get("device") == "cpu") == cpu for r in rs)}
 
 
 def md_model_section(dirs: dict[str, list[dict]], cpu: bool) -> str | None:
