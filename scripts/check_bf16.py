@@ -49,13 +49,15 @@ def main() -> None:
         point = _decode_point(engine, context, batch, args.k, gammas, args.draft.split(","), DEFAULT_TEXT_TOKENS,
                               args.new_tokens, rounds=1, seed=batch, warmup=False)
         release_memory(model.device)
+        seconds = time.perf_counter() - started
         identical = {"dense" if c["gamma"] == 0 else f"{c['gamma']}/{c['draft']}":
                      f"{c['identical_to_dense']}/{c['total']}" for c in point["configs"]}
-        differing = {m: v for m, v in identical.items() if v.split("/")[0] != v.split("/")[1]}
+        differing = {method: counts for (method, counts), c in zip(identical.items(), point["configs"], strict=True)
+                     if c["identical_to_dense"] != c["total"]}
         report["points"].append({"context": context, "batch": batch, "identical": identical,
-                                 "differing": differing, "seconds": round(time.perf_counter() - started, 1)})
+                                 "differing": differing, "seconds": round(seconds, 1)})
         print(f"{context} x {batch}: {len(identical) - 1} StD methods, differing {differing or 'none'} "
-              f"({time.perf_counter() - started:.0f} s)", flush=True)
+              f"({seconds:.0f} s)", flush=True)
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(report, indent=1))

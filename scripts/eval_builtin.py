@@ -42,6 +42,7 @@ from stdcli.world import QA, generate_clip, is_correct, questions_for, write_vid
 from stdcli.world.samples import SAMPLE_CLIPS
 
 EVAL_SEED_BASE = 10_000_000
+ANSWER_TOKENS = 96  # the longest answer, the same in every comparison
 
 
 def write_clip(job: tuple[int, str, str]) -> str:
@@ -113,7 +114,7 @@ def main() -> None:
         video = sample_video(lm, path, FrameOptions())
         batch = left_padded([build_inputs(lm, video, qa.question) for qa in qas], pad_id)
         with torch.inference_mode():
-            out = lm.model.generate(**batch, max_new_tokens=96, do_sample=False, pad_token_id=pad_id)
+            out = lm.model.generate(**batch, max_new_tokens=ANSWER_TOKENS, do_sample=False, pad_token_id=pad_id)
         return [decode_answer(lm.tokenizer, [t for t in row if t != pad_id])
                 for row in out[:, batch["input_ids"].shape[1] :].tolist()]
 
@@ -183,7 +184,7 @@ def compare_drafts(lm, args) -> None:
         video = sample_video(lm, path, FrameOptions())
         prompts = [build_inputs(lm, video, qa.question) for qa in qas]
         point = decode_prompts(lm.engine, prompts, k=DEFAULT_K, gammas=[args.gamma], drafts=DRAFT_KINDS,
-                               new_tokens=96, rounds=1, warmup=False)
+                               new_tokens=ANSWER_TOKENS, rounds=1, warmup=False)
         for config in point["configs"]:
             method = "dense" if config["gamma"] == 0 else f"{config['gamma']}/{config['draft']}"
             for qa, prompt, sequence in zip(qas, prompts, config["sequences"], strict=True):
@@ -222,7 +223,8 @@ def generate_alone(lm, prompt: dict) -> list[int]:
     """transformers' greedy answer to one prompt, batch 1, as many new tokens as the drafts comparison decodes."""
     eos = list(lm.eos_token_ids)
     with torch.inference_mode():
-        out = lm.model.generate(**prompt, do_sample=False, max_new_tokens=96, eos_token_id=eos, pad_token_id=eos[0])
+        out = lm.model.generate(**prompt, do_sample=False, max_new_tokens=ANSWER_TOKENS, eos_token_id=eos,
+                                pad_token_id=eos[0])
     return out[0, prompt["input_ids"].shape[1]:].tolist()
 
 
@@ -241,8 +243,7 @@ def merge_reports(reports: list[dict]) -> dict:
                 for key, value in counts.items():
                     if key != "acceptance":
                         sums[name][key] += value
-        return {name: {**c, "acceptance": round(c["accepted"] / c["drafted"], 4) if c.get("drafted") else None}
-                for name, c in sorted(sums.items())}
+        return {name: {**c, "acceptance": acceptance(c)} for name, c in sorted(sums.items())}
 
     per_type = added([r["per_type"] for r in reports])
     right = defaultdict(float)
@@ -258,15 +259,17 @@ def merge_reports(reports: list[dict]) -> dict:
     }
 
 
-def drafts_report(lm, args, totals: dict, by_type: dict, correct: dict, seconds: float) -> dict:
-    def rate(counts: dict) -> float | None:
-        return round(counts["accepted"] / counts["drafted"], 4) if counts["drafted"] else None
+def acceptance(counts: dict) -> float | None:
+    """Accepted / drafted of a method's counts; None where nothing was drafted (or, for generate, counted)."""
+    return round(counts["accepted"] / counts["drafted"], 4) if counts.get("drafted") else None
 
+
+def drafts_report(lm, args, totals: dict, by_type: dict, correct: dict, seconds: float) -> dict:
     return {
         "model": args.model, "device": str(lm.device), "dtype": str(lm.dtype), "gamma": args.gamma,
         "questions": sum(len(v) for v in correct.values()),
-        "methods": {method: {**c, "acceptance": rate(c)} for method, c in totals.items()},
-        "per_type": {f"{method} {qtype}": {**c, "acceptance": rate(c)}
+        "methods": {method: {**c, "acceptance": acceptance(c)} for method, c in totals.items()},
+        "per_type": {f"{method} {qtype}": {**c, "acceptance": acceptance(c)}
                      for (method, qtype), c in sorted(by_type.items())},
         "dense_accuracy": {qtype: round(sum(v) / len(v), 4) for qtype, v in sorted(correct.items())},
         "seconds": round(seconds, 1),
