@@ -231,7 +231,7 @@ def plot_draft_kinds(reports: list[dict], out: Path, acceptance: float = 0.8) ->
     context, one line per draft kind, one panel per batch size."""
     if not reports:
         return
-    report = reports[-1]
+    report = max(reports, key=lambda r: r["environment"]["started"])  # the latest kernels
     rows = [row for row in report["projection"]["rows"] if row["acceptance"] == acceptance]
     batches = sorted({row["batch"] for row in rows})
     kinds = list(dict.fromkeys(row["draft"] for row in rows))

@@ -103,6 +103,54 @@ def test_a_gpu_where_no_configuration_runs_dequantizes_first(monkeypatch):
     assert torch.equal(kernels.quant_linear(x, q), quant.linear_reference(x, q))
 
 
+def test_int4pack_inputs_hold_the_same_levels_and_scales():
+    """What tinygemm is given: (unsigned level - 8) * scale + zero, with the even column in the high nibble, is the
+    weight our layout stands for, its scales rounded to bfloat16."""
+    torch.manual_seed(0)
+    q = quant.quantize(torch.randn(16, 256), 4)
+    nibbles, scales_and_zeros = quant.int4pack_inputs(q)
+    assert nibbles.dtype == torch.uint8 and nibbles.shape == (16, 128)
+    assert scales_and_zeros.dtype == torch.bfloat16 and scales_and_zeros.shape == (2, 16, 2)
+    unsigned = torch.stack([nibbles >> 4, nibbles & 0xF], -1).view(16, 256).float()
+    scale = scales_and_zeros[..., 0].float().t().repeat_interleave(quant.GROUP, dim=1)
+    zero = scales_and_zeros[..., 1].float().t().repeat_interleave(quant.GROUP, dim=1)
+    rounded = quant.QuantizedWeight(4, q.packed, q.scales.bfloat16().float(), q.shape, q.dtype)
+    torch.testing.assert_close((unsigned - 8) * scale + zero, quant.dequantize(rounded), atol=0, rtol=0)
+
+
+def test_int4pack_needs_a_cuda_gpu_in_bfloat16_and_rows_by_eight():
+    assert not quant.int4pack_available(torch.device("cpu"), torch.bfloat16)
+    if torch.cuda.is_available():
+        assert not quant.int4pack_available(torch.device("cuda"), torch.float16)
+    odd = quant.quantize(torch.randn(12, 128), 4)  # 12 output rows: not a multiple of 8
+    assert quant.to_int4pack(odd) is odd
+    with pytest.raises(ValueError, match="layout"):
+        quant.unpack(quant.QuantizedWeight(4, odd.packed, odd.scales, odd.shape, odd.dtype, quant.INT4PACK))
+
+
+int4pack_missing = pytest.mark.skipif(
+    not (torch.cuda.is_available() and quant.int4pack_available(torch.device("cuda"), torch.bfloat16)),
+    reason="needs tinygemm: a CUDA GPU and a PyTorch build with its int4 kernel")
+
+
+@int4pack_missing
+@pytest.mark.parametrize("rows", [1, 5, 16, 40])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_int4pack_kernel_matches_dequantize_then_matmul(rows, with_bias):
+    torch.manual_seed(rows)
+    weight = torch.randn(200, 384, device="cuda", dtype=torch.bfloat16)
+    q = quant.quantize(weight, 4)
+    packed = quant.to_int4pack(q)
+    assert packed.layout == quant.INT4PACK and packed.group == q.group == quant.GROUP
+    bias = torch.randn(200, device="cuda", dtype=torch.bfloat16) if with_bias else None
+    x = torch.randn(rows, 384, device="cuda", dtype=torch.bfloat16) / 384**0.5
+    rounded = quant.QuantizedWeight(4, q.packed, q.scales.bfloat16().float(), q.shape, torch.float32)
+    want = quant.linear_reference(x.float(), rounded, None if bias is None else bias.float())
+    got = quant.int4pack_linear(x, packed, bias)
+    assert got.dtype == torch.bfloat16 and got.shape == (rows, 200)
+    torch.testing.assert_close(got.float(), want, atol=2e-2, rtol=2e-2)
+
+
 def test_quantized_model_shares_what_it_does_not_quantize():
     config = build.make_config("qwen2-vl", "tiny")
     model = build.build_random_model("qwen2-vl", config, seed=0)

@@ -37,7 +37,7 @@ from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 from . import kernels
 from .attention import StepContext, step_attention
 from .cache import store_step_entries
-from .quant import QuantizedWeight, linear_reference
+from .quant import INT4PACK, QuantizedWeight, int4pack_linear, linear_reference
 
 # Decoder layers whose forward is exactly the one written out in `decode_forward`.
 SUPPORTED_LAYERS = ("Qwen2DecoderLayer", "Qwen2VLDecoderLayer", "Qwen2_5_VLDecoderLayer",
@@ -253,8 +253,11 @@ def decode_forward(
 def project(x: torch.Tensor, weight: Weight, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x @ weight.T (+ bias): on a CUDA GPU in 16-bit the batch-invariant kernel of kernels.py, so that a verify of
     gamma + 1 tokens computes each token's row as a dense step does; elsewhere F.linear. A quantized weight (a
-    draft's) is multiplied by the dequantizing kernel on a GPU, dequantized first elsewhere."""
+    draft's) is multiplied by the dequantizing kernel on a GPU (tinygemm's for its layout), dequantized first
+    elsewhere."""
     if isinstance(weight, QuantizedWeight):
+        if weight.layout == INT4PACK:
+            return int4pack_linear(x, weight, bias)
         if kernels.available(x.device):
             return kernels.quant_linear(x, weight, bias)
         return linear_reference(x, weight, bias)

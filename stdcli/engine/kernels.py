@@ -319,7 +319,7 @@ def _launch_quant_linear(x: torch.Tensor, weight: QuantizedWeight, bias: torch.T
     _quant_linear_kernel[(triton.cdiv(rows, QUANT_ROWS), triton.cdiv(width, block_n))](
         x, weight.packed, weight.scales, x if bias is None else bias, out, rows, width, depth, x.stride(0),
         weight.packed.stride(0), weight.scales.stride(0), out.stride(0), BITS=weight.bits,
-        HAS_BIAS=bias is not None, GROUP=depth // weight.scales.shape[1], BLOCK_M=QUANT_ROWS, BLOCK_N=block_n,
+        HAS_BIAS=bias is not None, GROUP=weight.group, BLOCK_M=QUANT_ROWS, BLOCK_N=block_n,
         BLOCK_K=block_k, num_warps=warps, num_stages=stages,
     )
 
