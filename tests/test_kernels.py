@@ -114,20 +114,24 @@ def test_add_rms_norm_kernel(dtype, with_delta):
 
 @triton_missing
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_rope_to_cache_kernel(dtype):
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_rope_to_cache_kernel(dtype, with_bias):
+    """With a bias (a projection that added none, tinygemm's), as if the bias had been added to qkv first."""
     torch.manual_seed(0)
     batch, length, q_heads, kv_heads, head_dim, slots = 2, 3, 4, 2, 32, 12
     qkv = torch.randn(batch * length, (q_heads + 2 * kv_heads) * head_dim, device=DEVICE, dtype=dtype)
+    bias = torch.randn(qkv.shape[1], device=DEVICE, dtype=dtype) if with_bias else None
     angles = torch.rand(batch, length, head_dim // 2, device=DEVICE) * 6
     cos, sin = (torch.cat([f(angles)] * 2, -1).to(dtype) for f in (torch.cos, torch.sin))
     write_pos = torch.tensor([[4, 5, 6], [0, 1, 2]], device=DEVICE)
     caches = [torch.zeros(batch, kv_heads, slots, head_dim, device=DEVICE, dtype=dtype) for _ in range(4)]
-    want = fused.rope_to_cache(qkv, cos, sin, caches[0], caches[1], write_pos, q_heads, kv_heads)
-    got = kernels.rope_to_cache(qkv, cos, sin, caches[2], caches[3], write_pos, q_heads, kv_heads)
+    biased = qkv if bias is None else qkv + bias
+    want = fused.rope_to_cache(biased, cos, sin, caches[0], caches[1], write_pos, q_heads, kv_heads)
+    got = kernels.rope_to_cache(qkv, cos, sin, caches[2], caches[3], write_pos, q_heads, kv_heads, bias)
     assert got.shape == (batch, q_heads, length, head_dim)
     close(got, want)
     close(caches[2], caches[0])
-    assert torch.equal(caches[3], caches[1])  # values are copied, not rotated
+    assert torch.equal(caches[3], caches[1])  # values are copied (with their bias), not rotated
     assert caches[2][0, :, :4].abs().sum() == 0  # nothing written outside write_pos
 
 

@@ -234,10 +234,16 @@ def decode_forward(
     delta = None
     for layer, (keys, values) in zip(fused.layers, buffers, strict=True):
         x = norm_fn(hidden, delta, layer.input_norm, fused.eps)
-        qkv = project(x, layer.qkv_weight, layer.qkv_bias)
+        # tinygemm adds no bias: the RoPE kernel adds it as it reads the product, one kernel fewer than an add
+        bias_in_rope = on_gpu and isinstance(layer.qkv_weight, QuantizedWeight) and layer.qkv_weight.layout == INT4PACK
+        qkv = project(x, layer.qkv_weight, None if bias_in_rope else layer.qkv_bias)
         if layer.q_norm is not None and layer.k_norm is not None:
             qkv = norm_qk_heads(qkv, layer.q_norm, layer.k_norm, fused.q_heads, fused.kv_heads, fused.eps)
-        query = rope_fn(qkv, cos, sin, keys, values, write_pos, fused.q_heads, fused.kv_heads)
+        if bias_in_rope:
+            query = kernels.rope_to_cache(qkv, cos, sin, keys, values, write_pos, fused.q_heads, fused.kv_heads,
+                                          layer.qkv_bias)
+        else:
+            query = rope_fn(qkv, cos, sin, keys, values, write_pos, fused.q_heads, fused.kv_heads)
         attended = step_attention(query, keys, values, ctx, fused.scaling)  # [B, L, Hq, D]
         delta = project(attended.reshape(batch * length, -1), layer.o_weight)
         if fused.reduce is not None:

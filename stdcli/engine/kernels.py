@@ -151,9 +151,10 @@ if triton is not None:
 
     @triton.jit
     def _rope_to_cache_kernel(
-        QKV, COS, SIN, Q_OUT, K_CACHE, V_CACHE, WRITE_POS,
+        QKV, BIAS, COS, SIN, Q_OUT, K_CACHE, V_CACHE, WRITE_POS,
         stride_qkv, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
         LEN: tl.constexpr, Q_HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
+        HAS_BIAS: tl.constexpr,
     ):
         row = tl.program_id(0)  # token: b * LEN + i
         head = tl.program_id(1)  # query heads, then KV heads
@@ -167,6 +168,9 @@ if triton is not None:
         src = QKV + row * stride_qkv + head * HEAD_DIM
         x1 = tl.load(src + dims).to(tl.float32)
         x2 = tl.load(src + half + dims).to(tl.float32)
+        if HAS_BIAS:  # the projection's bias, rounded with it as a matmul with a bias rounds its output
+            x1 = (x1 + tl.load(BIAS + head * HEAD_DIM + dims).to(tl.float32)).to(dtype).to(tl.float32)
+            x2 = (x2 + tl.load(BIAS + head * HEAD_DIM + half + dims).to(tl.float32)).to(dtype).to(tl.float32)
         # x * cos + rotate_half(x) * sin, each product rounded to the model dtype as PyTorch's ops do
         o1 = ((x1 * c1).to(dtype).to(tl.float32) + (-x2 * s1).to(dtype).to(tl.float32)).to(dtype)
         o2 = ((x2 * c2).to(dtype).to(tl.float32) + (x1 * s2).to(dtype).to(tl.float32)).to(dtype)
@@ -181,10 +185,16 @@ if triton is not None:
             k_dst = K_CACHE + b * stride_kb + kv_head * stride_kh + pos * stride_kn
             tl.store(k_dst + dims, o1.to(K_CACHE.dtype.element_ty))
             tl.store(k_dst + half + dims, o2.to(K_CACHE.dtype.element_ty))
-            v_src = QKV + row * stride_qkv + (Q_HEADS + KV_HEADS + kv_head) * HEAD_DIM
+            v_head = Q_HEADS + KV_HEADS + kv_head
+            v_src = QKV + row * stride_qkv + v_head * HEAD_DIM
             v_dst = V_CACHE + b * stride_vb + kv_head * stride_vh + pos * stride_vn
-            tl.store(v_dst + dims, tl.load(v_src + dims))
-            tl.store(v_dst + half + dims, tl.load(v_src + half + dims))
+            v1 = tl.load(v_src + dims)
+            v2 = tl.load(v_src + half + dims)
+            if HAS_BIAS:
+                v1 = (v1.to(tl.float32) + tl.load(BIAS + v_head * HEAD_DIM + dims).to(tl.float32)).to(dtype)
+                v2 = (v2.to(tl.float32) + tl.load(BIAS + v_head * HEAD_DIM + half + dims).to(tl.float32)).to(dtype)
+            tl.store(v_dst + dims, v1.to(V_CACHE.dtype.element_ty))
+            tl.store(v_dst + half + dims, v2.to(V_CACHE.dtype.element_ty))
 
     @triton.jit
     def _silu_mul_kernel(GATE_UP, OUT, width, BLOCK: tl.constexpr):
@@ -378,16 +388,18 @@ def add_rms_norm(hidden: torch.Tensor, delta: torch.Tensor | None, weight: torch
 
 def rope_to_cache(
     qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-    write_pos: torch.Tensor, q_heads: int, kv_heads: int,
+    write_pos: torch.Tensor, q_heads: int, kv_heads: int, bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Rotate the queries and keys of qkv [B*L, (Hq + 2 Hkv) * D] by cos/sin [B, L, D]; store keys and values in
-    the layer's cache keys/values [B, Hkv, N, D] at write_pos [B, L]. Returns the queries [B, Hq, L, D]."""
+    """Rotate the queries and keys of qkv [B*L, (Hq + 2 Hkv) * D] (+ bias [(Hq + 2 Hkv) * D], for a projection
+    that adds none) by cos/sin [B, L, D]; store keys and values in the layer's cache keys/values [B, Hkv, N, D] at
+    write_pos [B, L]. Returns the queries [B, Hq, L, D]."""
     batch, length, head_dim = cos.shape
     query = torch.empty(batch, length, q_heads, head_dim, device=qkv.device, dtype=qkv.dtype)
     _rope_to_cache_kernel[(batch * length, q_heads + kv_heads)](
-        qkv, cos.contiguous(), sin.contiguous(), query, keys, values, write_pos.contiguous(),
-        qkv.stride(0), keys.stride(0), keys.stride(1), keys.stride(2), values.stride(0), values.stride(1),
-        values.stride(2), LEN=length, Q_HEADS=q_heads, KV_HEADS=kv_heads, HEAD_DIM=head_dim, num_warps=1,
+        qkv, qkv if bias is None else bias, cos.contiguous(), sin.contiguous(), query, keys, values,
+        write_pos.contiguous(), qkv.stride(0), keys.stride(0), keys.stride(1), keys.stride(2), values.stride(0),
+        values.stride(1), values.stride(2), LEN=length, Q_HEADS=q_heads, KV_HEADS=kv_heads, HEAD_DIM=head_dim,
+        HAS_BIAS=bias is not None, num_warps=1,
     )
     return query.transpose(1, 2)
 
