@@ -13,6 +13,7 @@ It imports nothing from stdcli (json, pathlib, argparse and matplotlib only). It
 It writes into docs/bench/:
   step_costs_7b.png, projected_speedup_7b.png, verify_vs_gamma_7b.png   (from the "random-init" files)
   builtin_tokens_per_s.png                                             (from the "model" files, a panel per folder)
+  inflated_draft_kinds.png   (from scripts/bench_inflated.py's inflated_*.json: measured StD over dense by kind)
 and rewrites the generated tables of docs/benchmarks.md, the text between `<!-- generated:NAME -->` and
 `<!-- /generated:NAME -->` (nothing else in that file is touched; --no-doc leaves it alone). Every number in those
 tables is read or computed from the JSON; nothing is typed in by hand.
@@ -335,6 +336,56 @@ def plot_builtin(dirs: dict[str, list[dict]], out: Path) -> None:
     save(fig, out)
 
 
+def latest_inflated(bench_dir: Path) -> list[dict]:
+    """The newest run of scripts/bench_inflated.py per device and batch size (every answer decoded past its end)."""
+    newest: dict[tuple, dict] = {}
+    for path in sorted(bench_dir.glob("*/inflated_*.json")):
+        data = json.loads(path.read_text())
+        if not data.get("past_end"):
+            continue
+        data["_file"] = f"{path.parent.name}/{path.name}"
+        key = (data["environment"]["device_name"], data["batch"])
+        if key not in newest or data["environment"]["started"] > newest[key]["environment"]["started"]:
+            newest[key] = data
+    return [newest[key] for key in sorted(newest)]
+
+
+def plot_inflated(runs: list[dict], out: Path) -> None:
+    """Measured decode speed of StD over our dense path on the inflated built-in model: per run (device, batch,
+    context) a group of bars, one per draft kind at its best fixed gamma, and auto."""
+    if not runs:
+        return
+    fig, ax = plt.subplots(figsize=(9, 4.4))
+    kinds = ["sparse", "int8", "int4", "auto"]
+    width = 0.8 / len(kinds)
+    labels = []
+    for i, run in enumerate(runs):
+        point = run["points"][-1]
+        dense = next(c["tokens_per_s"] for c in point["configs"] if c["gamma"] == 0)
+        for j, kind in enumerate(kinds):
+            configs = [c for c in point["configs"] if c["draft"] == kind]
+            if not configs:
+                continue
+            best = max(configs, key=lambda c: c["tokens_per_s"])
+            speedup = best["tokens_per_s"] / dense
+            x = i - 0.4 + width * (j + 0.5)
+            ax.bar(x, speedup, width, color=COLORS[j], label=kind if i == 0 else None)
+            ax.annotate(f"{speedup:.2f}×\n{gamma_label(best['gamma'])}", (x, speedup), ha="center", va="bottom",
+                        fontsize=7, xytext=(0, 2), textcoords="offset points")
+        tokens = max(point["prompt_tokens"])
+        labels.append(f"{run['_file']}\nbatch {run['batch']} x {ctx_label(tokens)} tokens\n(dense {dense:.0f} tok/s)")
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(runs)), labels, fontsize=7)
+    ax.set_ylabel("decode tokens/s, StD over our dense path (×)")
+    ax.set_ylim(0, 2.5)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, title="draft (best fixed γ)", title_fontsize=8, loc="upper right")
+    fig.suptitle("Built-in model inflated to the Qwen2-VL-7B shape: measured side by side, answers identical to dense",
+                 fontsize=9)
+    fig.tight_layout()
+    save(fig, out)
+
+
 # --- markdown tables ------------------------------------------------------------------------------------------------
 
 
@@ -564,6 +615,7 @@ def main() -> None:
     plot_verify(groups, out / "verify_vs_gamma_7b.png")
     plot_draft_kinds(draft_kind_reports(reports), out / "draft_kinds_7b.png")
     plot_builtin(model_dirs(dirs, cpu=False) | model_dirs(dirs, cpu=True), out / "builtin_tokens_per_s.png")
+    plot_inflated(latest_inflated(out), out / "inflated_draft_kinds.png")
     if args.no_doc:
         return
     blocks = {

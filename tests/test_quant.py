@@ -166,3 +166,21 @@ def test_quantized_model_shares_what_it_does_not_quantize():
     assert 0.12 < ratio < 0.16, ratio
     with pytest.raises(ValueError, match="quantized already"):
         quant.quantized_text_model(int4, 8)
+
+
+def test_auto_tries_quantized_drafts_only_on_models_large_enough(monkeypatch):
+    """A small model's step is bound by launches, not bytes: auto drafts with the sparse view alone there."""
+    from stdcli.engine import Engine, session
+    from stdcli.engine.options import AUTO, AUTO_DRAFTS, DecodeOptions
+
+    model = build.build_random_model("qwen2-vl", build.make_config("qwen2-vl", "tiny"), seed=0)
+    engine = Engine.of(model)
+    fused = engine.fused()
+    assert fused is not None
+    assert quant.bf16_bytes(fused) * 2 == quant.weight_bytes(fused)  # float32 here
+    monkeypatch.setattr(kernels, "available", lambda device: True)  # as on a GPU
+    options = DecodeOptions(gamma=AUTO)
+    assert engine.draft_kinds(options) == ("sparse",)
+    monkeypatch.setattr(session, "AUTO_QUANT_MIN_BYTES", quant.bf16_bytes(fused))
+    assert engine.draft_kinds(options) == AUTO_DRAFTS
+    assert engine.draft_kinds(DecodeOptions(gamma=AUTO, draft="int4")) == ("int4",)  # asked for: always

@@ -170,6 +170,13 @@ def quantized_text_model(fused: FusedTextModel, bits: int, group: int = GROUP,
     return replace(fused, layers=layers, lm_head=q(fused.lm_head))
 
 
+def bf16_bytes(model: FusedTextModel) -> int:
+    """Bytes of the projections and LM head in 16 bits (what a bfloat16 step reads, whatever the model's dtype)."""
+    weights = [w for layer in model.layers
+               for w in (layer.qkv_weight, layer.o_weight, layer.gate_up_weight, layer.down_weight)] + [model.lm_head]
+    return sum(2 * (w.shape[0] * w.shape[1]) for w in weights)
+
+
 def weight_bytes(model: FusedTextModel) -> int:
     """Bytes of the projections and LM head a decoding step of `model` reads (quantized or not)."""
 

@@ -32,7 +32,7 @@ from .fused import FusedTextModel, fused_text_model, still_shared, unsupported_r
 from .linear import slot_bytes
 from .options import AUTO, AUTO_DRAFTS, INT4_DRAFT, INT8_DRAFT, MAX_GAMMA, SPARSE_DRAFT, DecodeOptions, EngineConfig
 from .policy import GammaPolicy
-from .quant import quantized_text_model
+from .quant import bf16_bytes, quantized_text_model
 from .stats import DecodeStats
 from .tensor_parallel import SharedPolicy, TensorParallel
 
@@ -42,6 +42,11 @@ DENSE_ROUNDING, SPARSE_ROUNDING = 4096, 1024
 # attention reads the whole buffer there, so the room costs a little time.
 CPU_DENSE_ROUNDING, CPU_SPARSE_ROUNDING = 512, 256
 QUANT_BITS = {INT8_DRAFT: 8, INT4_DRAFT: 4}
+# Auto tries a quantized draft only for a model whose projections weigh this much: reading 1 GiB takes about
+# 0.25 ms on an H100 or H200, what a step's launches and small kernels cost; a smaller model's step is bound by
+# those, so a quantized draft saves nothing, and its first cycle pays for making the copy and compiling its
+# kernels (the built-in model, 16 MB in bf16: one answer of a few tokens took 0.25 s longer).
+AUTO_QUANT_MIN_BYTES = 1 << 30
 WINDOW_PER_SLOT = 4  # requests one window admits per batch slot before the policy starts afresh
 MEMORY_SHARE = 0.8  # of the free device memory the batch's caches may take
 
@@ -241,14 +246,15 @@ class Engine:
 
     def draft_kinds(self, options: DecodeOptions) -> tuple[str, ...]:
         """What the policy chooses among: the kind asked for, or for auto the kinds that can pay here (quantized
-        drafts need the fused forward and the GPU kernels)."""
-        fast = self.fused() is not None and kernels.available(self.device)
+        drafts need the fused forward, the GPU kernels and a model large enough: AUTO_QUANT_MIN_BYTES)."""
+        fused = self.fused()
         if options.draft != AUTO:
-            if options.draft != SPARSE_DRAFT and self.fused() is None:
+            if options.draft != SPARSE_DRAFT and fused is None:
                 raise ValueError(f"{options.draft} drafts need the fused decoding forward, which this model's "
                                  f"architecture does not have ({unsupported_reason(self.model)})")
             return (options.draft,)
-        return AUTO_DRAFTS if fast else (SPARSE_DRAFT,)
+        worth_it = fused is not None and kernels.available(self.device) and bf16_bytes(fused) >= AUTO_QUANT_MIN_BYTES
+        return AUTO_DRAFTS if worth_it else (SPARSE_DRAFT,)
 
     def draft_models(self, kinds: Sequence[str]) -> dict[str, FusedTextModel]:
         """The weights each draft kind reads, quantized copies made on first use (quant.py says what they add to
