@@ -3,9 +3,9 @@
 - the batch-invariant matmul of kernels.py (`linear`) against cuBLAS for each projection of a decoding step, over
   block configurations; one configuration per weight shape serves every row count (that is what makes it
   batch-invariant), so the best is the one with the least time summed over 1, 8 and 16 rows;
-- the dequantizing int8 / int4 matmul (`quant_linear`) over its candidate configurations (the engine times them
-  itself at first use), against PyTorch's own weight-only kernels where this build has them (tinygemm's
-  `_weight_int4pack_mm`, `_weight_int8pack_mm`, the kernels torchao and gpt-fast call);
+- the dequantizing int8 / int4 matmul (`quant_linear`), tiles and GEMV, over its candidate configurations (the
+  engine times them itself at first use), against PyTorch's own weight-only kernels where this build has them
+  (tinygemm's `_weight_int4pack_mm`, `_weight_int8pack_mm`, the kernels torchao and gpt-fast call);
 - the decode attention kernel at its default split of the keys and at others.
 
     python scripts/tune_kernels.py [--json out.json] [--only quant]
@@ -114,10 +114,10 @@ def tune_quant(dev: torch.device) -> list[dict]:
         for n, k in SHAPES:
             q = quant.quantize(torch.randn(n, k, device=dev, dtype=torch.bfloat16) * 0.02, bits)
             floor_us = q.nbytes / BANDWIDTH * 1e6
-            for m in (1, 8):
+            for m in (1, 2, 8):
                 x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
                 mine = []
-                for config in kernels.QUANT_CANDIDATES:
+                for config in kernels.quant_candidates(m):
                     us = timed_or_none(lambda x=x, q=q, config=config: kernels.quant_linear(x, q, None, config))
                     if us is not None:
                         mine.append({"bits": bits, "n": n, "k": k, "m": m, "config": config, "us": us,
@@ -127,8 +127,10 @@ def tune_quant(dev: torch.device) -> list[dict]:
                 for entry in mine:
                     entry["pytorch_us"] = library_us
                 entries += mine
-                top = min(mine, key=lambda e: e["us"])
-                print(f"int{bits} {n}x{k} m{m}: best {top['config']}: {top['us']:.1f} us, floor {floor_us:.1f} us, "
+                best = {kind: min((e for e in mine if e["config"][0] == kind), key=lambda e: e["us"], default=None)
+                        for kind in ("tile", "gemv")}
+                found = ", ".join(f"{kind} {e['config'][1:]}: {e['us']:.1f} us" for kind, e in best.items() if e)
+                print(f"int{bits} {n}x{k} m{m}: {found}; floor {floor_us:.1f} us, "
                       f"PyTorch's {'-' if library_us is None else f'{library_us:.1f} us'}", flush=True)
     return entries
 

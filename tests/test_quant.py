@@ -76,16 +76,17 @@ def test_quant_linear_kernel_matches_dequantize_then_matmul(bits, rows, with_bia
 
 @triton_missing
 @pytest.mark.parametrize("bits", quant.BITS)
-@pytest.mark.parametrize("config", kernels.QUANT_CANDIDATES)
+@pytest.mark.parametrize("config", kernels.QUANT_CANDIDATES + kernels.GEMV_CANDIDATES)
 def test_every_quant_configuration_computes_the_same_product(bits, config):
     """On a GPU the engine runs whichever candidate is fastest there: each that runs must be right, narrow inputs
-    included (K = 384: a block of K larger than the input)."""
+    included (K = 384: a block of K larger than the input, and groups of a step past it)."""
     torch.manual_seed(bits)
     weight = torch.randn(100, 384, device=DEVICE, dtype=KERNEL_DTYPE)
     x = torch.randn(3, 384, device=DEVICE, dtype=KERNEL_DTYPE) / 384**0.5
-    want = quant.linear_reference(x.float(), quant.quantize(weight.float(), bits))
+    bias = torch.randn(100, device=DEVICE, dtype=KERNEL_DTYPE)
+    want = quant.linear_reference(x.float(), quant.quantize(weight.float(), bits), bias.float())
     try:
-        got = kernels.quant_linear(x, quant.quantize(weight, bits), None, config)
+        got = kernels.quant_linear(x, quant.quantize(weight, bits), bias, config)
     except kernels.triton.runtime.errors.OutOfResources:
         pytest.skip("needs more shared memory than this GPU has (the engine does not time it either)")
     tolerance = 1e-4 if KERNEL_DTYPE == torch.float32 else 2e-2
@@ -97,7 +98,7 @@ def test_a_gpu_where_no_configuration_runs_dequantizes_first(monkeypatch):
     weight = torch.randn(64, 256, device=DEVICE, dtype=KERNEL_DTYPE)
     q = quant.quantize(weight, 4)
     x = torch.randn(2, 256, device=DEVICE, dtype=KERNEL_DTYPE)
-    key = (4, 64, 256, 1, False, KERNEL_DTYPE)
+    key = (4, 64, 256, 2, False, KERNEL_DTYPE)  # 2 rows: a row count of its own, for the GEMV kernel
     monkeypatch.setitem(kernels._quant_configs, key, None)  # what the timing found: no candidate compiled
     monkeypatch.setattr(kernels, "_launch_quant_linear", None)  # and none is launched
     assert torch.equal(kernels.quant_linear(x, q), quant.linear_reference(x, q))

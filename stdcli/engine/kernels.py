@@ -267,6 +267,45 @@ if triton is not None:
         tl.store(OUT + row_ids[:, None] * stride_out + cols[None, :], acc.to(OUT.dtype.element_ty),
                  mask=row_valid[:, None] & col_valid[None, :])
 
+    @triton.jit
+    def _quant_gemv_kernel(X, Q, S, BIAS, OUT, width, depth, stride_x, stride_q, stride_s, stride_out,
+                           BITS: tl.constexpr, HAS_BIAS: tl.constexpr, GROUP: tl.constexpr,
+                           BLOCK_N: tl.constexpr, GROUPS: tl.constexpr):
+        # One row of x on the CUDA cores: a tile padded to 16 rows for the tensor cores would spend most of its
+        # work on the padding, and the dequantized tile's trip through shared memory to the dot made one row cost
+        # twice tinygemm's. The weight is read as int32 words (8 int4 or 4 int8 levels each, column 8w + j or
+        # 4w + j in level j) and each level becomes a float without a conversion instruction: its offset-binary
+        # bits under the exponent of 2^23 are the float 2^23 + level + offset. Each group's sum of level * x is
+        # scaled once.
+        PER_WORD: tl.constexpr = 32 // BITS
+        WORDS: tl.constexpr = GROUP // PER_WORD  # of one group
+        MASK: tl.constexpr = (1 << BITS) - 1
+        # the sign bit of every level, to flip two's complement into offset binary (as an int32)
+        SIGNS: tl.constexpr = -0x77777778 if BITS == 4 else -0x7F7F7F80
+        BIASED: tl.constexpr = 8388608.0 + (1 << (BITS - 1))
+        row = tl.program_id(0)
+        cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        col_valid = cols < width
+        num_groups = depth // GROUP
+        acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+        for g0 in range(0, num_groups, GROUPS):
+            groups = g0 + tl.arange(0, GROUPS)
+            group_valid = groups < num_groups
+            words = groups[:, None] * WORDS + tl.arange(0, WORDS)[None, :]  # [GROUPS, WORDS]
+            packed = tl.load(Q + cols[:, None, None] * stride_q + words[None, :, :],
+                             mask=col_valid[:, None, None] & group_valid[None, :, None], other=0) ^ SIGNS
+            sums = tl.zeros([BLOCK_N, GROUPS, WORDS], dtype=tl.float32)
+            for j in tl.static_range(PER_WORD):
+                x = tl.load(X + row * stride_x + words * PER_WORD + j, mask=group_valid[:, None], other=0.0)
+                level = (((packed >> (j * BITS)) & MASK) | 0x4B000000).to(tl.float32, bitcast=True) - BIASED
+                sums += level * x.to(tl.float32)[None, :, :]
+            scales = tl.load(S + cols[:, None] * stride_s + groups[None, :],
+                             mask=col_valid[:, None] & group_valid[None, :], other=0.0)
+            acc += tl.sum(tl.sum(sums, axis=2) * scales, axis=1)
+        if HAS_BIAS:
+            acc += tl.load(BIAS + cols, mask=col_valid, other=0.0).to(tl.float32)
+        tl.store(OUT + row * stride_out + cols, acc.to(OUT.dtype.element_ty), mask=col_valid)
+
 
 # Batch invariance of the projections: one row's product must not depend on how many rows are computed with it.
 # cuBLAS picks its kernel (and split of the reduction) by the number of rows, so a verify of gamma + 1 tokens
@@ -312,20 +351,40 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 
 # The quantized matmul serves drafts only, which need not be batch-invariant (the dense verify decides every
-# token) and have one row per batch slot: tiles of QUANT_ROWS rows. Its configuration (block of N, block of K,
-# warps, pipeline stages) is the fastest of QUANT_CANDIDATES, timed on the GPU the first time each weight shape
-# and row count is seen (the first step of a shape runs for real before any CUDA graph captures it), so that it
-# suits whatever GPU it runs on.
+# token) and have one row per batch slot. Two kernels: tiles of QUANT_ROWS rows on the tensor cores, and for up to
+# GEMV_ROWS rows one program per row on the CUDA cores (_quant_gemv_kernel). A configuration is (kernel, block of N,
+# block of K, warps, pipeline stages); the engine runs the fastest of QUANT_CANDIDATES (GEMV_CANDIDATES too where
+# the rows allow), timed on the GPU the first time each weight shape and row count is seen (the first step of a
+# shape runs for real before any CUDA graph captures it), so that it suits whatever GPU it runs on.
+QuantConfig = tuple[str, int, int, int, int]
 QUANT_ROWS = 16
-QUANT_CANDIDATES = ((32, 256, 4, 4), (16, 512, 4, 3), (64, 256, 4, 3), (32, 512, 8, 3), (64, 512, 8, 3))
-_quant_configs: dict[tuple, tuple[int, int, int, int] | None] = {}
+GEMV_ROWS = 4
+QUANT_CANDIDATES: tuple[QuantConfig, ...] = (
+    ("tile", 32, 256, 4, 4), ("tile", 16, 512, 4, 3), ("tile", 64, 256, 4, 3), ("tile", 32, 512, 8, 3),
+    ("tile", 64, 512, 8, 3))
+GEMV_CANDIDATES: tuple[QuantConfig, ...] = (
+    ("gemv", 8, 512, 2, 1), ("gemv", 16, 512, 4, 1), ("gemv", 32, 256, 4, 1), ("gemv", 16, 1024, 4, 1),
+    ("gemv", 64, 256, 8, 1))
+_quant_configs: dict[tuple, QuantConfig | None] = {}
+
+
+def quant_candidates(rows: int) -> tuple[QuantConfig, ...]:
+    return QUANT_CANDIDATES + GEMV_CANDIDATES if rows <= GEMV_ROWS else QUANT_CANDIDATES
 
 
 def _launch_quant_linear(x: torch.Tensor, weight: QuantizedWeight, bias: torch.Tensor | None, out: torch.Tensor,
-                         config: tuple[int, int, int, int]) -> None:
+                         config: QuantConfig) -> None:
     rows, depth = x.shape
     width = weight.shape[0]
-    block_n, block_k, warps, stages = config
+    kernel, block_n, block_k, warps, stages = config
+    if kernel == "gemv":
+        words = weight.packed.view(torch.int32)  # a view: rows of whole words, as every width is whole groups
+        _quant_gemv_kernel[(rows, triton.cdiv(width, block_n))](
+            x, words, weight.scales, x if bias is None else bias, out, width, depth, x.stride(0), words.stride(0),
+            weight.scales.stride(0), out.stride(0), BITS=weight.bits, HAS_BIAS=bias is not None,
+            GROUP=weight.group, BLOCK_N=block_n, GROUPS=max(1, block_k // weight.group), num_warps=warps,
+        )
+        return
     _quant_linear_kernel[(triton.cdiv(rows, QUANT_ROWS), triton.cdiv(width, block_n))](
         x, weight.packed, weight.scales, x if bias is None else bias, out, rows, width, depth, x.stride(0),
         weight.packed.stride(0), weight.scales.stride(0), out.stride(0), BITS=weight.bits,
@@ -335,16 +394,20 @@ def _launch_quant_linear(x: torch.Tensor, weight: QuantizedWeight, bias: torch.T
 
 
 def _fastest_quant_config(x: torch.Tensor, weight: QuantizedWeight, bias: torch.Tensor | None,
-                          out: torch.Tensor) -> tuple[int, int, int, int] | None:
-    """The quickest of QUANT_CANDIDATES for this call's shapes, remembered; the first candidate where nothing can
-    be timed (Triton's interpreter, or inside a CUDA graph capture); None if none runs on this GPU."""
-    key = (weight.bits, *weight.shape, triton.cdiv(x.shape[0], QUANT_ROWS), bias is not None, x.dtype)
+                          out: torch.Tensor) -> QuantConfig | None:
+    """The quickest candidate for this call's shapes, remembered; the first where nothing can be timed (Triton's
+    interpreter, or inside a CUDA graph capture); None if none runs on this GPU."""
+    rows = x.shape[0]
+    # the tile kernel costs the same for every row count of a tile; the GEMV one grows with each row
+    row_class = rows if rows <= GEMV_ROWS else QUANT_ROWS * triton.cdiv(rows, QUANT_ROWS)
+    key = (weight.bits, *weight.shape, row_class, bias is not None, x.dtype)
     if key in _quant_configs:
         return _quant_configs[key]
+    candidates = quant_candidates(rows)
     if x.device.type != "cuda" or torch.cuda.is_current_stream_capturing():
-        return QUANT_CANDIDATES[0]
+        return candidates[0]
     times = {}
-    for config in QUANT_CANDIDATES:
+    for config in candidates:
         try:
             for _ in range(2):  # compiles, then warms the caches
                 _launch_quant_linear(x, weight, bias, out, config)
@@ -362,11 +425,11 @@ def _fastest_quant_config(x: torch.Tensor, weight: QuantizedWeight, bias: torch.
 
 
 def quant_linear(x: torch.Tensor, weight: QuantizedWeight, bias: torch.Tensor | None = None,
-                 config: tuple[int, int, int, int] | None = None) -> torch.Tensor:
-    """x [M, K] @ dequantize(weight).T (+ bias) for an int8 or int4 weight (quant.py), dequantized on the fly: the
-    weight is read in its quantized bytes only. config: (block of N, block of K, warps, pipeline stages); by
-    default the fastest measured here (QUANT_CANDIDATES). Where no candidate runs, the weight is dequantized
-    first (correct, and slower than a dense step: gamma auto then drafts with another kind)."""
+                 config: QuantConfig | None = None) -> torch.Tensor:
+    """x [M, K] @ dequantize(weight).T (+ bias) for an int8 or int4 weight in our layout (quant.py), dequantized on
+    the fly: the weight is read in its quantized bytes only. config: a QuantConfig (a GEMV one for up to GEMV_ROWS
+    rows); by default the fastest measured here. Where no candidate runs, the weight is dequantized first (correct,
+    and slower than a dense step: gamma auto then drafts with another kind)."""
     out = torch.empty(x.shape[0], weight.shape[0], device=x.device, dtype=x.dtype)
     config = config or _fastest_quant_config(x, weight, bias, out)
     if config is None:
