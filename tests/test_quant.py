@@ -77,14 +77,16 @@ def test_quant_linear_kernel_matches_dequantize_then_matmul(bits, rows, with_bia
 @triton_missing
 @pytest.mark.parametrize("bits", quant.BITS)
 @pytest.mark.parametrize("config", kernels.QUANT_CANDIDATES + kernels.GEMV_CANDIDATES)
-def test_every_quant_configuration_computes_the_same_product(bits, config):
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_every_quant_configuration_computes_the_same_product(bits, config, with_bias):
     """On a GPU the engine runs whichever candidate is fastest there: each that runs must be right, narrow inputs
     included (K = 384: a block of K larger than the input, and groups of a step past it)."""
     torch.manual_seed(bits)
     weight = torch.randn(100, 384, device=DEVICE, dtype=KERNEL_DTYPE)
     x = torch.randn(3, 384, device=DEVICE, dtype=KERNEL_DTYPE) / 384**0.5
-    bias = torch.randn(100, device=DEVICE, dtype=KERNEL_DTYPE)
-    want = quant.linear_reference(x.float(), quant.quantize(weight.float(), bits), bias.float())
+    bias = torch.randn(100, device=DEVICE, dtype=KERNEL_DTYPE) if with_bias else None
+    want = quant.linear_reference(x.float(), quant.quantize(weight.float(), bits),
+                                  None if bias is None else bias.float())
     try:
         got = kernels.quant_linear(x, quant.quantize(weight, bits), bias, config)
     except kernels.triton.runtime.errors.OutOfResources:

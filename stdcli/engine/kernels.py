@@ -377,7 +377,7 @@ def _launch_quant_linear(x: torch.Tensor, weight: QuantizedWeight, bias: torch.T
     rows, depth = x.shape
     width = weight.shape[0]
     kernel, block_n, block_k, warps, stages = config
-    if kernel == "gemv":
+    if kernel == "gemv":  # a GEMV configuration's stages field is unused: its launch keeps Triton's default
         words = weight.packed.view(torch.int32)  # a view: rows of whole words, as every width is whole groups
         _quant_gemv_kernel[(rows, triton.cdiv(width, block_n))](
             x, words, weight.scales, x if bias is None else bias, out, width, depth, x.stride(0), words.stride(0),
